@@ -1,0 +1,228 @@
+//! `GET /files` (download, gzip on request) and `POST /files` (multipart or octet-stream upload,
+//! gzip-encoded bodies, parents created), as the calling user.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Serialize;
+use warren_protocol::connect::Code;
+
+use crate::fs;
+use crate::server::{http_error as plain_error, json as json_response, Agent, Body};
+use crate::users::User;
+
+const MAX_DOWNLOAD_IN_MEMORY: u64 = 512 * 1024 * 1024;
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    let q = req.uri().query().unwrap_or("");
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let dec =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn status_for(code: Code) -> StatusCode {
+    match code {
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn caller(agent: &Agent, req: &Request<Incoming>, q: &[(String, String)]) -> Result<User, Box<Response<Body>>> {
+    agent
+        .user_for_files(req.headers(), param(q, "username"))
+        .map_err(|e| Box::new(plain_error(StatusCode::UNAUTHORIZED, e.message)))
+}
+
+pub async fn download(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
+    let q = query(&req);
+    let user = match caller(agent, &req, &q) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let Some(raw) = param(&q, "path") else {
+        return plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required");
+    };
+    let path = match fs::resolve(raw, &user) {
+        Ok(p) => p,
+        Err(e) => return plain_error(status_for(e.code), e.message),
+    };
+    let gzip = req
+        .headers()
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let p = path.clone();
+    let result = fs::run_as(user, move || -> Result<Vec<u8>, warren_protocol::connect::Error> {
+        let md = std::fs::metadata(&p).map_err(|e| fs::io_error(&e, &p))?;
+        if md.is_dir() {
+            return Err(warren_protocol::connect::Error::new(
+                Code::InvalidArgument,
+                format!("path {} is a directory", p.display()),
+            ));
+        }
+        if md.len() > MAX_DOWNLOAD_IN_MEMORY {
+            return Err(warren_protocol::connect::Error::new(
+                Code::ResourceExhausted,
+                format!("file {} is larger than {MAX_DOWNLOAD_IN_MEMORY} bytes", p.display()),
+            ));
+        }
+        let data = std::fs::read(&p).map_err(|e| fs::io_error(&e, &p))?;
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&data).and_then(|_| enc.finish()).map_err(|e| fs::io_error(&e, &p))
+        } else {
+            Ok(data)
+        }
+    })
+    .await;
+    match result {
+        Ok(data) => {
+            let mut b = Response::builder().status(200).header(http::header::CONTENT_TYPE, "application/octet-stream");
+            if gzip {
+                b = b.header(http::header::CONTENT_ENCODING, "gzip");
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            b = b.header(http::header::CONTENT_DISPOSITION, format!("attachment; filename={name:?}"));
+            b.body(http_body_util::Full::new(Bytes::from(data)).boxed_unsync()).expect("valid response")
+        }
+        Err(e) => plain_error(status_for(e.code), e.message),
+    }
+}
+
+#[derive(Serialize)]
+struct WriteInfo {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    path: String,
+}
+
+/// Writes one file as `user`, creating its parents.
+async fn write_file(user: &User, path: PathBuf, data: Bytes) -> Result<WriteInfo, warren_protocol::connect::Error> {
+    let p = path.clone();
+    fs::run_as(user.clone(), move || {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fs::io_error(&e, parent))?;
+        }
+        if p.is_dir() {
+            return Err(warren_protocol::connect::Error::new(
+                Code::InvalidArgument,
+                format!("path {} is a directory", p.display()),
+            ));
+        }
+        let mut f = std::fs::File::create(&p).map_err(|e| fs::io_error(&e, &p))?;
+        f.write_all(&data).and_then(|_| f.sync_data()).map_err(|e| fs::io_error(&e, &p))?;
+        Ok(())
+    })
+    .await?;
+    Ok(WriteInfo {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        kind: "file",
+        path: path.display().to_string(),
+    })
+}
+
+fn gunzip(data: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out).map_err(|e| format!("invalid gzip body: {e}"))?;
+    Ok(Bytes::from(out))
+}
+
+pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
+    let q = query(&req);
+    let user = match caller(agent, &req, &q) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let gz = req
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let query_path = param(&q, "path").map(str::to_owned);
+    let mut written = Vec::new();
+    if ct.starts_with("multipart/form-data") {
+        let Ok(boundary) = multer::parse_boundary(&ct) else {
+            return plain_error(StatusCode::BAD_REQUEST, "multipart body without a boundary");
+        };
+        let stream = req.into_body().into_data_stream();
+        let mut mp = multer::Multipart::new(stream, boundary);
+        loop {
+            let field = match mp.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return plain_error(StatusCode::BAD_REQUEST, format!("invalid multipart body: {e}")),
+            };
+            // The file name of each part is its destination; a lone part may use ?path= instead.
+            let dest = field.file_name().map(str::to_owned).filter(|s| !s.is_empty()).or_else(|| query_path.clone());
+            let Some(dest) = dest else {
+                return plain_error(StatusCode::BAD_REQUEST, "a multipart part has no file name and no path was given");
+            };
+            let data = match field.bytes().await {
+                Ok(d) => d,
+                Err(e) => return plain_error(StatusCode::BAD_REQUEST, format!("reading a multipart part: {e}")),
+            };
+            let data = if gz {
+                match gunzip(&data) {
+                    Ok(d) => d,
+                    Err(e) => return plain_error(StatusCode::BAD_REQUEST, e),
+                }
+            } else {
+                data
+            };
+            let path = match fs::resolve(&dest, &user) {
+                Ok(p) => p,
+                Err(e) => return plain_error(status_for(e.code), e.message),
+            };
+            match write_file(&user, path, data).await {
+                Ok(w) => written.push(w),
+                Err(e) => return plain_error(status_for(e.code), e.message),
+            }
+        }
+    } else {
+        let Some(dest) = query_path else {
+            return plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
+        };
+        let data = match crate::server::read_body(req.into_body(), 1 << 30).await {
+            Ok(d) => d,
+            Err(e) => return plain_error(status_for(e.code), e.message),
+        };
+        let data = if gz {
+            match gunzip(&data) {
+                Ok(d) => d,
+                Err(e) => return plain_error(StatusCode::BAD_REQUEST, e),
+            }
+        } else {
+            data
+        };
+        let path = match fs::resolve(&dest, &user) {
+            Ok(p) => p,
+            Err(e) => return plain_error(status_for(e.code), e.message),
+        };
+        match write_file(&user, path, data).await {
+            Ok(w) => written.push(w),
+            Err(e) => return plain_error(status_for(e.code), e.message),
+        }
+    }
+    json_response(StatusCode::OK, &written)
+}

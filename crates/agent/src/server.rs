@@ -1,0 +1,484 @@
+//! The agent's HTTP server: routes Connect RPC calls and the plain `/files`, `/health`, `/envs`,
+//! `/metrics` and `/init` endpoints.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use warren_protocol::connect::{self, Code, Error};
+use warren_protocol::filesystem as pfs;
+use warren_protocol::process::{self as pp, EventResponse, ProcessEvent};
+
+use crate::fs;
+use crate::process::{Processes, StartOptions};
+use crate::users::{self, User};
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+const MAX_UNARY_BODY: usize = 16 * 1024 * 1024;
+
+/// Settings the daemon pushes with `POST /init` (E2B envd's shape).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InitRequest {
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub default_user: Option<String>,
+    pub default_workdir: Option<String>,
+}
+
+pub struct Agent {
+    pub processes: Processes,
+    pub env: RwLock<BTreeMap<String, String>>,
+    pub default_user: RwLock<String>,
+    pub default_workdir: RwLock<Option<String>>,
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()).boxed_unsync())
+        .expect("valid response")
+}
+
+pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    full(status, "application/json", serde_json::to_vec(v).expect("serializes"))
+}
+
+fn connect_error(e: &Error) -> Response<Body> {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, e)
+}
+
+/// Plain-HTTP error body (`/files` and friends), E2B's `{code, message}`.
+pub fn http_error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    #[derive(Serialize)]
+    struct E {
+        code: u16,
+        message: String,
+    }
+    json(status, &E { code: status.as_u16(), message: message.into() })
+}
+
+impl Agent {
+    /// Who the caller runs as: `Authorization: Basic base64("<user>:")`, else the default user.
+    fn user(&self, headers: &HeaderMap, query_user: Option<&str>) -> Result<User, Error> {
+        let named = query_user.filter(|u| !u.is_empty()).map(str::to_owned).or_else(|| {
+            let h = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+            let b64 = h.strip_prefix("Basic ")?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+            let s = String::from_utf8(raw).ok()?;
+            let name = s.split(':').next()?.to_owned();
+            (!name.is_empty()).then_some(name)
+        });
+        let name = named.unwrap_or_else(|| self.default_user.read().unwrap().clone());
+        users::lookup(&name).map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))
+    }
+
+    /// The user for `/files`: the `username` query parameter, else the Authorization header.
+    pub fn user_for_files(&self, headers: &HeaderMap, query_user: Option<&str>) -> Result<User, Error> {
+        self.user(headers, query_user)
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let resp = match (method, path.as_str()) {
+            (Method::GET, "/health") => {
+                Response::builder().status(204).body(Full::new(Bytes::new()).boxed_unsync()).unwrap()
+            }
+            (Method::GET, "/envs") => json(StatusCode::OK, &*self.env.read().unwrap()),
+            (Method::POST, "/init") => self.init(req).await,
+            (Method::GET, "/metrics") => self.metrics(),
+            (Method::GET, "/files") => crate::files::download(&self, req).await,
+            (Method::POST, "/files") => crate::files::upload(&self, req).await,
+            (Method::POST, p) if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => {
+                self.rpc(req).await
+            }
+            (_, "/health" | "/envs" | "/init" | "/metrics" | "/files") => {
+                http_error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {path}"))
+            }
+            _ => http_error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+        };
+        Ok(resp)
+    }
+
+    async fn init(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match read_body(req.into_body(), MAX_UNARY_BODY).await {
+            Ok(b) => b,
+            Err(e) => return connect_error(&e),
+        };
+        let init: InitRequest = match serde_json::from_slice(&body) {
+            Ok(i) => i,
+            Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid init body: {e}")),
+        };
+        if let Some(env) = init.env_vars {
+            self.env.write().unwrap().extend(env);
+        }
+        if let Some(u) = init.default_user {
+            if let Err(e) = users::lookup(&u) {
+                return http_error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+            *self.default_user.write().unwrap() = u;
+        }
+        if let Some(w) = init.default_workdir {
+            *self.default_workdir.write().unwrap() = Some(w);
+        }
+        Response::builder().status(204).body(Full::new(Bytes::new()).boxed_unsync()).unwrap()
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        // Inside the sandbox the agent sees its own namespaces only; the daemon has the cgroup
+        // figures. Here: CPU count the scheduler grants and memory from the kernel's view.
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: sysinfo fills the struct.
+        unsafe { libc::sysinfo(&mut si) };
+        let unit = si.mem_unit.max(1) as u64;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs on a static NUL-terminated path.
+        unsafe { libc::statvfs(c"/".as_ptr(), &mut st) };
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "ts": ts,
+                "cpu_count": cpus,
+                "cpu_used_pct": 0.0,
+                "mem_total": si.totalram as u64 * unit,
+                "mem_used": (si.totalram - si.freeram) as u64 * unit,
+                "mem_cache": si.bufferram as u64 * unit,
+                "disk_total": st.f_blocks as u64 * st.f_frsize,
+                "disk_used": (st.f_blocks - st.f_bfree) as u64 * st.f_frsize,
+            }),
+        )
+    }
+
+    async fn rpc(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let headers = req.headers().clone();
+        let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let streaming = ct.starts_with("application/connect+");
+        if ct.contains("proto") {
+            let e = Error::new(
+                Code::Unimplemented,
+                "the protobuf codec is not supported by this agent yet; use the JSON codec (application/json)",
+            );
+            return if streaming { stream_error(e) } else { connect_error(&e) };
+        }
+        let user = match self.user(&headers, None) {
+            Ok(u) => u,
+            Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
+        };
+        let method = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let service = &path[1..path.len() - method.len() - 1];
+        if service == pp::SERVICE && method == "StreamInput" {
+            return self.stream_input(req).await;
+        }
+        let raw = match read_body(req.into_body(), MAX_UNARY_BODY).await {
+            Ok(b) => b,
+            Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
+        };
+        let msg = if streaming {
+            let mut d = connect::Decoder::default();
+            d.push(&raw);
+            match d.next_frame() {
+                Ok(Some(f)) => f.payload,
+                Ok(None) => return stream_error(Error::new(Code::InvalidArgument, "request envelope is incomplete")),
+                Err(e) => return stream_error(Error::new(Code::InvalidArgument, e.to_string())),
+            }
+        } else {
+            raw
+        };
+        let opts = StreamOpts::from_headers(&headers);
+        match (service, method.as_str(), streaming) {
+            (pp::SERVICE, "Start", true) => match parse::<pp::StartRequest>(&msg) {
+                Ok(r) => self.start(r, user, opts),
+                Err(e) => stream_error(e),
+            },
+            (pp::SERVICE, "Connect", true) => match parse::<pp::ConnectRequest>(&msg) {
+                Ok(r) => match self.processes.connect(&r.process) {
+                    Ok(events) => event_stream(events, opts),
+                    Err(e) => stream_error(e),
+                },
+                Err(e) => stream_error(e),
+            },
+            (pfs::SERVICE, "WatchDir", true) => match parse::<pfs::WatchDirRequest>(&msg) {
+                Ok(r) => crate::watch::watch_dir(r, user, opts.keepalive).await,
+                Err(e) => stream_error(e),
+            },
+            (_, _, true) => stream_error(Error::new(Code::Unimplemented, format!("{path} is not a streaming method"))),
+            (_, _, false) => match self.unary(service, &method, &msg, user).await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => connect_error(&e),
+            },
+        }
+    }
+
+    fn start(&self, r: pp::StartRequest, user: User, opts: StreamOpts) -> Response<Body> {
+        let Some(config) = r.process else {
+            return stream_error(Error::new(Code::InvalidArgument, "process config is missing"));
+        };
+        let start = StartOptions {
+            config,
+            pty: r.pty.map(|p| p.size.unwrap_or(pp::PtySize { cols: 80, rows: 24 })),
+            tag: r.tag,
+            stdin: r.stdin.unwrap_or(true),
+            user,
+            base_env: self.env.read().unwrap().clone(),
+            default_cwd: self.default_workdir.read().unwrap().clone(),
+        };
+        match self.processes.start(start) {
+            Ok((_pid, events)) => event_stream(events, opts),
+            Err(e) => stream_error(e),
+        }
+    }
+
+    async fn unary(&self, service: &str, method: &str, msg: &[u8], user: User) -> Result<serde_json::Value, Error> {
+        use serde_json::to_value;
+        let v =
+            |r: Result<serde_json::Value, serde_json::Error>| r.map_err(|e| Error::new(Code::Internal, e.to_string()));
+        match (service, method) {
+            (pp::SERVICE, "List") => v(to_value(pp::ListResponse { processes: self.processes.list() })),
+            (pp::SERVICE, "SendInput") => {
+                let r: pp::SendInputRequest = parse(msg)?;
+                let input = r.input.unwrap_or_default();
+                self.processes.send_input(&r.process, input.stdin.as_deref(), input.pty.as_deref())?;
+                Ok(serde_json::json!({}))
+            }
+            (pp::SERVICE, "SendSignal") => {
+                let r: pp::SendSignalRequest = parse(msg)?;
+                let sig = match r.signal {
+                    pp::Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+                    pp::Signal::Term => nix::sys::signal::Signal::SIGTERM,
+                    pp::Signal::Unspecified => return Err(Error::new(Code::InvalidArgument, "signal is unspecified")),
+                };
+                self.processes.signal(&r.process, sig)?;
+                Ok(serde_json::json!({}))
+            }
+            (pp::SERVICE, "CloseStdin") => {
+                let r: pp::CloseStdinRequest = parse(msg)?;
+                self.processes.close_stdin(&r.process)?;
+                Ok(serde_json::json!({}))
+            }
+            (pp::SERVICE, "Update") => {
+                let r: pp::UpdateRequest = parse(msg)?;
+                if let Some(size) = r.pty.and_then(|p| p.size) {
+                    self.processes.resize(&r.process, size)?;
+                }
+                Ok(serde_json::json!({}))
+            }
+            (pfs::SERVICE, "Stat") => {
+                let r: pfs::PathRequest = parse(msg)?;
+                let p = fs::resolve(&r.path, &user)?;
+                let e = fs::run_as(user, move || fs::stat(&p)).await?;
+                v(to_value(pfs::EntryResponse { entry: Some(e) }))
+            }
+            (pfs::SERVICE, "MakeDir") => {
+                let r: pfs::PathRequest = parse(msg)?;
+                let p = fs::resolve(&r.path, &user)?;
+                let e = fs::run_as(user, move || fs::make_dir(&p)).await?;
+                v(to_value(pfs::EntryResponse { entry: Some(e) }))
+            }
+            (pfs::SERVICE, "Move") => {
+                let r: pfs::MoveRequest = parse(msg)?;
+                let from = fs::resolve(&r.source, &user)?;
+                let to = fs::resolve(&r.destination, &user)?;
+                let e = fs::run_as(user, move || fs::move_path(&from, &to)).await?;
+                v(to_value(pfs::EntryResponse { entry: Some(e) }))
+            }
+            (pfs::SERVICE, "ListDir") => {
+                let r: pfs::ListDirRequest = parse(msg)?;
+                let p = fs::resolve(&r.path, &user)?;
+                let depth = r.depth;
+                let entries = fs::run_as(user, move || fs::list_dir(&p, depth)).await?;
+                v(to_value(pfs::ListDirResponse { entries }))
+            }
+            (pfs::SERVICE, "Remove") => {
+                let r: pfs::PathRequest = parse(msg)?;
+                let p = fs::resolve(&r.path, &user)?;
+                fs::run_as(user, move || fs::remove(&p)).await?;
+                Ok(serde_json::json!({}))
+            }
+            (pfs::SERVICE, "CreateWatcher") => {
+                let r: pfs::WatchDirRequest = parse(msg)?;
+                let id = crate::watch::create_watcher(r, user).await?;
+                v(to_value(pfs::CreateWatcherResponse { watcher_id: id }))
+            }
+            (pfs::SERVICE, "GetWatcherEvents") => {
+                let r: pfs::WatcherIdRequest = parse(msg)?;
+                let events = crate::watch::take_events(&r.watcher_id)?;
+                v(to_value(pfs::GetWatcherEventsResponse { events }))
+            }
+            (pfs::SERVICE, "RemoveWatcher") => {
+                let r: pfs::WatcherIdRequest = parse(msg)?;
+                crate::watch::remove_watcher(&r.watcher_id)?;
+                Ok(serde_json::json!({}))
+            }
+            _ => Err(Error::new(Code::Unimplemented, format!("unknown method /{service}/{method}"))),
+        }
+    }
+
+    /// `StreamInput`: a client stream of `start`, then `data`/`keepalive` messages.
+    async fn stream_input(&self, req: Request<Incoming>) -> Response<Body> {
+        let mut body = req.into_body();
+        let mut dec = connect::Decoder::default();
+        let mut target: Option<Option<pp::ProcessSelector>> = None;
+        loop {
+            loop {
+                let frame = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return stream_error(Error::new(Code::InvalidArgument, e.to_string())),
+                };
+                if frame.flags & connect::FLAG_END_STREAM != 0 {
+                    continue;
+                }
+                let msg: pp::StreamInputRequest = match parse(&frame.payload) {
+                    Ok(m) => m,
+                    Err(e) => return stream_error(e),
+                };
+                if let Some(start) = msg.start {
+                    target = Some(start.process);
+                } else if let Some(data) = msg.data {
+                    let Some(sel) = &target else {
+                        return stream_error(Error::new(Code::InvalidArgument, "data sent before start"));
+                    };
+                    let input = data.input.unwrap_or_default();
+                    if let Err(e) = self.processes.send_input(sel, input.stdin.as_deref(), input.pty.as_deref()) {
+                        return stream_error(e);
+                    }
+                }
+            }
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        dec.push(&data);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        let mut out = connect::json_envelope(&serde_json::json!({})).to_vec();
+        out.extend_from_slice(&connect::end_envelope(None));
+        full(StatusCode::OK, "application/connect+json", out)
+    }
+}
+
+/// Stream options from request headers.
+#[derive(Clone, Copy)]
+pub struct StreamOpts {
+    pub keepalive: Option<Duration>,
+    pub deadline: Option<Duration>,
+}
+
+impl StreamOpts {
+    fn from_headers(h: &HeaderMap) -> StreamOpts {
+        let num = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
+        StreamOpts {
+            keepalive: num("keepalive-ping-interval").filter(|s| *s > 0).map(Duration::from_secs),
+            deadline: num("connect-timeout-ms").filter(|s| *s > 0).map(Duration::from_millis),
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(msg: &[u8]) -> Result<T, Error> {
+    let msg = if msg.is_empty() { &b"{}"[..] } else { msg };
+    serde_json::from_slice(msg).map_err(|e| Error::new(Code::InvalidArgument, format!("invalid request message: {e}")))
+}
+
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::new(Code::Canceled, format!("reading request body: {e}")))?;
+        if let Ok(d) = frame.into_data() {
+            if buf.len() + d.len() > limit {
+                return Err(Error::new(Code::ResourceExhausted, format!("request body is larger than {limit} bytes")));
+            }
+            buf.extend_from_slice(&d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A streaming response that carries only an end-stream error.
+pub fn stream_error(e: Error) -> Response<Body> {
+    full(StatusCode::OK, "application/connect+json", connect::end_envelope(Some(e)))
+}
+
+/// A streaming response fed by a channel of envelopes.
+pub fn channel_stream(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "application/connect+json")
+        .body(StreamBody::new(stream.boxed()).boxed_unsync())
+        .expect("valid response")
+}
+
+fn event_stream(mut events: crate::process::Events, opts: StreamOpts) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let deadline = opts.deadline.map(|d| tokio::time::Instant::now() + d);
+        let mut ka = opts.keepalive.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        loop {
+            let sleep_until = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let tick = async {
+                match ka.as_mut() {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => {
+                        let end = matches!(ev, ProcessEvent::End(_));
+                        if tx.send(connect::json_envelope(&EventResponse { event: ev })).await.is_err() {
+                            return;
+                        }
+                        if end {
+                            let _ = tx.send(connect::end_envelope(None)).await;
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = tx.send(connect::end_envelope(None)).await;
+                        return;
+                    }
+                },
+                _ = tick => {
+                    let ka = EventResponse { event: ProcessEvent::Keepalive(pp::Empty {}) };
+                    if tx.send(connect::json_envelope(&ka)).await.is_err() {
+                        return;
+                    }
+                }
+                // The caller's deadline ends the stream, never the process.
+                _ = sleep_until => {
+                    let e = Error::new(Code::DeadlineExceeded, "the stream's deadline passed; the process keeps running");
+                    let _ = tx.send(connect::end_envelope(Some(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    channel_stream(rx)
+}

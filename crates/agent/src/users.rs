@@ -1,0 +1,104 @@
+//! Users of the sandbox, read straight from its `/etc/passwd` and `/etc/group` (the agent is static
+//! and has no NSS), and running file operations as one of them.
+
+use std::fs;
+use std::io;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+    pub groups: Vec<u32>,
+}
+
+/// Looks a user up by name.
+pub fn lookup(name: &str) -> io::Result<User> {
+    let passwd = fs::read_to_string("/etc/passwd")?;
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    parse(name, &passwd, &group)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("user {name:?} does not exist in this sandbox")))
+}
+
+fn parse(name: &str, passwd: &str, group: &str) -> Option<User> {
+    let line = passwd.lines().find(|l| l.split(':').next() == Some(name))?;
+    let f: Vec<&str> = line.split(':').collect();
+    if f.len() < 7 {
+        return None;
+    }
+    let uid = f[2].parse().ok()?;
+    let gid = f[3].parse().ok()?;
+    let mut groups = vec![gid];
+    for g in group.lines() {
+        let gf: Vec<&str> = g.split(':').collect();
+        if gf.len() >= 4 && gf[3].split(',').any(|m| m == name) {
+            if let Ok(id) = gf[2].parse() {
+                if !groups.contains(&id) {
+                    groups.push(id);
+                }
+            }
+        }
+    }
+    Some(User { name: name.to_owned(), uid, gid, home: f[5].to_owned(), shell: f[6].to_owned(), groups })
+}
+
+/// Name of a uid or gid for display (`owner`/`group` of entries).
+pub fn name_of(id: u32, file: &str) -> String {
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let _ = f.next();
+                (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Runs `f` on the current (blocking) thread with the filesystem identity of `user`, so the kernel
+/// applies that user's permissions and new files belong to them. fsuid/fsgid and the group list are
+/// per-thread at the syscall level; the raw syscalls are used because libc would broadcast them to
+/// every thread.
+pub fn as_user<T>(user: &User, f: impl FnOnce() -> T) -> T {
+    if user.uid == 0 {
+        return f();
+    }
+    // SAFETY: raw per-thread credential syscalls with plain integer / array arguments.
+    unsafe {
+        libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr());
+        libc::syscall(libc::SYS_setfsgid, user.gid);
+        libc::syscall(libc::SYS_setfsuid, user.uid);
+    }
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: as above; back to root's identity for the next task on this thread.
+            unsafe {
+                libc::syscall(libc::SYS_setfsuid, 0);
+                libc::syscall(libc::SYS_setfsgid, 0);
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
+            }
+        }
+    }
+    let _restore = Restore;
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_user_and_supplementary_groups() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n";
+        let group = "root:x:0:\nsudo:x:27:user\nuser:x:1000:\n";
+        let u = parse("user", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/user"));
+        assert_eq!(u.groups, vec![1000, 27]);
+        assert!(parse("nobody", passwd, group).is_none());
+    }
+}

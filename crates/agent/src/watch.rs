@@ -1,0 +1,186 @@
+//! Directory watching with inotify: the `WatchDir` stream and the polling watchers
+//! (`CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher`).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Response;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio::sync::mpsc;
+use warren_protocol::connect::{self, Code, Error};
+use warren_protocol::filesystem::{EventType, FilesystemEvent, WatchDirRequest, WatchDirResponse};
+use warren_protocol::process::Empty;
+
+use crate::fs;
+use crate::server::{channel_stream, stream_error, Body};
+use crate::users::User;
+
+const MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::CLOSE_WRITE);
+
+struct Watch {
+    inotify: Option<Inotify>,
+    watches: inotify::Watches,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    root: PathBuf,
+    recursive: bool,
+    include_entry: bool,
+}
+
+fn open(req: &WatchDirRequest, user: &User) -> Result<Watch, Error> {
+    let root = fs::resolve(&req.path, user)?;
+    let md = std::fs::metadata(&root).map_err(|e| fs::io_error(&e, &root))?;
+    if !md.is_dir() {
+        return Err(Error::new(Code::InvalidArgument, format!("path {} is not a directory", root.display())));
+    }
+    let inotify = Inotify::init().map_err(|e| Error::new(Code::Internal, format!("inotify: {e}")))?;
+    let watches = inotify.watches();
+    let mut w = Watch {
+        inotify: Some(inotify),
+        watches,
+        dirs: HashMap::new(),
+        root: root.clone(),
+        recursive: req.recursive,
+        include_entry: req.include_entry,
+    };
+    w.add(&root)?;
+    Ok(w)
+}
+
+impl Watch {
+    fn add(&mut self, dir: &Path) -> Result<(), Error> {
+        let wd = self.watches.add(dir, MASK).map_err(|e| fs::io_error(&e, dir))?;
+        self.dirs.insert(wd, dir.to_owned());
+        if self.recursive {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        let _ = self.add(&e.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn translate(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&OsString>) -> Option<FilesystemEvent> {
+        let dir = self.dirs.get(wd)?.clone();
+        let name = name?;
+        let full = dir.join(name);
+        let event_type = if mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO) {
+            if mask.contains(EventMask::ISDIR) && self.recursive {
+                let _ = self.add(&full);
+            }
+            EventType::Create
+        } else if mask.contains(EventMask::DELETE) {
+            EventType::Remove
+        } else if mask.contains(EventMask::MOVED_FROM) {
+            EventType::Rename
+        } else if mask.contains(EventMask::ATTRIB) {
+            EventType::Chmod
+        } else if mask.contains(EventMask::MODIFY) {
+            EventType::Write
+        } else {
+            return None;
+        };
+        let rel = full.strip_prefix(&self.root).unwrap_or(&full).display().to_string();
+        let entry = if self.include_entry { fs::entry(&full).ok() } else { None };
+        Some(FilesystemEvent { name: rel, event_type, entry })
+    }
+}
+
+/// Runs a watch, sending each event to `tx` until it closes.
+async fn pump(mut w: Watch, tx: impl Fn(FilesystemEvent) -> bool) {
+    let buf = vec![0u8; 16 * 1024];
+    let Some(inotify) = w.inotify.take() else { return };
+    let Ok(mut stream) = inotify.into_event_stream(buf) else { return };
+    while let Some(Ok(ev)) = stream.next().await {
+        if let Some(fe) = w.translate(&ev.wd, ev.mask, ev.name.as_ref()) {
+            if !tx(fe) {
+                return;
+            }
+        }
+    }
+}
+
+pub async fn watch_dir(req: WatchDirRequest, user: User, keepalive: Option<std::time::Duration>) -> Response<Body> {
+    let r = req.clone();
+    let w = match fs::run_as(user.clone(), move || open(&r, &user)).await {
+        Ok(w) => w,
+        Err(e) => return stream_error(e),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let _ = tx.try_send(connect::json_envelope(&WatchDirResponse::Start(Empty {})));
+    let tx2 = tx.clone();
+    tokio::spawn(pump(w, move |fe| {
+        tx2.try_send(connect::json_envelope(&WatchDirResponse::Filesystem(Box::new(fe))))
+            .map(|_| true)
+            .unwrap_or_else(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+    }));
+    if let Some(every) = keepalive {
+        tokio::spawn(async move {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                i.tick().await;
+                if tx.send(connect::json_envelope(&WatchDirResponse::Keepalive(Empty {}))).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    channel_stream(rx)
+}
+
+type Watchers = Mutex<HashMap<String, (Arc<Mutex<Vec<FilesystemEvent>>>, tokio::task::JoinHandle<()>)>>;
+
+fn watchers() -> &'static Watchers {
+    static W: OnceLock<Watchers> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+pub async fn create_watcher(req: WatchDirRequest, user: User) -> Result<String, Error> {
+    let r = req.clone();
+    let w = fs::run_as(user.clone(), move || open(&r, &user)).await?;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let task = tokio::spawn(pump(w, move |fe| {
+        let mut v = sink.lock().unwrap();
+        // Bounded: a watcher nobody polls must not grow without limit.
+        if v.len() < 100_000 {
+            v.push(fe);
+        }
+        true
+    }));
+    let mut b = [0u8; 12];
+    // SAFETY: getrandom writes at most b.len() bytes.
+    unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    watchers().lock().unwrap().insert(id.clone(), (events, task));
+    Ok(id)
+}
+
+pub fn take_events(id: &str) -> Result<Vec<FilesystemEvent>, Error> {
+    let w = watchers().lock().unwrap();
+    let (events, _) = w.get(id).ok_or_else(|| Error::new(Code::NotFound, format!("watcher {id} does not exist")))?;
+    let taken = std::mem::take(&mut *events.lock().unwrap());
+    Ok(taken)
+}
+
+pub fn remove_watcher(id: &str) -> Result<(), Error> {
+    let (_, task) = watchers()
+        .lock()
+        .unwrap()
+        .remove(id)
+        .ok_or_else(|| Error::new(Code::NotFound, format!("watcher {id} does not exist")))?;
+    task.abort();
+    Ok(())
+}

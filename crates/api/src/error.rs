@@ -1,0 +1,54 @@
+//! One table from engine errors to HTTP statuses, E2B's `{code, message}` body, and the
+//! `Should-Retry` header that stops E2B SDKs from retrying what cannot succeed.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use warren_node::NodeError;
+use warren_types::api::ErrorBody;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), retry: false }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::SandboxNotFound { .. } | NodeError::TemplateNotFound { .. } => StatusCode::NOT_FOUND,
+            NodeError::OutOfRange { .. } | NodeError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            NodeError::TemplateNotReady { .. }
+            | NodeError::TemplateInUse { .. }
+            | NodeError::Conflict { .. }
+            | NodeError::Illegal(_) => StatusCode::CONFLICT,
+            NodeError::Capacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::Runtime(_) | NodeError::Store(_) | NodeError::Agent { .. } | NodeError::Build { .. } => {
+                tracing::error!(error = %e, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError { status, message: e.to_string(), retry: false }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.status.as_u16(), message: self.message };
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if !self.retry {
+            r.headers_mut().insert("should-retry", http::HeaderValue::from_static("false"));
+        }
+        r
+    }
+}

@@ -1,0 +1,147 @@
+//! Sandbox traffic. A request is for a sandbox when it carries `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`)
+//! or its Host is `{port}-{id}.{domain}`; it is then authenticated with the sandbox's access token
+//! (`X-Access-Token`) or the API key and streamed to the agent's unix socket, both ways.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, Request, StatusCode};
+use hyper::body::Incoming;
+use warren_types::AGENT_PORT;
+
+use crate::error::ApiError;
+use crate::routes::{api_key_of, key_matches};
+use crate::AppState;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub sandbox: String,
+    pub port: u16,
+}
+
+/// Whether a request is sandbox traffic, and for which sandbox and port.
+pub fn target<B>(req: &Request<B>, domain: &str) -> Option<Target> {
+    let h = req.headers();
+    if let Some(id) = h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+        let port =
+            h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse().ok()).unwrap_or(AGENT_PORT);
+        return Some(Target { sandbox: id.to_owned(), port });
+    }
+    let host = h.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().host())?;
+    parse_host(host, domain)
+}
+
+/// `{port}-{id}.{domain}` (the domain may carry a port; `localhost` with any port is accepted too).
+pub fn parse_host(host: &str, domain: &str) -> Option<Target> {
+    let (label, rest) = host.split_once('.')?;
+    let rest_no_port = rest.rsplit_once(':').map(|(h, _)| h).unwrap_or(rest);
+    let domain_no_port = domain.rsplit_once(':').map(|(h, _)| h).unwrap_or(domain);
+    if rest != domain && rest_no_port != domain_no_port {
+        return None;
+    }
+    let (port, id) = label.split_once('-')?;
+    let port: u16 = port.parse().ok()?;
+    if id.is_empty() {
+        return None;
+    }
+    Some(Target { sandbox: id.to_owned(), port })
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+const STRIPPED: &[&str] = &["x-api-key", "x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name) || STRIPPED.contains(&name) {
+            continue;
+        }
+        to.append(HeaderName::from(k), v.clone());
+    }
+}
+
+pub async fn forward(state: Arc<AppState>, target: Target, req: Request<Incoming>) -> Response {
+    match forward_inner(&state, &target, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let (socket, token) = state.engine.agent_socket(&target.sandbox)?;
+    let headers = req.headers();
+    let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &token));
+    let by_key = api_key_of(headers).is_some_and(|k| key_matches(k, &state.api_key));
+    if !by_token && !by_key {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "sandbox {} needs its access token (X-Access-Token, from the create answer) or the API key (X-API-KEY)",
+                target.sandbox
+            ),
+        ));
+    }
+    if target.port != AGENT_PORT {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "port {} of sandbox {}: sandboxes have no network yet on this Warren version; only the sandbox protocol port {AGENT_PORT} is served",
+                target.port, target.sandbox
+            ),
+        ));
+    }
+    if req.uri().path() == "/init" {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "/init is reserved for the Warren daemon"));
+    }
+    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let mut out = Request::builder().method(req.method().clone()).uri(format!("http://agent{path_q}"));
+    copy_headers(req.headers(), out.headers_mut().expect("builder is valid"));
+    out.headers_mut().expect("builder is valid").insert(http::header::HOST, http::HeaderValue::from_static("agent"));
+    let out = out.body(req.into_body()).map_err(|e| ApiError::bad_request(format!("cannot forward request: {e}")))?;
+    let resp = warren_node::agent_client::send(&socket, out).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox {} did not answer: {e}", target.sandbox))
+    })?;
+    let (parts, body) = resp.into_parts();
+    let mut r = Response::builder().status(parts.status);
+    copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));
+    Ok(r.body(Body::new(body)).expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_routing() {
+        let t = parse_host("49983-iabc.localhost:3049", "localhost:3049").unwrap();
+        assert_eq!(t, Target { sandbox: "iabc".into(), port: 49983 });
+        assert_eq!(parse_host("8080-iabc.localhost", "localhost:3049").unwrap().port, 8080);
+        assert!(parse_host("localhost:3049", "localhost:3049").is_none());
+        assert!(parse_host("x-iabc.localhost", "localhost:3049").is_none());
+        assert!(parse_host("8080-iabc.example.com", "localhost:3049").is_none());
+        assert!(parse_host("8080-.localhost", "localhost:3049").is_none());
+    }
+
+    #[test]
+    fn headers_win_over_host() {
+        let req = Request::get("/x")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "49983")
+            .header("host", "127.0.0.1:3049")
+            .body(())
+            .unwrap();
+        assert_eq!(target(&req, "localhost:3049"), Some(Target { sandbox: "iabc".into(), port: 49983 }));
+        let plain = Request::get("/x").header("host", "127.0.0.1:3049").body(()).unwrap();
+        assert_eq!(target(&plain, "localhost:3049"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! Control-plane routes. Each handler parses its input, calls one engine method, and shapes the
+//! answer the way E2B clients expect.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use warren_node::engine::SandboxRecord;
+use warren_node::templates::TemplateRecord;
+use warren_node::{rfc3339, CreateRequest};
+use warren_types::api::{NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo};
+use warren_types::{TemplateId, ENVD_VERSION};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+type S = State<Arc<AppState>>;
+
+const MAX_BODY: usize = 1024 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/v2/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(info).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/stats", get(stats))
+        .route("/templates", get(list_templates).post(build_template))
+        .route("/templates/{id}", get(template_info_route).delete(remove_template))
+        .route("/templates/{id}/build", get(build_progress))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback(|req: Request| async move {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+        })
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte from response times.
+pub fn key_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn api_key_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+        headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    })
+}
+
+async fn require_api_key(State(st): S, req: Request, next: Next) -> Response {
+    match api_key_of(req.headers()) {
+        Some(k) if key_matches(k, &st.api_key) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "the X-API-KEY header is not valid for this Warren daemon").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing X-API-KEY header; the key is in the daemon's data directory (api_key) and `warren` reads it for you",
+        )
+        .into_response(),
+    }
+}
+
+/// Reads and parses a JSON body with a size limit and an error that names the problem.
+async fn json_body<T: DeserializeOwned>(body: Body, empty_ok: bool) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {MAX_BODY} bytes"))
+    })?;
+    let bytes: Bytes = if bytes.is_empty() && empty_ok { Bytes::from_static(b"{}") } else { bytes };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn sandbox_answer(st: &AppState, r: &SandboxRecord) -> Sandbox {
+    Sandbox {
+        template_id: r.template_id.to_string(),
+        sandbox_id: r.id.to_string(),
+        client_id: "warren".into(),
+        envd_version: ENVD_VERSION.into(),
+        alias: Some(r.template_id.to_string()),
+        envd_access_token: Some(r.access_token.clone()),
+        domain: Some(st.domain.clone()),
+    }
+}
+
+fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
+    SandboxDetail {
+        template_id: r.template_id.to_string(),
+        sandbox_id: r.id.to_string(),
+        client_id: "warren".into(),
+        alias: Some(r.template_id.to_string()),
+        started_at: rfc3339(r.started_at_ms),
+        end_at: rfc3339(r.end_at_ms),
+        envd_version: ENVD_VERSION.into(),
+        cpu_count: r.cpu_count,
+        memory_mb: r.memory_mb,
+        disk_size_mb: r.disk_mb,
+        state: r.state.e2b_name().into(),
+        metadata: r.metadata.clone(),
+        domain: Some(st.domain.clone()),
+        warren_state: r.state,
+    }
+}
+
+async fn create(State(st): S, body: Body) -> Result<Response, ApiError> {
+    let req: NewSandbox = json_body(body, false).await?;
+    if req.template_id.is_empty() {
+        return Err(ApiError::bad_request("templateID is required (for example \"base\")"));
+    }
+    let rec = st
+        .engine
+        .create(CreateRequest {
+            template_id: req.template_id,
+            timeout_secs: req.timeout,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            cpu_count: req.cpu_count,
+            memory_mb: req.memory_mb,
+            disk_mb: req.disk_size_mb,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(sandbox_answer(&st, &rec))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    metadata: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+async fn list(State(st): S, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let mut want_meta = BTreeMap::new();
+    if let Some(m) = &q.metadata {
+        for pair in m.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            want_meta.insert(dec(k), dec(v));
+        }
+    }
+    let states: Option<Vec<String>> = q.state.as_ref().map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
+    if let Some(states) = &states {
+        if let Some(bad) = states.iter().find(|s| !matches!(s.as_str(), "running" | "paused")) {
+            return Err(ApiError::bad_request(format!("unknown state {bad:?}: use running and/or paused")));
+        }
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 10000"));
+    }
+    let mut items: Vec<_> = st
+        .engine
+        .list()
+        .into_iter()
+        .filter(|r| want_meta.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+        .filter(|r| states.as_ref().is_none_or(|s| s.iter().any(|x| x == r.state.e2b_name())))
+        .collect();
+    if let Some(token) = &q.next_token {
+        match items.iter().position(|r| r.id.as_str() == token) {
+            Some(i) => {
+                items.drain(..=i);
+            }
+            None => {
+                return Err(ApiError::bad_request("nextToken does not match a listed sandbox; start again without it"))
+            }
+        }
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let body: Vec<SandboxDetail> = items.iter().map(|r| detail(&st, r)).collect();
+    let mut resp = Json(body).into_response();
+    if more {
+        if let Some(last) = items.last() {
+            resp.headers_mut()
+                .insert("x-next-token", http::HeaderValue::from_str(last.id.as_str()).expect("ids are ASCII"));
+        }
+    }
+    Ok(resp)
+}
+
+async fn info(State(st): S, Path(id): Path<String>) -> Result<Json<SandboxDetail>, ApiError> {
+    let rec = st.engine.get(&id)?;
+    Ok(Json(detail(&st, &rec)))
+}
+
+async fn kill(State(st): S, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.engine.kill_by_name(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_timeout(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+    let req: SetTimeout = json_body(body, false).await?;
+    st.engine.set_timeout(&id, req.timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+    let req: Refresh = json_body(body, true).await?;
+    st.engine.refresh(&id, req.duration.unwrap_or(60))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(st.engine.stats(&id)?).into_response())
+}
+
+fn template_info(rec: &TemplateRecord) -> TemplateInfo {
+    TemplateInfo {
+        template_id: rec.id.to_string(),
+        status: rec.status.as_str().into(),
+        size_bytes: rec.size_bytes,
+        created_at: rfc3339(rec.created_at_ms),
+        error: rec.error.clone(),
+        default_user: rec.default_user.clone(),
+    }
+}
+
+async fn list_templates(State(st): S) -> Json<Vec<TemplateInfo>> {
+    Json(st.engine.templates.list().iter().map(template_info).collect())
+}
+
+async fn template_info_h(st: &AppState, id: &str) -> Result<TemplateInfo, ApiError> {
+    let tid = TemplateId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rec =
+        st.engine.templates.get(&tid).ok_or_else(|| warren_node::NodeError::TemplateNotFound { id: id.into() })?;
+    Ok(template_info(&rec))
+}
+
+async fn template_info_route(State(st): S, Path(id): Path<String>) -> Result<Json<TemplateInfo>, ApiError> {
+    Ok(Json(template_info_h(&st, &id).await?))
+}
+
+async fn build_template(State(st): S, body: Body) -> Result<Response, ApiError> {
+    let req: NewTemplate = json_body(body, false).await?;
+    let tid = TemplateId::parse(&req.template_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rec = st.engine.templates.build(tid, req.packages)?;
+    Ok((StatusCode::ACCEPTED, Json(template_info(&rec))).into_response())
+}
+
+async fn remove_template(State(st): S, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.engine.remove_template(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// NDJSON stream of a build's output lines, then its final status.
+async fn build_progress(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let tid = TemplateId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if st.engine.templates.get(&tid).is_none() {
+        return Err(warren_node::NodeError::TemplateNotFound { id }.into());
+    }
+    let progress = st.engine.templates.progress(&tid);
+    let line = |status: &str, l: Option<String>| {
+        let mut s = serde_json::to_string(&warren_types::api::BuildProgress { status: status.into(), line: l })
+            .expect("serializes");
+        s.push('\n');
+        Bytes::from(s)
+    };
+    let backlog: Vec<Bytes> = progress.backlog.into_iter().map(|l| line("building", Some(l))).collect();
+    let live = progress.live;
+    let st2 = st.clone();
+    let tail = futures_util::stream::unfold((live, false), move |(live, done)| {
+        let st = st2.clone();
+        let tid = tid.clone();
+        async move {
+            if done {
+                return None;
+            }
+            if let Some(mut rx) = live {
+                loop {
+                    match rx.recv().await {
+                        Ok(l) => return Some((line("building", Some(l)), (Some(rx), false))),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+            let rec = st.engine.templates.get(&tid);
+            let status = rec.as_ref().map(|r| r.status.as_str()).unwrap_or("failed");
+            let err = rec.and_then(|r| r.error);
+            Some((line(status, err), (None, true)))
+        }
+    });
+    let stream = futures_util::stream::iter(backlog).chain(tail).map(Ok::<_, Infallible>);
+    Ok(Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
+}

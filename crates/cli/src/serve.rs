@@ -1,0 +1,109 @@
+//! `warren serve`: loads the config once, prepares the data directory and API key, starts the
+//! runtime, the engine and the HTTP listener, and builds the `base` template on first start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tracing::info;
+use warren_types::config::Config;
+use warren_types::TemplateId;
+
+use crate::ServeArgs;
+
+fn load_config(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("config {} is invalid", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    Ok(cfg)
+}
+
+/// The API key, created on first start (0600, readable by root's CLI).
+fn api_key(cfg: &Config) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = crate::client::api_key_path(&cfg.data_dir);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        let k = k.trim().to_owned();
+        if !k.is_empty() {
+            return Ok(k);
+        }
+    }
+    let key = format!("wrn_{}", warren_node::random_hex(24));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing the API key to {}", path.display()))?;
+    std::io::Write::write_all(&mut f, key.as_bytes())?;
+    Ok(key)
+}
+
+fn agent_binary(cfg: &Config) -> Result<PathBuf> {
+    if let Some(p) = &cfg.native.agent_path {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().context("locating the warren executable")?;
+    Ok(exe.with_file_name("warren-agent"))
+}
+
+pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cfg = load_config(args, data_dir)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let key = api_key(&cfg)?;
+    let runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
+        data_dir: cfg.data_dir.clone(),
+        run_dir: cfg.run_dir.clone(),
+        uid_base: cfg.native.uid_base,
+        uid_count: cfg.native.uid_count,
+        storage_size_gb: cfg.native.storage_size_gb,
+        agent_binary: agent_binary(&cfg)?,
+        spawner_exe: std::env::current_exe().context("locating the warren executable")?,
+    })
+    .context("starting the native runtime")?;
+    info!(cgroup = runtime.cgroup_version(), "native runtime ready");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {} (is another warren serve running?)", cfg.listen))?;
+        let domain = cfg.domain();
+        let no_base = args.no_base;
+        let engine = warren_node::Engine::start(cfg, Arc::new(runtime)).await.context("starting the node engine")?;
+        if !no_base {
+            let base = TemplateId::parse("base").expect("valid id");
+            let missing = engine.templates.get(&base).is_none_or(|r| r.status != warren_node::templates::Status::Ready);
+            if missing {
+                info!("building the base template (first start); follow it with `warren template build base`");
+                engine.templates.build(base, vec![])?;
+            }
+        }
+        let state = Arc::new(warren_api::AppState { engine, api_key: key, domain });
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            info!("shutting down; running sandboxes keep running and are re-attached on the next start");
+        };
+        warren_api::serve(listener, state, shutdown).await?;
+        Ok(())
+    })
+}

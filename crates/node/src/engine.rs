@@ -1,0 +1,368 @@
+//! The node engine: creates, tracks, times out and kills sandboxes. Every state change goes through
+//! [`warren_types::state::transition`] and is written to the store before the caller hears of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, instrument, warn};
+use warren_runtime::{Handle, Runtime, SandboxSpec};
+use warren_types::config::Config;
+use warren_types::state::transition;
+use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, TemplateId};
+
+use crate::store::{Kind, Store};
+use crate::templates::Templates;
+use crate::{now_ms, random_hex, NodeError};
+
+const RECORD_VERSION: u32 = 1;
+
+/// A sandbox as the engine persists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRecord {
+    pub version: u32,
+    pub id: SandboxId,
+    pub template_id: TemplateId,
+    pub state: SandboxState,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub started_at_ms: u64,
+    pub end_at_ms: u64,
+    pub access_token: String,
+    pub handle: Option<Handle>,
+}
+
+/// What a caller may ask for at create time (already parsed from the API's JSON).
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub template_id: String,
+    pub timeout_secs: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
+}
+
+pub struct Engine {
+    cfg: Config,
+    runtime: Arc<dyn Runtime>,
+    store: Arc<Store>,
+    pub templates: Arc<Templates>,
+    sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &'static str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, NodeError> {
+    if v < min || v > max {
+        return Err(NodeError::OutOfRange { field, value: v.to_string(), allowed: format!("{min} to {max}") });
+    }
+    Ok(v)
+}
+
+impl Engine {
+    /// Opens the store and templates, recovers the sandboxes of a previous run and starts the clock.
+    pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Engine>, NodeError> {
+        let store = Arc::new(Store::open(&cfg.data_dir.join("state.redb"))?);
+        let templates =
+            Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base, store.clone())?);
+        let engine = Arc::new(Engine { cfg, runtime, store, templates, sandboxes: Mutex::new(HashMap::new()) });
+        engine.recover().await?;
+        let clock = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let Some(e) = clock.upgrade() else { return };
+                e.expire().await;
+            }
+        });
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Re-attaches sandboxes whose init still runs; cleans up and forgets the rest; sweeps leftovers.
+    async fn recover(self: &Arc<Self>) -> Result<(), NodeError> {
+        let records: Vec<SandboxRecord> = self.store.all(Kind::Sandbox)?;
+        let mut live = Vec::new();
+        for rec in records {
+            let alive = matches!(rec.state, SandboxState::Ready | SandboxState::Running | SandboxState::Paused)
+                && rec.version == RECORD_VERSION;
+            let watch = match (&rec.handle, alive) {
+                (Some(h), true) => self.runtime.reattach(&rec.id, h),
+                _ => None,
+            };
+            match watch {
+                Some(w) => {
+                    info!(sandbox = %rec.id, "re-attached after restart");
+                    live.push(rec.id.clone());
+                    self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
+                    self.watch_exit(rec.id.clone(), w);
+                }
+                None => {
+                    info!(sandbox = %rec.id, "gone after restart; cleaning up");
+                    let rt = self.runtime.clone();
+                    let (id, h) = (rec.id.clone(), rec.handle.clone());
+                    let _ = tokio::task::spawn_blocking(move || rt.destroy(&id, h.as_ref())).await;
+                    self.store.delete(Kind::Sandbox, rec.id.as_str())?;
+                }
+            }
+        }
+        let rt = self.runtime.clone();
+        let swept = tokio::task::spawn_blocking(move || rt.sweep(&live)).await.unwrap_or_default();
+        if !swept.is_empty() {
+            info!(count = swept.len(), "removed leftovers of unknown sandboxes");
+        }
+        Ok(())
+    }
+
+    fn watch_exit(self: &Arc<Self>, id: SandboxId, w: warren_runtime::ExitWatch) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let exit = w.wait().await;
+            if let Some(e) = me.upgrade() {
+                let live =
+                    e.sandboxes.lock().unwrap().get(&id).map(|r| r.state != SandboxState::Creating).unwrap_or(false);
+                if live {
+                    warn!(sandbox = %id, %exit, "sandbox init exited");
+                    let _ = e.kill(&id, KillReason::Exited { detail: exit.to_string() }).await;
+                }
+            }
+        });
+    }
+
+    #[instrument(skip_all, fields(template = %req.template_id))]
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxRecord, NodeError> {
+        let lim = &self.cfg.sandbox;
+        let template_id = TemplateId::parse(&req.template_id)?;
+        let rootfs = self.templates.ready_rootfs(&template_id)?;
+        let cpu_count = check_range("cpuCount", req.cpu_count.unwrap_or(lim.default_cpu_count), 1, lim.max_cpu_count)?;
+        let memory_mb = check_range("memoryMB", req.memory_mb.unwrap_or(lim.default_memory_mb), 64, lim.max_memory_mb)?;
+        let disk_mb = check_range("diskSizeMB", req.disk_mb.unwrap_or(lim.default_disk_mb), 16, lim.max_disk_mb)?;
+        let timeout =
+            check_range("timeout", req.timeout_secs.unwrap_or(lim.default_timeout_secs), 1, lim.max_timeout_secs)?;
+        for (k, v) in &req.env_vars {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(NodeError::OutOfRange {
+                    field: "envVars",
+                    value: k.clone(),
+                    allowed: "names without '=' or NUL".into(),
+                });
+            }
+        }
+        let mut rnd = [0u8; 16];
+        getrandom::getrandom(&mut rnd).expect("random source");
+        let id = SandboxId::from_random(rnd);
+        let now = now_ms();
+        let mut rec = SandboxRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            template_id,
+            state: SandboxState::Creating,
+            cpu_count,
+            memory_mb,
+            disk_mb,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            started_at_ms: now,
+            end_at_ms: now + timeout * 1000,
+            access_token: random_hex(16),
+            handle: None,
+        };
+        {
+            let mut map = self.sandboxes.lock().unwrap();
+            if map.len() >= lim.max_sandboxes {
+                return Err(NodeError::Capacity { max: lim.max_sandboxes });
+            }
+            map.insert(id.clone(), rec.clone());
+        }
+        self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
+
+        let spec = SandboxSpec {
+            id: id.clone(),
+            template_rootfs: rootfs,
+            cpu_count,
+            memory_mb,
+            disk_mb,
+            pids_max: lim.pids_max,
+        };
+        let rt = self.runtime.clone();
+        let booted = tokio::task::spawn_blocking(move || {
+            let h = rt.create(&spec)?;
+            let w = rt.watch(&spec.id, &h);
+            Ok::<_, warren_runtime::RuntimeError>((h, w))
+        })
+        .await
+        .expect("runtime task");
+        let (handle, watch) = match booted {
+            Ok((h, Ok(w))) => (h, w),
+            Ok((h, Err(e))) => {
+                self.abort_create(&id, Some(h)).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.abort_create(&id, None).await;
+                return Err(e.into());
+            }
+        };
+        let init = serde_json::json!({ "envVars": rec.env_vars });
+        if let Err(detail) = crate::agent_client::post_json(&handle.agent_socket, "/init", &init).await {
+            self.abort_create(&id, Some(handle)).await;
+            return Err(NodeError::Agent { detail });
+        }
+        rec.handle = Some(handle);
+        rec.state = transition(rec.state, &SandboxEvent::Booted)?;
+        rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
+        self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
+        self.sandboxes.lock().unwrap().insert(id.clone(), rec.clone());
+        self.watch_exit(id.clone(), watch);
+        info!(sandbox = %id, "sandbox running");
+        Ok(rec)
+    }
+
+    async fn abort_create(&self, id: &SandboxId, handle: Option<Handle>) {
+        let rt = self.runtime.clone();
+        let i = id.clone();
+        let _ = tokio::task::spawn_blocking(move || rt.destroy(&i, handle.as_ref())).await;
+        self.sandboxes.lock().unwrap().remove(id);
+        let _ = self.store.delete(Kind::Sandbox, id.as_str());
+    }
+
+    pub fn get(&self, id: &str) -> Result<SandboxRecord, NodeError> {
+        let sid = SandboxId::parse(id).map_err(|_| NodeError::SandboxNotFound { id: id.to_owned() })?;
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .get(&sid)
+            .cloned()
+            .ok_or_else(|| NodeError::SandboxNotFound { id: id.to_owned() })
+    }
+
+    pub fn list(&self) -> Vec<SandboxRecord> {
+        let mut v: Vec<_> =
+            self.sandboxes.lock().unwrap().values().filter(|r| r.state != SandboxState::Creating).cloned().collect();
+        v.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Where to reach a running sandbox's agent.
+    pub fn agent_socket(&self, id: &str) -> Result<(PathBuf, String), NodeError> {
+        let rec = self.get(id)?;
+        match (rec.state, rec.handle) {
+            (SandboxState::Running | SandboxState::Ready, Some(h)) => Ok((h.agent_socket, rec.access_token)),
+            (SandboxState::Creating, _) => {
+                Err(NodeError::Conflict { id: id.into(), state: "still being created", action: "talking to it" })
+            }
+            (SandboxState::Paused | SandboxState::Hibernated, _) => Err(NodeError::Conflict {
+                id: id.into(),
+                state: "paused",
+                action: "talking to it before it is resumed",
+            }),
+            _ => Err(NodeError::SandboxNotFound { id: id.into() }),
+        }
+    }
+
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn kill(&self, id: &SandboxId, reason: KillReason) -> Result<(), NodeError> {
+        let rec = {
+            let mut map = self.sandboxes.lock().unwrap();
+            let Some(rec) = map.get(id) else { return Err(NodeError::SandboxNotFound { id: id.to_string() }) };
+            if rec.state == SandboxState::Creating {
+                return Err(NodeError::Conflict {
+                    id: id.to_string(),
+                    state: "still being created",
+                    action: "killing it",
+                });
+            }
+            transition(rec.state, &SandboxEvent::Kill(reason.clone()))?;
+            map.remove(id).expect("present")
+        };
+        let rt = self.runtime.clone();
+        let (i, h) = (id.clone(), rec.handle.clone());
+        let destroyed = tokio::task::spawn_blocking(move || rt.destroy(&i, h.as_ref())).await.expect("runtime task");
+        // Killed is terminal and E2B lists only live sandboxes: the record goes once resources are freed.
+        self.store.delete(Kind::Sandbox, id.as_str())?;
+        info!(?reason, "sandbox killed");
+        destroyed.map_err(NodeError::from)
+    }
+
+    pub async fn kill_by_name(&self, id: &str) -> Result<(), NodeError> {
+        let sid = SandboxId::parse(id).map_err(|_| NodeError::SandboxNotFound { id: id.to_owned() })?;
+        self.kill(&sid, KillReason::Requested).await
+    }
+
+    /// Sets the end time to `secs` from now (may shorten it).
+    pub fn set_timeout(&self, id: &str, secs: u64) -> Result<SandboxRecord, NodeError> {
+        let secs = check_range("timeout", secs, 0, self.cfg.sandbox.max_timeout_secs)?;
+        self.update(id, |r| r.end_at_ms = now_ms() + secs * 1000)
+    }
+
+    /// Extends the end time to at least `secs` from now.
+    pub fn refresh(&self, id: &str, secs: u64) -> Result<SandboxRecord, NodeError> {
+        let secs = check_range("duration", secs, 0, 3600)?;
+        self.update(id, |r| r.end_at_ms = r.end_at_ms.max(now_ms() + secs * 1000))
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<SandboxRecord, NodeError> {
+        let sid = SandboxId::parse(id).map_err(|_| NodeError::SandboxNotFound { id: id.to_owned() })?;
+        let mut map = self.sandboxes.lock().unwrap();
+        let rec = map.get_mut(&sid).ok_or_else(|| NodeError::SandboxNotFound { id: id.to_owned() })?;
+        let mut next = rec.clone();
+        f(&mut next);
+        self.store.put(Kind::Sandbox, id, &next)?;
+        *rec = next.clone();
+        Ok(next)
+    }
+
+    async fn expire(&self) {
+        let now = now_ms();
+        let due: Vec<SandboxId> = self
+            .sandboxes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.state != SandboxState::Creating && r.end_at_ms <= now)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in due {
+            if let Err(e) = self.kill(&id, KillReason::Timeout).await {
+                warn!(sandbox = %id, error = %e, "killing an expired sandbox");
+            }
+        }
+    }
+
+    /// Number of live sandboxes using a template.
+    pub fn template_users(&self, id: &TemplateId) -> usize {
+        self.sandboxes.lock().unwrap().values().filter(|r| &r.template_id == id).count()
+    }
+
+    pub async fn remove_template(&self, id: &str) -> Result<(), NodeError> {
+        let tid = TemplateId::parse(id)?;
+        let count = self.template_users(&tid);
+        if count > 0 {
+            return Err(NodeError::TemplateInUse { id: id.into(), count });
+        }
+        self.templates.remove(&tid).await
+    }
+
+    pub fn stats(&self, id: &str) -> Result<warren_runtime::Stats, NodeError> {
+        let rec = self.get(id)?;
+        let h = rec.handle.ok_or_else(|| NodeError::SandboxNotFound { id: id.into() })?;
+        let mut s = self.runtime.stats(&rec.id, &h)?;
+        s.disk_limit_bytes = rec.disk_mb * 1024 * 1024;
+        Ok(s)
+    }
+}

@@ -1,0 +1,33 @@
+//! The engine's errors. The API maps each variant to one HTTP status and stable code.
+
+use warren_types::{IllegalTransition, InvalidId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("sandbox {id} does not exist (it may have been killed or timed out)")]
+    SandboxNotFound { id: String },
+    #[error("template {id} does not exist; build it with `warren template build {id}` or list them with `warren template list`")]
+    TemplateNotFound { id: String },
+    #[error("template {id} is not ready yet (status: {status}); follow it with `warren template build {id}`")]
+    TemplateNotReady { id: String, status: String },
+    #[error("template {id} is in use by {count} sandbox(es); kill them first")]
+    TemplateInUse { id: String, count: usize },
+    #[error("{field} = {value} is out of range: {allowed}")]
+    OutOfRange { field: &'static str, value: String, allowed: String },
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    #[error("sandbox {id} is {state}: {action} is not possible")]
+    Conflict { id: String, state: &'static str, action: &'static str },
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("this node already runs its maximum of {max} sandboxes; kill some or raise sandbox.max_sandboxes")]
+    Capacity { max: usize },
+    #[error("creating the sandbox failed: {0}")]
+    Runtime(#[from] warren_runtime::RuntimeError),
+    #[error("the state store failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the sandbox's agent did not answer: {detail}")]
+    Agent { detail: String },
+    #[error("building template {id} failed: {detail}")]
+    Build { id: String, detail: String },
+}

@@ -1,0 +1,31 @@
+//! The node engine. It owns every sandbox on this host (invariant 2): the HTTP layer sends it
+//! [`engine::Command`]-style calls and gets typed errors back; it drives a [`warren_runtime::Runtime`]
+//! and persists every state change in the [`store`] before acknowledging it (invariant 3).
+
+pub mod agent_client;
+pub mod engine;
+pub mod error;
+pub mod store;
+pub mod templates;
+
+pub use engine::{CreateRequest, Engine};
+pub use error::NodeError;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// RFC 3339 text of a Unix-milliseconds instant.
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Random bytes as lowercase hex (API keys, access tokens).
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).expect("the kernel's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,302 @@
+//! Templates: read-only root filesystems shared by every sandbox made from them. `base` (and any
+//! other Debian-package template) is built with mmdebstrap, then its ownership is shifted into the
+//! sandboxes' uid range so that root inside a sandbox owns the files root owned in the image.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+use warren_types::config::TemplateConfig;
+use warren_types::TemplateId;
+
+use crate::store::{Kind, Store};
+use crate::{now_ms, NodeError};
+
+/// Packages every Debian template gets (the `base` template is exactly these).
+pub const BASE_PACKAGES: &[&str] =
+    &["bash", "coreutils", "python3", "python3-pip", "ca-certificates", "curl", "git", "procps", "sudo", "passwd"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Building,
+    Ready,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Building => "building",
+            Status::Ready => "ready",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRecord {
+    pub version: u32,
+    pub id: TemplateId,
+    pub status: Status,
+    pub packages: Vec<String>,
+    pub size_bytes: u64,
+    pub created_at_ms: u64,
+    pub error: Option<String>,
+    pub default_user: String,
+}
+
+struct Build {
+    lines: Vec<String>,
+    tx: broadcast::Sender<String>,
+}
+
+pub struct Templates {
+    dir: PathBuf,
+    cfg: TemplateConfig,
+    uid_base: u32,
+    store: Arc<Store>,
+    records: Mutex<HashMap<TemplateId, TemplateRecord>>,
+    builds: Mutex<HashMap<TemplateId, Build>>,
+}
+
+/// A subscription to a build's progress: lines so far, then live lines until the build ends.
+pub struct Progress {
+    pub backlog: Vec<String>,
+    pub live: Option<broadcast::Receiver<String>>,
+}
+
+impl Templates {
+    pub fn open(
+        data_dir: &Path,
+        cfg: TemplateConfig,
+        uid_base: u32,
+        store: Arc<Store>,
+    ) -> Result<Templates, NodeError> {
+        let dir = data_dir.join("templates");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| NodeError::Build { id: "-".into(), detail: format!("{}: {e}", dir.display()) })?;
+        let mut records = HashMap::new();
+        for mut r in store.all::<TemplateRecord>(Kind::Template)? {
+            // A build interrupted by a restart cannot resume; mark it failed so it can be rebuilt.
+            if r.status == Status::Building {
+                r.status = Status::Failed;
+                r.error = Some("the daemon stopped during the build; build it again".into());
+                store.put(Kind::Template, r.id.as_str(), &r)?;
+            }
+            records.insert(r.id.clone(), r);
+        }
+        Ok(Templates { dir, cfg, uid_base, store, records: Mutex::new(records), builds: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn rootfs(&self, id: &TemplateId) -> PathBuf {
+        self.dir.join(id.as_str()).join("rootfs")
+    }
+
+    pub fn get(&self, id: &TemplateId) -> Option<TemplateRecord> {
+        self.records.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<TemplateRecord> {
+        let mut v: Vec<_> = self.records.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The rootfs of a ready template, or why it cannot be used.
+    pub fn ready_rootfs(&self, id: &TemplateId) -> Result<PathBuf, NodeError> {
+        match self.get(id) {
+            None => Err(NodeError::TemplateNotFound { id: id.to_string() }),
+            Some(r) if r.status == Status::Ready => Ok(self.rootfs(id)),
+            Some(r) => Err(NodeError::TemplateNotReady { id: id.to_string(), status: r.status.as_str().into() }),
+        }
+    }
+
+    pub fn progress(&self, id: &TemplateId) -> Progress {
+        let builds = self.builds.lock().unwrap();
+        match builds.get(id) {
+            Some(b) => Progress { backlog: b.lines.clone(), live: Some(b.tx.subscribe()) },
+            None => Progress { backlog: vec![], live: None },
+        }
+    }
+
+    fn save(&self, r: &TemplateRecord) -> Result<(), NodeError> {
+        self.store.put(Kind::Template, r.id.as_str(), r)?;
+        self.records.lock().unwrap().insert(r.id.clone(), r.clone());
+        Ok(())
+    }
+
+    /// Starts building `id` unless it is ready or already building. Returns at once.
+    pub fn build(self: &Arc<Self>, id: TemplateId, extra: Vec<String>) -> Result<TemplateRecord, NodeError> {
+        for p in &extra {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b)) {
+                return Err(NodeError::OutOfRange {
+                    field: "packages",
+                    value: p.clone(),
+                    allowed: "Debian package names ([a-z0-9+-.], optionally =version)".into(),
+                });
+            }
+        }
+        {
+            let builds = self.builds.lock().unwrap();
+            if let Some(r) = self.get(&id) {
+                if r.status == Status::Ready || builds.contains_key(&id) {
+                    return Ok(r);
+                }
+            }
+        }
+        let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        packages.extend(extra);
+        let rec = TemplateRecord {
+            version: 1,
+            id: id.clone(),
+            status: Status::Building,
+            packages: packages.clone(),
+            size_bytes: 0,
+            created_at_ms: now_ms(),
+            error: None,
+            default_user: "user".into(),
+        };
+        self.save(&rec)?;
+        let (tx, _) = broadcast::channel(1024);
+        self.builds.lock().unwrap().insert(id.clone(), Build { lines: vec![], tx });
+        let me = self.clone();
+        let saved = rec.clone();
+        tokio::spawn(async move {
+            let result = me.run_build(&id, &packages).await;
+            let mut rec = me.get(&id).unwrap_or(saved);
+            match result {
+                Ok(size) => {
+                    rec.status = Status::Ready;
+                    rec.size_bytes = size;
+                    me.line(&id, "template ready".into());
+                    info!(template = %id, size, "template built");
+                }
+                Err(e) => {
+                    rec.status = Status::Failed;
+                    rec.error = Some(e.clone());
+                    me.line(&id, format!("build failed: {e}"));
+                    warn!(template = %id, error = %e, "template build failed");
+                }
+            }
+            if let Err(e) = me.save(&rec) {
+                warn!(template = %id, error = %e, "saving template record");
+            }
+            me.builds.lock().unwrap().remove(&id);
+        });
+        Ok(self.get(&rec.id).expect("just saved"))
+    }
+
+    fn line(&self, id: &TemplateId, line: String) {
+        if let Some(b) = self.builds.lock().unwrap().get_mut(id) {
+            let _ = b.tx.send(line.clone());
+            b.lines.push(line);
+        }
+    }
+
+    async fn run_build(&self, id: &TemplateId, packages: &[String]) -> Result<u64, String> {
+        let root = self.dir.join(id.as_str());
+        let staging = root.join("rootfs.staging");
+        let final_dir = root.join("rootfs");
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        let _ = tokio::fs::remove_dir_all(&final_dir).await;
+        tokio::fs::create_dir_all(&root).await.map_err(|e| format!("{}: {e}", root.display()))?;
+        self.line(id, format!("mmdebstrap {} with {}", self.cfg.suite, packages.join(",")));
+        let mut child = tokio::process::Command::new("mmdebstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", packages.join(",")))
+            .arg("--customize-hook=chroot \"$1\" useradd --create-home --shell /bin/bash --uid 1000 user")
+            .arg("--customize-hook=echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > \"$1/etc/sudoers.d/user\"")
+            .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/*")
+            .arg(&self.cfg.suite)
+            .arg(&staging)
+            .arg(&self.cfg.mirror)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting mmdebstrap (install it with apt-get install mmdebstrap): {e}"))?;
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let mut out = BufReader::new(out).lines();
+        let mut err = BufReader::new(err).lines();
+        let mut tail = Vec::new();
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            tokio::select! {
+                l = out.next_line(), if !out_done => match l { Ok(Some(l)) => self.line(id, l), _ => out_done = true },
+                l = err.next_line(), if !err_done => match l {
+                    Ok(Some(l)) => {
+                        tail.push(l.clone());
+                        if tail.len() > 20 { tail.remove(0); }
+                        self.line(id, l)
+                    }
+                    _ => err_done = true,
+                },
+            }
+        }
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("mmdebstrap exited with {status}: {}", tail.join(" | ")));
+        }
+        self.line(id, format!("shifting ownership into the sandbox uid range (+{})", self.uid_base));
+        let base = self.uid_base;
+        let st = staging.clone();
+        let size = tokio::task::spawn_blocking(move || shift_ownership(&st, base))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("shifting ownership: {e}"))?;
+        tokio::fs::rename(&staging, &final_dir).await.map_err(|e| format!("finishing the rootfs: {e}"))?;
+        Ok(size)
+    }
+
+    /// Removes a template; the caller has checked no sandbox uses it.
+    pub async fn remove(&self, id: &TemplateId) -> Result<(), NodeError> {
+        if self.get(id).is_none() {
+            return Err(NodeError::TemplateNotFound { id: id.to_string() });
+        }
+        if self.builds.lock().unwrap().contains_key(id) {
+            return Err(NodeError::TemplateNotReady { id: id.to_string(), status: "building".into() });
+        }
+        let dir = self.dir.join(id.as_str());
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .map_err(|e| NodeError::Build { id: id.to_string(), detail: format!("removing {}: {e}", dir.display()) })?;
+        self.store.delete(Kind::Template, id.as_str())?;
+        self.records.lock().unwrap().remove(id);
+        Ok(())
+    }
+}
+
+/// Adds `base` to the owner and group of every file below `root` (idempotent: ids already at or
+/// above `base` are left alone) and returns the tree's size in bytes.
+fn shift_ownership(root: &Path, base: u32) -> std::io::Result<u64> {
+    let mut size = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p)?;
+        size += md.blocks() * 512;
+        if md.uid() < base || md.gid() < base {
+            let uid = if md.uid() < base { md.uid() + base } else { md.uid() };
+            let gid = if md.gid() < base { md.gid() + base } else { md.gid() };
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+            // chown clears set-id bits; put them back.
+            if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+            }
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(size)
+}

@@ -1,0 +1,125 @@
+//! The seam between the node engine and whatever isolates a sandbox. The engine depends only on
+//! [`Runtime`]; backends (today `native`, later `gvisor` and `microvm`) live behind it and know nothing
+//! about HTTP.
+
+pub mod native;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use warren_types::SandboxId;
+
+/// What a backend can do, so the engine can refuse an operation up front instead of failing late.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub freeze: bool,
+    pub memory_snapshots: bool,
+    pub filesystem_snapshots: bool,
+    pub network: bool,
+}
+
+/// Everything a backend needs to boot one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: SandboxId,
+    /// Read-only template root filesystem (lowest layer).
+    pub template_rootfs: PathBuf,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub pids_max: u32,
+}
+
+/// What the engine persists about a live sandbox so that a restarted daemon can find it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handle {
+    /// Format version of this record (invariant: every on-disk format is versioned).
+    pub version: u32,
+    /// Host pid of the sandbox's init (the agent).
+    pub pid: i32,
+    /// Kernel start time of that pid (clock ticks since boot): tells a reused pid from ours.
+    pub start_time: u64,
+    /// Unix socket the agent serves the sandbox protocol on.
+    pub agent_socket: PathBuf,
+    /// btrfs subvolume (and qgroup) id carrying the disk quota.
+    pub project_id: u32,
+}
+
+/// Resource usage of one sandbox at one instant.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Cumulative CPU time in nanoseconds.
+    pub cpu_usage_ns: u64,
+    pub memory_used_bytes: u64,
+    pub memory_cache_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_limit_bytes: u64,
+    pub pids: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("this host cannot run the {backend} runtime: {reason}")]
+    HostUnsupported { backend: &'static str, reason: String },
+    #[error("preparing {what} at {path} failed: {source}")]
+    Prepare { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cgroup {path}: {op} failed: {source}")]
+    Cgroup { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("disk quota on {path}: {op} failed: {source}")]
+    Quota { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("starting the sandbox spawner failed: {source}")]
+    SpawnerExec { source: std::io::Error },
+    #[error("sandbox {id} failed to boot: {detail}")]
+    Boot { id: SandboxId, detail: String },
+    #[error("signalling sandbox {id} failed: {source}")]
+    Signal { id: SandboxId, source: std::io::Error },
+    #[error("sandbox {id} did not stop within {waited_ms} ms")]
+    StopTimeout { id: SandboxId, waited_ms: u64 },
+    #[error("the {backend} runtime cannot {op}")]
+    Unsupported { backend: &'static str, op: &'static str },
+}
+
+/// How a sandbox's init ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Not our child (re-attached after a restart): we saw it go but not its status.
+    Unknown,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(9) => write!(f, "killed by SIGKILL (out of memory, or killed from outside)"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::Unknown => write!(f, "exited (status unknown)"),
+        }
+    }
+}
+
+/// A backend. Calls block (they do file and process work); the engine runs them off its async threads.
+pub trait Runtime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Builds the sandbox and starts its agent; returns once the agent's socket accepts connections.
+    fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError>;
+    /// Kills every process and frees every resource of the sandbox. Idempotent.
+    fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
+    fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    fn stats(&self, id: &SandboxId, handle: &Handle) -> Result<Stats, RuntimeError>;
+    /// Finds the sandbox's init again after a daemon restart; `None` when it is gone.
+    fn reattach(&self, id: &SandboxId, handle: &Handle) -> Option<ExitWatch>;
+    /// Watches a freshly created sandbox's init.
+    fn watch(&self, id: &SandboxId, handle: &Handle) -> Result<ExitWatch, RuntimeError>;
+    /// Removes leftovers (cgroups, layers, sockets) of sandboxes not in `live`.
+    fn sweep(&self, live: &[SandboxId]) -> Vec<SandboxId>;
+}
+
+pub use native::exit_watch::ExitWatch;

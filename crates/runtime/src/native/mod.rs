@@ -1,0 +1,261 @@
+//! The `native` backend: Linux namespaces, cgroups, an overlay root filesystem over a quota-enforcing
+//! layer store, seccomp and dropped capabilities. See `spawn.rs` for the order of the set-up steps.
+
+pub mod cgroup;
+pub mod exit_watch;
+pub mod seccomp;
+pub mod spawn;
+pub mod storage;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+use warren_types::SandboxId;
+
+use crate::{Capabilities, ExitWatch, Handle, Runtime, RuntimeError, SandboxSpec, Stats};
+use spawn::{SpawnRequest, SpawnResult, LISTEN_FD, SPAWN_ARG};
+
+/// Settings of the native backend, taken from the daemon's config.
+#[derive(Debug, Clone)]
+pub struct NativeSettings {
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub storage_size_gb: u64,
+    /// The static `warren-agent` binary bind-mounted into every sandbox.
+    pub agent_binary: PathBuf,
+    /// The executable that acts as the spawner when given `SPAWN_ARG` (the `warren` binary).
+    pub spawner_exe: PathBuf,
+}
+
+pub struct NativeRuntime {
+    settings: NativeSettings,
+    cgroups: cgroup::Layout,
+    layers: storage::LayerStore,
+}
+
+const HANDLE_VERSION: u32 = 1;
+
+impl NativeRuntime {
+    pub fn new(settings: NativeSettings) -> Result<NativeRuntime, RuntimeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(RuntimeError::HostUnsupported {
+                backend: "native",
+                reason: "it needs root (namespaces, cgroups, mounts); run `sudo warren serve`".into(),
+            });
+        }
+        if !settings.agent_binary.is_file() {
+            return Err(RuntimeError::HostUnsupported {
+                backend: "native",
+                reason: format!(
+                    "the agent binary {} does not exist; build it with `cargo build --release -p warren-agent` \
+                     or set native.agent_path",
+                    settings.agent_binary.display()
+                ),
+            });
+        }
+        // Sandbox inits are re-parented to us when their spawner exits, so we can reap them and
+        // learn how they ended.
+        // SAFETY: plain prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let cgroups = cgroup::Layout::detect()?;
+        cgroups.prepare()?;
+        let layers = storage::LayerStore::open(&settings.data_dir, settings.storage_size_gb)?;
+        let dir = settings.run_dir.join("sandboxes");
+        fs::create_dir_all(&dir).map_err(|source| RuntimeError::Prepare {
+            what: "run directory",
+            path: dir,
+            source,
+        })?;
+        debug!(cgroup_version = cgroups.version(), "native runtime ready");
+        Ok(NativeRuntime { settings, cgroups, layers })
+    }
+
+    pub fn cgroup_version(&self) -> u8 {
+        self.cgroups.version()
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.settings.run_dir.join("sandboxes").join(id)
+    }
+
+    fn boot(&self, spec: &SandboxSpec, project_dir: &std::path::Path) -> Result<(i32, u64, PathBuf), RuntimeError> {
+        let id = spec.id.as_str();
+        let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
+        let upper = project_dir.join("upper");
+        let work = project_dir.join("work");
+        // The upper layer's root becomes the sandbox's `/`: owned by the sandbox's root, mode 0755.
+        chown(&upper, Some(self.settings.uid_base), Some(self.settings.uid_base))
+            .map_err(prep("writable layer", upper.clone()))?;
+        fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+            .map_err(prep("writable layer", upper.clone()))?;
+
+        let run = self.run_dir(id);
+        let mountpoint = run.join("rootfs");
+        fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
+        let socket = run.join("agent.sock");
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(prep("agent socket", socket.clone()))?;
+        let log_path = run.join("agent.log");
+        let log = fs::File::create(&log_path).map_err(prep("agent log", log_path.clone()))?;
+
+        let req = SpawnRequest {
+            hostname: id.to_owned(),
+            lower: vec![spec.template_rootfs.clone()],
+            upper,
+            work,
+            mountpoint,
+            agent_binary: self.settings.agent_binary.clone(),
+            cgroup_procs: self.cgroups.sandbox(id).procs_files(),
+            uid_base: self.settings.uid_base,
+            uid_count: self.settings.uid_count,
+            tmp_size_bytes: spec.memory_mb * 1024 * 1024 / 2,
+            env: vec![
+                ("WARREN_SANDBOX_ID".into(), id.to_owned()),
+                ("WARREN_LISTEN_FD".into(), LISTEN_FD.to_string()),
+                ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            ],
+        };
+        let listen_fd = listener.as_raw_fd();
+        let mut cmd = Command::new(&self.settings.spawner_exe);
+        cmd.arg(SPAWN_ARG).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+        // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if listen_fd == LISTEN_FD {
+                    let flags = libc::fcntl(LISTEN_FD, libc::F_GETFD);
+                    libc::fcntl(LISTEN_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::SpawnerExec { source })?;
+        drop(listener);
+        let body = serde_json::to_vec(&req).expect("spawn request serializes");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let write = stdin.write_all(&body);
+        drop(stdin);
+        let mut out = String::new();
+        let _ = child.stdout.take().expect("piped stdout").read_to_string(&mut out);
+        let status = child.wait().map_err(|source| RuntimeError::SpawnerExec { source })?;
+        let boot_err = |detail: String| RuntimeError::Boot { id: spec.id.clone(), detail };
+        write.map_err(|e| boot_err(format!("sending the spawn request: {e}")))?;
+        let res: SpawnResult = serde_json::from_str(&out)
+            .map_err(|_| boot_err(format!("the spawner exited with {status} and said {out:?}")))?;
+        match (res.pid, res.start_time, res.error) {
+            (Some(pid), Some(start), None) => Ok((pid, start, socket)),
+            (_, _, Some(e)) => Err(boot_err(e)),
+            _ => Err(boot_err(format!("the spawner answered {out:?}"))),
+        }
+    }
+}
+
+impl Runtime for NativeRuntime {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { freeze: true, memory_snapshots: false, filesystem_snapshots: false, network: false }
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
+        let id = spec.id.as_str();
+        let cg = self.cgroups.sandbox(id);
+        let result = (|| {
+            cg.create(cgroup::Limits {
+                cpu_count: spec.cpu_count,
+                memory_bytes: spec.memory_mb * 1024 * 1024,
+                pids_max: spec.pids_max,
+            })?;
+            let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
+            let (pid, start_time, agent_socket) = self.boot(spec, &dir)?;
+            Ok(Handle { version: HANDLE_VERSION, pid, start_time, agent_socket, project_id: project })
+        })();
+        if result.is_err() {
+            let _ = self.destroy(&spec.id, None);
+        }
+        result
+    }
+
+    fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
+        if let Some(h) = handle {
+            if let Ok(w) = ExitWatch::open(h.pid, h.start_time) {
+                w.kill().map_err(|source| RuntimeError::Signal { id: id.clone(), source })?;
+            }
+        }
+        let cg = self.cgroups.sandbox(id.as_str());
+        cg.kill_and_remove(Duration::from_secs(10))?;
+        self.layers.remove(id.as_str())?;
+        let run = self.run_dir(id.as_str());
+        if let Err(e) = fs::remove_dir_all(&run) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(sandbox = %id, error = %e, "removing run directory");
+            }
+        }
+        Ok(())
+    }
+
+    fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.cgroups.sandbox(id.as_str()).freeze()
+    }
+
+    fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.cgroups.sandbox(id.as_str()).thaw()
+    }
+
+    fn stats(&self, id: &SandboxId, handle: &Handle) -> Result<Stats, RuntimeError> {
+        let mut s = Stats::default();
+        self.cgroups.sandbox(id.as_str()).stats(&mut s);
+        s.disk_used_bytes = self.layers.used(id.as_str());
+        let _ = handle;
+        Ok(s)
+    }
+
+    fn reattach(&self, _id: &SandboxId, handle: &Handle) -> Option<ExitWatch> {
+        if handle.version != HANDLE_VERSION {
+            return None;
+        }
+        ExitWatch::open(handle.pid, handle.start_time).ok()
+    }
+
+    fn watch(&self, id: &SandboxId, handle: &Handle) -> Result<ExitWatch, RuntimeError> {
+        ExitWatch::open(handle.pid, handle.start_time).map_err(|e| RuntimeError::Boot {
+            id: id.clone(),
+            detail: format!("its init vanished right after start: {e}"),
+        })
+    }
+
+    fn sweep(&self, live: &[SandboxId]) -> Vec<SandboxId> {
+        let started = Instant::now();
+        let is_live = |name: &str| live.iter().any(|l| l.as_str() == name);
+        let mut found: Vec<String> = self.cgroups.list();
+        found.extend(self.layers.list());
+        if let Ok(rd) = fs::read_dir(self.settings.run_dir.join("sandboxes")) {
+            found.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        }
+        found.sort();
+        found.dedup();
+        let mut swept = Vec::new();
+        for name in found.into_iter().filter(|n| !is_live(n)) {
+            let Ok(id) = SandboxId::parse(&name) else { continue };
+            match self.destroy(&id, None) {
+                Ok(()) => swept.push(id),
+                Err(e) => warn!(sandbox = %id, error = %e, "sweeping leftovers failed"),
+            }
+        }
+        debug!(count = swept.len(), elapsed_ms = started.elapsed().as_millis() as u64, "swept leftovers");
+        swept
+    }
+}

@@ -1,0 +1,144 @@
+//! JSON shapes of the HTTP control plane. Field names follow E2B's OpenAPI (camelCase, `templateID`,
+//! `sandboxID`) so that E2B clients parse them unchanged; Warren's extensions use the same style.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /sandboxes` and `POST /v2/sandboxes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Seconds until the sandbox ends.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    #[serde(default)]
+    pub secure: Option<bool>,
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    /// Warren extension: CPU count (defaults from config).
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    /// Warren extension: memory limit in MiB.
+    #[serde(default, rename = "memoryMB")]
+    pub memory_mb: Option<u64>,
+    /// Warren extension: writable-layer quota in MiB.
+    #[serde(default, rename = "diskSizeMB")]
+    pub disk_size_mb: Option<u64>,
+}
+
+/// The answer to create and connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub envd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// `GET /sandboxes/{id}` and the items of `GET /sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub end_at: String,
+    pub envd_version: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    /// `running` or `paused` (E2B's names).
+    pub state: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Warren extension: the exact lifecycle state (`creating`, `ready`, `running`, …).
+    pub warren_state: crate::SandboxState,
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetTimeout {
+    /// Seconds from now.
+    pub timeout: u64,
+}
+
+/// `POST /sandboxes/{id}/refreshes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Refresh {
+    #[serde(default)]
+    pub duration: Option<u64>,
+}
+
+/// E2B's error body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
+}
+
+/// `GET /templates` items (Warren's shape; E2B's template API is a build service we do not mirror).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// `building`, `ready` or `failed`.
+    pub status: String,
+    pub size_bytes: u64,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Default user processes run as.
+    pub default_user: String,
+}
+
+/// `POST /templates` (Warren's own): build a template from Debian packages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTemplate {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Extra Debian packages on top of the base set.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// A line of a template build's progress stream (`GET /templates/{id}/build`, NDJSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildProgress {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}

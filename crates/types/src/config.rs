@@ -1,0 +1,128 @@
+//! The daemon's one typed configuration. Every field has a default that works on a fresh host, so
+//! `warren serve` needs no file; a TOML file (`--config`) may override any part of it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where templates, sandbox layers, the state store and the API key live.
+    pub data_dir: PathBuf,
+    /// Where agent sockets live (tmpfs on most hosts; rebuilt on restart).
+    pub run_dir: PathBuf,
+    /// The one HTTP listener: control plane and sandbox traffic.
+    pub listen: SocketAddr,
+    /// Domain reported to E2B clients (`{port}-{id}.{domain}`); defaults to `localhost:<port>`.
+    pub domain: Option<String>,
+    pub sandbox: SandboxLimits,
+    pub native: NativeConfig,
+    pub templates: TemplateConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/warren"),
+            run_dir: PathBuf::from("/run/warren"),
+            listen: SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_PORT)),
+            domain: None,
+            sandbox: SandboxLimits::default(),
+            native: NativeConfig::default(),
+            templates: TemplateConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The domain E2B clients are told, derived from the listener when not configured.
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(|| format!("localhost:{}", self.listen.port()))
+    }
+}
+
+/// Defaults applied at create time and the bounds a request may not exceed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxLimits {
+    pub default_cpu_count: u32,
+    pub default_memory_mb: u64,
+    pub default_disk_mb: u64,
+    pub default_timeout_secs: u64,
+    pub max_cpu_count: u32,
+    pub max_memory_mb: u64,
+    pub max_disk_mb: u64,
+    pub max_timeout_secs: u64,
+    /// Process limit per sandbox (fork bombs stop here).
+    pub pids_max: u32,
+    /// Upper bound on live sandboxes on this node.
+    pub max_sandboxes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            default_cpu_count: 1,
+            default_memory_mb: 512,
+            default_disk_mb: 1024,
+            default_timeout_secs: 300,
+            max_cpu_count: 16,
+            max_memory_mb: 16 * 1024,
+            max_disk_mb: 64 * 1024,
+            max_timeout_secs: 24 * 3600,
+            pids_max: 1024,
+            max_sandboxes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    /// Host uid (and gid) that root inside every sandbox maps to; the sandbox gets `uid_count` ids from here.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Size of the sparse btrfs image that holds every writable layer (one subvolume + qgroup each).
+    pub storage_size_gb: u64,
+    /// The `warren-agent` binary; by default the one next to the `warren` executable.
+    pub agent_path: Option<PathBuf>,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig { uid_base: 1_000_000, uid_count: 65_536, storage_size_gb: 256, agent_path: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// Debian mirror used by mmdebstrap.
+    pub mirror: String,
+    pub suite: String,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        TemplateConfig { mirror: "http://deb.debian.org/debian".into(), suite: "bookworm".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.domain(), "localhost:3049");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(serde_json::from_str::<Config>(r#"{"lisen":"1.2.3.4:1"}"#).is_err());
+    }
+}
