@@ -125,10 +125,12 @@ impl Processes {
                 if pty_flag {
                     libc::ioctl(0, libc::TIOCSCTTY as _, 0);
                 }
-                // The agent shields itself from the OOM killer; its children must not inherit that.
+                // When the sandbox runs out of memory the kernel must pick a user process, never
+                // the agent (PID 1: its death ends the sandbox). Raising a score needs no
+                // privilege, so children go to +500 whether or not the spawner could lower ours.
                 let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                    libc::write(fd, b"500".as_ptr() as *const libc::c_void, 3);
                     libc::close(fd);
                 }
                 // Credentials last: std runs these closures after its own uid/gid steps, and the

@@ -75,11 +75,35 @@ async fn require_api_key(State(st): S, req: Request, next: Next) -> Response {
 
 /// Reads and parses a JSON body with a size limit and an error that names the problem.
 async fn json_body<T: DeserializeOwned>(body: Body, empty_ok: bool) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {MAX_BODY} bytes"))
-    })?;
+    let bytes = read_limited(body, MAX_BODY).await?;
     let bytes: Bytes = if bytes.is_empty() && empty_ok { Bytes::from_static(b"{}") } else { bytes };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Collects at most `limit` bytes. Past the limit the rest is read and dropped (up to a bound), so
+/// the client, still sending, can read the 413 instead of seeing its connection reset.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    const DRAIN: usize = 64 * 1024 * 1024;
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"));
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen += chunk.len();
+        if seen > limit {
+            if seen > DRAIN {
+                return Err(too_large());
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(buf.freeze())
 }
 
 fn sandbox_answer(st: &AppState, r: &SandboxRecord) -> Sandbox {

@@ -50,6 +50,26 @@ fn api_key(cfg: &Config) -> Result<String> {
     Ok(key)
 }
 
+/// One daemon per data directory: a second one would fight the first over sandboxes and cgroups.
+fn lock_data_dir(cfg: &Config) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = cfg.data_dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another warren serve is already using the data directory {}; stop it or pass --data-dir",
+            cfg.data_dir.display()
+        );
+    }
+    Ok(f)
+}
+
 fn agent_binary(cfg: &Config) -> Result<PathBuf> {
     if let Some(p) = &cfg.native.agent_path {
         return Ok(p.clone());
@@ -65,6 +85,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     let cfg = load_config(args, data_dir)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let _lock = lock_data_dir(&cfg)?;
     let key = api_key(&cfg)?;
     let runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
         data_dir: cfg.data_dir.clone(),
@@ -74,6 +95,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         storage_size_gb: cfg.native.storage_size_gb,
         agent_binary: agent_binary(&cfg)?,
         spawner_exe: std::env::current_exe().context("locating the warren executable")?,
+        cgroup_parent: cfg.native.cgroup_parent.clone(),
     })
     .context("starting the native runtime")?;
     info!(cgroup = runtime.cgroup_version(), "native runtime ready");

@@ -74,8 +74,7 @@ impl Engine {
     /// Opens the store and templates, recovers the sandboxes of a previous run and starts the clock.
     pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Engine>, NodeError> {
         let store = Arc::new(Store::open(&cfg.data_dir.join("state.redb"))?);
-        let templates =
-            Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base, store.clone())?);
+        let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
         let engine = Arc::new(Engine { cfg, runtime, store, templates, sandboxes: Mutex::new(HashMap::new()) });
         engine.recover().await?;
         let clock = Arc::downgrade(&engine);

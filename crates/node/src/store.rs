@@ -1,5 +1,5 @@
-//! The embedded state store (redb): templates and sandboxes as versioned JSON records, written in
-//! one durable transaction per change, so a crash never loses an acknowledged state.
+//! The embedded state store (redb): sandboxes as versioned JSON records, written in one durable
+//! transaction per change, so a crash never loses an acknowledged state.
 
 use std::path::Path;
 
@@ -7,7 +7,6 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes_v1");
-const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,14 +29,12 @@ pub struct Store {
 #[derive(Clone, Copy)]
 pub enum Kind {
     Sandbox,
-    Template,
 }
 
 impl Kind {
     fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match self {
             Kind::Sandbox => SANDBOXES,
-            Kind::Template => TEMPLATES,
         }
     }
 }
@@ -48,7 +45,6 @@ impl Store {
             Database::create(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let w = db.begin_write().map_err(txn)?;
         w.open_table(SANDBOXES).map_err(txn)?;
-        w.open_table(TEMPLATES).map_err(txn)?;
         w.commit().map_err(txn)?;
         Ok(Store { db })
     }
@@ -103,6 +99,5 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let all: Vec<serde_json::Value> = s.all(Kind::Sandbox).unwrap();
         assert_eq!(all, vec![serde_json::json!({"x": 2})]);
-        assert!(s.all::<serde_json::Value>(Kind::Template).unwrap().is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! Templates: read-only root filesystems shared by every sandbox made from them. `base` (and any
 //! other Debian-package template) is built with mmdebstrap, then its ownership is shifted into the
 //! sandboxes' uid range so that root inside a sandbox owns the files root owned in the image.
+//! Each template's record (`template.json`, versioned) lives beside its rootfs, so a templates
+//! directory is self-describing and can be shared by several daemons.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,7 +16,6 @@ use tracing::{info, warn};
 use warren_types::config::TemplateConfig;
 use warren_types::TemplateId;
 
-use crate::store::{Kind, Store};
 use crate::{now_ms, NodeError};
 
 /// Packages every Debian template gets (the `base` template is exactly these).
@@ -61,7 +62,6 @@ pub struct Templates {
     dir: PathBuf,
     cfg: TemplateConfig,
     uid_base: u32,
-    store: Arc<Store>,
     records: Mutex<HashMap<TemplateId, TemplateRecord>>,
     builds: Mutex<HashMap<TemplateId, Build>>,
 }
@@ -73,26 +73,36 @@ pub struct Progress {
 }
 
 impl Templates {
-    pub fn open(
-        data_dir: &Path,
-        cfg: TemplateConfig,
-        uid_base: u32,
-        store: Arc<Store>,
-    ) -> Result<Templates, NodeError> {
-        let dir = data_dir.join("templates");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| NodeError::Build { id: "-".into(), detail: format!("{}: {e}", dir.display()) })?;
-        let mut records = HashMap::new();
-        for mut r in store.all::<TemplateRecord>(Kind::Template)? {
+    pub fn open(data_dir: &Path, cfg: TemplateConfig, uid_base: u32) -> Result<Templates, NodeError> {
+        let dir = cfg.dir.clone().unwrap_or_else(|| data_dir.join("templates"));
+        let io = |e: std::io::Error| NodeError::Build { id: "-".into(), detail: format!("{}: {e}", dir.display()) };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let me = Templates {
+            dir: dir.clone(),
+            cfg,
+            uid_base,
+            records: Mutex::new(HashMap::new()),
+            builds: Mutex::new(HashMap::new()),
+        };
+        for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
+            let meta = entry.path().join("template.json");
+            let Ok(text) = std::fs::read(&meta) else { continue };
+            let mut r: TemplateRecord = match serde_json::from_slice(&text) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(path = %meta.display(), error = %e, "ignoring an unreadable template record");
+                    continue;
+                }
+            };
             // A build interrupted by a restart cannot resume; mark it failed so it can be rebuilt.
             if r.status == Status::Building {
                 r.status = Status::Failed;
                 r.error = Some("the daemon stopped during the build; build it again".into());
-                store.put(Kind::Template, r.id.as_str(), &r)?;
+                me.save(&r)?;
             }
-            records.insert(r.id.clone(), r);
+            me.records.lock().unwrap().insert(r.id.clone(), r);
         }
-        Ok(Templates { dir, cfg, uid_base, store, records: Mutex::new(records), builds: Mutex::new(HashMap::new()) })
+        Ok(me)
     }
 
     pub fn rootfs(&self, id: &TemplateId) -> PathBuf {
@@ -126,8 +136,15 @@ impl Templates {
         }
     }
 
+    /// Writes the record beside the rootfs (write-then-rename, so a crash leaves the old or the new).
     fn save(&self, r: &TemplateRecord) -> Result<(), NodeError> {
-        self.store.put(Kind::Template, r.id.as_str(), r)?;
+        let dir = self.dir.join(r.id.as_str());
+        let err =
+            |e: std::io::Error| NodeError::Build { id: r.id.to_string(), detail: format!("saving its record: {e}") };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let tmp = dir.join("template.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes")).map_err(err)?;
+        std::fs::rename(&tmp, dir.join("template.json")).map_err(err)?;
         self.records.lock().unwrap().insert(r.id.clone(), r.clone());
         Ok(())
     }
@@ -269,7 +286,6 @@ impl Templates {
             .await
             .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .map_err(|e| NodeError::Build { id: id.to_string(), detail: format!("removing {}: {e}", dir.display()) })?;
-        self.store.delete(Kind::Template, id.as_str())?;
         self.records.lock().unwrap().remove(id);
         Ok(())
     }

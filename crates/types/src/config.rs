@@ -88,17 +88,28 @@ pub struct NativeConfig {
     pub storage_size_gb: u64,
     /// The `warren-agent` binary; by default the one next to the `warren` executable.
     pub agent_path: Option<PathBuf>,
+    /// Name of the cgroup (under each controller's root) that holds this daemon's sandboxes.
+    pub cgroup_parent: String,
 }
 
 impl Default for NativeConfig {
     fn default() -> Self {
-        NativeConfig { uid_base: 1_000_000, uid_count: 65_536, storage_size_gb: 256, agent_path: None }
+        NativeConfig {
+            uid_base: 1_000_000,
+            uid_count: 65_536,
+            storage_size_gb: 256,
+            agent_path: None,
+            cgroup_parent: "warren".into(),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TemplateConfig {
+    /// Where template root filesystems live (default: `<data_dir>/templates`). Several daemons may
+    /// share one, e.g. test daemons sharing a built `base`.
+    pub dir: Option<PathBuf>,
     /// Debian mirror used by mmdebstrap.
     pub mirror: String,
     pub suite: String,
@@ -106,7 +117,7 @@ pub struct TemplateConfig {
 
 impl Default for TemplateConfig {
     fn default() -> Self {
-        TemplateConfig { mirror: "http://deb.debian.org/debian".into(), suite: "bookworm".into() }
+        TemplateConfig { dir: None, mirror: "http://deb.debian.org/debian".into(), suite: "bookworm".into() }
     }
 }
 

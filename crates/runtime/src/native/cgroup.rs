@@ -9,11 +9,17 @@ use std::time::{Duration, Instant};
 
 use crate::{RuntimeError, Stats};
 
-const PARENT: &str = "warren";
 const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone)]
-pub enum Layout {
+pub struct Layout {
+    kind: Kind,
+    /// The cgroup (below each controller root) holding this daemon's sandboxes.
+    parent: String,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
     V1 { cpu: PathBuf, cpuacct: PathBuf, memory: PathBuf, pids: PathBuf, freezer: PathBuf },
     V2 { root: PathBuf },
 }
@@ -41,16 +47,17 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 impl Layout {
     /// Finds the controllers from the mount table.
-    pub fn detect() -> Result<Layout, RuntimeError> {
+    pub fn detect(parent: &str) -> Result<Layout, RuntimeError> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| RuntimeError::Prepare {
             what: "mount table",
             path: "/proc/self/mountinfo".into(),
             source,
         })?;
-        Self::from_mountinfo(&mountinfo, |p| fs::read_to_string(p).ok())
+        let kind = Self::from_mountinfo(&mountinfo, |p| fs::read_to_string(p).ok())?;
+        Ok(Layout { kind, parent: parent.to_owned() })
     }
 
-    fn from_mountinfo(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) -> Result<Layout, RuntimeError> {
+    fn from_mountinfo(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) -> Result<Kind, RuntimeError> {
         let mut v1 = std::collections::HashMap::new();
         let mut v2 = None;
         for line in mountinfo.lines() {
@@ -76,7 +83,7 @@ impl Layout {
             let controllers = read(&root.join("cgroup.controllers")).unwrap_or_default();
             let have: Vec<&str> = controllers.split_whitespace().collect();
             if ["cpu", "memory", "pids"].iter().all(|c| have.contains(c)) {
-                return Ok(Layout::V2 { root: root.clone() });
+                return Ok(Kind::V2 { root: root.clone() });
             }
         }
         let get = |name: &str| {
@@ -87,7 +94,7 @@ impl Layout {
                 ),
             })
         };
-        Ok(Layout::V1 {
+        Ok(Kind::V1 {
             cpu: get("cpu")?,
             cpuacct: get("cpuacct")?,
             memory: get("memory")?,
@@ -97,19 +104,19 @@ impl Layout {
     }
 
     pub fn version(&self) -> u8 {
-        match self {
-            Layout::V1 { .. } => 1,
-            Layout::V2 { .. } => 2,
+        match self.kind {
+            Kind::V1 { .. } => 1,
+            Kind::V2 { .. } => 2,
         }
     }
 
     /// The distinct hierarchy roots (v1 may co-mount cpu and cpuacct).
     fn roots(&self) -> Vec<PathBuf> {
-        let mut roots = match self {
-            Layout::V1 { cpu, cpuacct, memory, pids, freezer } => {
+        let mut roots = match &self.kind {
+            Kind::V1 { cpu, cpuacct, memory, pids, freezer } => {
                 vec![cpu.clone(), cpuacct.clone(), memory.clone(), pids.clone(), freezer.clone()]
             }
-            Layout::V2 { root } => vec![root.clone()],
+            Kind::V2 { root } => vec![root.clone()],
         };
         roots.sort();
         roots.dedup();
@@ -119,11 +126,11 @@ impl Layout {
     /// Creates the `warren` parent cgroups (and on v2 delegates the controllers to them).
     pub fn prepare(&self) -> Result<(), RuntimeError> {
         for root in self.roots() {
-            let parent = root.join(PARENT);
+            let parent = root.join(&self.parent);
             fs::create_dir_all(&parent).map_err(cg_err(&parent, "mkdir"))?;
         }
-        if let Layout::V2 { root } = self {
-            for dir in [root.clone(), root.join(PARENT)] {
+        if let Kind::V2 { root } = &self.kind {
+            for dir in [root.clone(), root.join(&self.parent)] {
                 let file = dir.join("cgroup.subtree_control");
                 write(&file, "+cpu +memory +pids")?;
             }
@@ -139,7 +146,7 @@ impl Layout {
     pub fn list(&self) -> Vec<String> {
         let mut ids = Vec::new();
         for root in self.roots() {
-            if let Ok(rd) = fs::read_dir(root.join(PARENT)) {
+            if let Ok(rd) = fs::read_dir(root.join(&self.parent)) {
                 for e in rd.flatten() {
                     if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                         ids.push(e.file_name().to_string_lossy().into_owned());
@@ -162,7 +169,7 @@ pub struct SandboxCgroup {
 
 impl SandboxCgroup {
     fn dir(&self, root: &Path) -> PathBuf {
-        root.join(PARENT).join(&self.id)
+        root.join(&self.layout.parent).join(&self.id)
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -179,8 +186,8 @@ impl SandboxCgroup {
             }
         }
         let quota = CPU_PERIOD_US * u64::from(limits.cpu_count.max(1));
-        match &self.layout {
-            Layout::V1 { cpu, memory, pids, .. } => {
+        match &self.layout.kind {
+            Kind::V1 { cpu, memory, pids, .. } => {
                 let cpu = self.dir(cpu);
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
@@ -192,7 +199,7 @@ impl SandboxCgroup {
                 }
                 write(&self.dir(pids).join("pids.max"), &limits.pids_max.to_string())?;
             }
-            Layout::V2 { root } => {
+            Kind::V2 { root } => {
                 let dir = self.dir(root);
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
@@ -233,8 +240,8 @@ impl SandboxCgroup {
 
     fn set_frozen(&self, frozen: bool) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        match &self.layout {
-            Layout::V1 { freezer, .. } => {
+        match &self.layout.kind {
+            Kind::V1 { freezer, .. } => {
                 let file = self.dir(freezer).join("freezer.state");
                 let want = if frozen { "FROZEN" } else { "THAWED" };
                 write(&file, want)?;
@@ -246,7 +253,7 @@ impl SandboxCgroup {
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
-            Layout::V2 { root } => {
+            Kind::V2 { root } => {
                 let dir = self.dir(root);
                 write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
                 let want = if frozen { "frozen 1" } else { "frozen 0" };
@@ -265,7 +272,7 @@ impl SandboxCgroup {
     /// Kills every process in the cgroup and removes it, waiting up to `wait` for the processes to go.
     pub fn kill_and_remove(&self, wait: Duration) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + wait;
-        if let Layout::V2 { root } = &self.layout {
+        if let Kind::V2 { root } = &self.layout.kind {
             let kill = self.dir(root).join("cgroup.kill");
             if kill.exists() {
                 let _ = fs::write(&kill, "1");
@@ -306,16 +313,16 @@ impl SandboxCgroup {
     }
 
     fn thaw_quietly(&self) -> io::Result<()> {
-        match &self.layout {
-            Layout::V1 { freezer, .. } => fs::write(self.dir(freezer).join("freezer.state"), "THAWED"),
-            Layout::V2 { root } => fs::write(self.dir(root).join("cgroup.freeze"), "0"),
+        match &self.layout.kind {
+            Kind::V1 { freezer, .. } => fs::write(self.dir(freezer).join("freezer.state"), "THAWED"),
+            Kind::V2 { root } => fs::write(self.dir(root).join("cgroup.freeze"), "0"),
         }
     }
 
     /// Fills the CPU, memory and pids fields of `stats`.
     pub fn stats(&self, stats: &mut Stats) {
-        match &self.layout {
-            Layout::V1 { cpuacct, memory, pids, .. } => {
+        match &self.layout.kind {
+            Kind::V1 { cpuacct, memory, pids, .. } => {
                 stats.cpu_usage_ns = read_u64(&self.dir(cpuacct).join("cpuacct.usage")).unwrap_or(0);
                 let mem = self.dir(memory);
                 stats.memory_used_bytes = read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0);
@@ -323,7 +330,7 @@ impl SandboxCgroup {
                 stats.memory_cache_bytes = stat_field(&mem.join("memory.stat"), "total_cache").unwrap_or(0);
                 stats.pids = read_u64(&self.dir(pids).join("pids.current")).unwrap_or(0);
             }
-            Layout::V2 { root } => {
+            Kind::V2 { root } => {
                 let dir = self.dir(root);
                 stats.cpu_usage_ns = stat_field(&dir.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
                 stats.memory_used_bytes = read_u64(&dir.join("memory.current")).unwrap_or(0);
@@ -336,11 +343,11 @@ impl SandboxCgroup {
 
     /// Whether the kernel's OOM killer fired in this cgroup.
     pub fn oom_killed(&self) -> bool {
-        match &self.layout {
-            Layout::V1 { memory, .. } => {
+        match &self.layout.kind {
+            Kind::V1 { memory, .. } => {
                 stat_field(&self.dir(memory).join("memory.oom_control"), "oom_kill").unwrap_or(0) > 0
             }
-            Layout::V2 { root } => stat_field(&self.dir(root).join("memory.events"), "oom_kill").unwrap_or(0) > 0,
+            Kind::V2 { root } => stat_field(&self.dir(root).join("memory.events"), "oom_kill").unwrap_or(0) > 0,
         }
     }
 }
@@ -370,7 +377,7 @@ mod tests {
     fn hybrid_host_without_v2_controllers_uses_v1() {
         let layout = Layout::from_mountinfo(HYBRID, |_| Some(String::new())).unwrap();
         match layout {
-            Layout::V1 { memory, cpuacct, .. } => {
+            Kind::V1 { memory, cpuacct, .. } => {
                 assert_eq!(memory, PathBuf::from("/sys/fs/cgroup/memory"));
                 assert_eq!(cpuacct, PathBuf::from("/sys/fs/cgroup/cpuacct"));
             }
@@ -381,7 +388,7 @@ mod tests {
     #[test]
     fn v2_with_controllers_wins() {
         let layout = Layout::from_mountinfo(HYBRID, |_| Some("cpuset cpu io memory pids".into())).unwrap();
-        assert!(matches!(layout, Layout::V2 { .. }));
+        assert!(matches!(layout, Kind::V2 { .. }));
     }
 
     #[test]
@@ -390,8 +397,8 @@ mod tests {
                     37 25 0:32 / /m rw - cgroup cgroup rw,memory\n\
                     38 25 0:33 / /p rw - cgroup cgroup rw,pids\n\
                     39 25 0:34 / /f rw - cgroup cgroup rw,freezer\n";
-        let layout = Layout::from_mountinfo(info, |_| None).unwrap();
-        assert_eq!(layout.roots().len(), 4);
+        let kind = Layout::from_mountinfo(info, |_| None).unwrap();
+        assert_eq!(Layout { kind, parent: "warren".into() }.roots().len(), 4);
     }
 
     #[test]

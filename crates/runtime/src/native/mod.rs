@@ -35,6 +35,8 @@ pub struct NativeSettings {
     pub agent_binary: PathBuf,
     /// The executable that acts as the spawner when given `SPAWN_ARG` (the `warren` binary).
     pub spawner_exe: PathBuf,
+    /// cgroup holding this daemon's sandboxes (below each controller root).
+    pub cgroup_parent: String,
 }
 
 pub struct NativeRuntime {
@@ -67,7 +69,7 @@ impl NativeRuntime {
         // learn how they ended.
         // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let cgroups = cgroup::Layout::detect()?;
+        let cgroups = cgroup::Layout::detect(&settings.cgroup_parent)?;
         cgroups.prepare()?;
         let layers = storage::LayerStore::open(&settings.data_dir, settings.storage_size_gb)?;
         let dir = settings.run_dir.join("sandboxes");

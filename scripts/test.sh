@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The second README command: the whole test suite. Installs what it needs, checks formatting and
+# lints, runs the unit tests, builds the release binaries and runs the end-to-end tests against a
+# real daemon (as root: namespaces, cgroups and mounts are part of what is tested).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the test suite needs root (it starts real sandboxes): run it with sudo" >&2
+    exit 1
+fi
+scripts/deps.sh
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+echo "== unit tests"
+cargo test --locked --workspace --exclude warren-e2e
+echo "== release build"
+scripts/build.sh
+echo "== end-to-end tests"
+WARREN_BIN="$PWD/target/warren/bin/warren" cargo test --locked -p warren-e2e -- --test-threads 4

@@ -1,0 +1,69 @@
+//! Restart safety: `kill -9` of the daemon leaves running sandboxes running; the next start
+//! re-attaches them, cleans up the ones that died meanwhile, and leaks no cgroup, layer, mount or
+//! process.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warren_e2e::{wait_for, Daemon};
+
+fn cgroup_children(parent: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/sys/fs/cgroup/memory/{parent}"))
+        .map(|rd| {
+            rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host processes that live in one of this daemon's sandbox cgroups.
+fn processes_in(parent: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&format!("/{parent}/"))))
+        .count()
+}
+
+#[test]
+fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
+    let d = Daemon::start("restart");
+    let parent = "warren-e2e-restart";
+    let keep = d.create(json!({"templateID": "base"}));
+    let doomed = d.create(json!({"templateID": "base"}));
+    assert_eq!(keep.sh("echo state > /tmp/state && echo ok").stdout, "ok\n");
+    let doomed_pid = doomed.sh_as("root", "echo $$").stdout;
+    assert!(!doomed_pid.is_empty());
+
+    d.kill9();
+    // While the daemon is down, one sandbox dies (its init is killed from the host).
+    let init_of_doomed = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&format!("{parent}/{}", doomed.id)))
+        })
+        .expect("the doomed sandbox's processes");
+    unsafe { libc::kill(init_of_doomed, libc::SIGKILL) };
+    d.restart();
+
+    let (status, _) = d.api("GET", &format!("/sandboxes/{}", keep.id), None);
+    assert_eq!(status, 200, "the live sandbox is re-attached");
+    assert_eq!(keep.sh("cat /tmp/state").stdout, "state\n", "its state survived");
+    assert_eq!(d.api("GET", &format!("/sandboxes/{}", doomed.id), None).0, 404, "the dead one is gone");
+    wait_for("the dead sandbox's cgroup to go", Duration::from_secs(10), || {
+        (!cgroup_children(parent).contains(&doomed.id)).then_some(())
+    });
+    assert!(!d.data_dir.join("layers").join(&doomed.id).exists());
+
+    // Stopping everything leaves nothing behind.
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", keep.id), None).0, 204);
+    assert!(cgroup_children(parent).is_empty(), "{:?}", cgroup_children(parent));
+    let layers: Vec<_> = std::fs::read_dir(d.data_dir.join("layers")).unwrap().flatten().collect();
+    assert!(layers.is_empty(), "{layers:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("overlay") || !mounts.contains(&keep.id), "overlay mount leaked into the host");
+    wait_for("sandbox processes to exit", Duration::from_secs(10), || (processes_in(parent) == 0).then_some(()));
+    d.kill9();
+}

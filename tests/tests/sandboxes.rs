@@ -1,0 +1,379 @@
+//! The sandbox API end to end: lifecycle, commands, files, PTYs, isolation, limits and bad input,
+//! against one real daemon.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warren_e2e::{shared, wait_for, Daemon};
+
+fn daemon() -> &'static Daemon {
+    shared("sandboxes")
+}
+
+#[test]
+fn lifecycle_create_list_info_timeout_kill() {
+    let d = daemon();
+    let sb =
+        d.create(json!({"templateID": "base", "metadata": {"suite": "lifecycle"}, "cpuCount": 2, "memoryMB": 256}));
+    let (status, info) = d.api("GET", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(status, 200);
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["cpuCount"], 2);
+    assert_eq!(info["memoryMB"], 256);
+    assert_eq!(info["envdVersion"], "0.6.4");
+
+    let (_, list) = d.api("GET", "/sandboxes?metadata=suite%3Dlifecycle", None);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![sb.id.as_str()]);
+    let (_, none) = d.api("GET", "/sandboxes?metadata=suite%3Dother", None);
+    assert!(none.as_array().unwrap().iter().all(|s| s["sandboxID"] != sb.id.as_str()));
+
+    let (status, _) = d.api("POST", &format!("/sandboxes/{}/timeout", sb.id), Some(json!({"timeout": 1})));
+    assert_eq!(status, 204);
+    // The end time passes and the engine kills it.
+    wait_for("the sandbox to time out", Duration::from_secs(10), || {
+        (d.api("GET", &format!("/sandboxes/{}", sb.id), None).0 == 404).then_some(())
+    });
+    let (status, body) = d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn kill_frees_everything() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let (status, _) = d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(status, 204);
+    assert_eq!(d.api("GET", &format!("/sandboxes/{}", sb.id), None).0, 404);
+    let cg = format!("/sys/fs/cgroup/memory/warren-e2e-sandboxes/{}", sb.id);
+    assert!(!std::path::Path::new(&cg).exists(), "{cg} left behind");
+    assert!(!d.data_dir.join("layers").join(&sb.id).exists(), "writable layer left behind");
+    // Traffic to a killed sandbox gets a clear 404.
+    let (status, body) = d.raw("GET", "/health", &[("E2b-Sandbox-Id", &sb.id), ("X-API-KEY", &d.key())], b"");
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn commands_output_exit_codes_env_cwd_user() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base", "envVars": {"GREETING": "hello"}}));
+    let r = sb.sh("echo out; echo err >&2; exit 3");
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("out\n", "err\n", Some(3)));
+    assert_eq!(sb.sh("echo $GREETING-$USER-$(pwd)").stdout, "hello-user-/home/user\n");
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/sh", "args": ["-c", "echo $A; pwd"], "envs": {"A": "x"}, "cwd": "/tmp"}}),
+        &[],
+    );
+    assert_eq!(r.stdout, "x\n/tmp\n");
+    assert_eq!(sb.sh_as("root", "id -u").stdout, "0\n");
+    assert_eq!(sb.sh("id -un").stdout, "user\n");
+    // A command that does not exist: bash says 127; exec'ing it directly is a clear not_found.
+    assert_eq!(sb.sh("no-such-command").exit_code, Some(127));
+    let r = sb.run(json!({"process": {"cmd": "/no/such/binary"}}), &[]);
+    assert_eq!(r.error.as_ref().map(|e| e["code"].clone()), Some(json!("not_found")), "{r:?}");
+    let (_, list) = sb.rpc("process.Process/List", json!({}));
+    assert!(list["processes"].as_array().unwrap().is_empty(), "{list}");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn background_process_stdin_signal_and_connect() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let mut frames = sb.stream(
+        "process.Process/Start",
+        json!({"process": {"cmd": "/bin/cat"}, "tag": "catter", "stdin": true}),
+        &[],
+    );
+    let (_, first) = frames.next_frame().unwrap();
+    let pid = first["event"]["start"]["pid"].as_u64().expect("first event is start");
+    let (_, list) = sb.rpc("process.Process/List", json!({}));
+    assert_eq!(list["processes"][0]["tag"], "catter");
+    let (status, body) =
+        sb.rpc("process.Process/SendInput", json!({"process": {"tag": "catter"}, "input": {"stdin": "aGkK"}}));
+    assert_eq!(status, 200, "{body}");
+    let (_, data) = frames.next_frame().unwrap();
+    assert_eq!(data["event"]["data"]["stdout"], "aGkK");
+    // A second client attaches to the same process.
+    let mut attached = sb.stream("process.Process/Connect", json!({"process": {"pid": pid}}), &[]);
+    assert_eq!(attached.next_frame().unwrap().1["event"]["start"]["pid"], pid);
+    let (status, _) =
+        sb.rpc("process.Process/SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}));
+    assert_eq!(status, 200);
+    for f in [&mut frames, &mut attached] {
+        let mut end = None;
+        while let Some((flags, msg)) = f.next_frame() {
+            if flags & 2 != 0 {
+                break;
+            }
+            if let Some(e) = msg["event"].get("end") {
+                end = Some(e.clone());
+            }
+        }
+        let end = end.expect("end event");
+        assert_eq!(end["status"], "signal: killed");
+    }
+    let (status, body) =
+        sb.rpc("process.Process/SendInput", json!({"process": {"pid": 999999}, "input": {"stdin": "eA=="}}));
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn stream_deadline_leaves_the_process_running() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/sleep", "args": ["30"]}, "tag": "sleeper", "stdin": false}),
+        &[("Connect-Timeout-Ms", "300")],
+    );
+    assert_eq!(r.error.as_ref().map(|e| e["code"].clone()), Some(json!("deadline_exceeded")), "{r:?}");
+    let (_, list) = sb.rpc("process.Process/List", json!({}));
+    assert_eq!(list["processes"][0]["tag"], "sleeper", "{list}");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn pty_input_resize_and_kill() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let mut frames = sb.stream(
+        "process.Process/Start",
+        json!({"process": {"cmd": "/bin/bash", "args": ["-i", "-l"], "envs": {"TERM": "xterm-256color"}}, "pty": {"size": {"cols": 80, "rows": 24}}}),
+        &[],
+    );
+    let pid = frames.next_frame().unwrap().1["event"]["start"]["pid"].as_u64().unwrap();
+    let (status, body) =
+        sb.rpc("process.Process/Update", json!({"process": {"pid": pid}, "pty": {"size": {"cols": 123, "rows": 45}}}));
+    assert_eq!(status, 200, "{body}");
+    use base64::Engine;
+    let input = base64::engine::general_purpose::STANDARD.encode("stty size; echo MARK$((6*7))\n");
+    let (status, body) = sb.rpc("process.Process/SendInput", json!({"process": {"pid": pid}, "input": {"pty": input}}));
+    assert_eq!(status, 200, "{body}");
+    let mut seen = String::new();
+    while !(seen.contains("MARK42") && seen.contains("45 123")) {
+        let (_, msg) = frames.next_frame().expect("pty output");
+        if let Some(p) = msg["event"]["data"]["pty"].as_str() {
+            seen.push_str(&String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(p).unwrap()));
+        }
+    }
+    let (status, _) =
+        sb.rpc("process.Process/SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}));
+    assert_eq!(status, 200);
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn files_read_write_list_and_traversal_stays_inside() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let (status, body) = sb.write_file("notes/a.txt", b"hello");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["path"], "/home/user/notes/a.txt");
+    assert_eq!(sb.read_file("/home/user/notes/a.txt"), (200, b"hello".to_vec()));
+    assert_eq!(sb.sh("stat -c %U notes/a.txt").stdout, "user\n");
+    let (_, ls) = sb.rpc("filesystem.Filesystem/ListDir", json!({"path": "/home/user", "depth": 2}));
+    let paths: Vec<&str> = ls["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"/home/user/notes/a.txt"), "{paths:?}");
+    let (status, _) = sb.rpc("filesystem.Filesystem/MakeDir", json!({"path": "/home/user/notes"}));
+    assert_eq!(status, 409);
+    let (status, mv) =
+        sb.rpc("filesystem.Filesystem/Move", json!({"source": "notes/a.txt", "destination": "notes/b.txt"}));
+    assert_eq!((status, mv["entry"]["name"].as_str()), (200, Some("b.txt")));
+    let (status, st) = sb.rpc("filesystem.Filesystem/Stat", json!({"path": "notes/b.txt"}));
+    assert_eq!((status, st["entry"]["size"].as_str()), (200, Some("5")));
+    let (status, _) = sb.rpc("filesystem.Filesystem/Remove", json!({"path": "notes"}));
+    assert_eq!(status, 200);
+    assert_eq!(sb.read_file("notes/b.txt").0, 404);
+    // `..`, absolute paths and symlinks all resolve inside the sandbox's own root.
+    let host_marker = "/var/lib/warren-e2e/host-only-marker";
+    std::fs::write(host_marker, "host secret").unwrap();
+    assert_eq!(sb.read_file(&format!("../../../..{host_marker}")).0, 404);
+    assert_eq!(sb.read_file(host_marker).0, 404);
+    assert_eq!(sb.sh(&format!("ln -s {host_marker} /tmp/link")).exit_code, Some(0));
+    assert_eq!(sb.read_file("/tmp/link").0, 404);
+    // Permissions are the caller's: the default user cannot read root-only files.
+    assert_eq!(sb.read_file("/etc/shadow").0, 403);
+    // A directory is not a file.
+    assert_eq!(sb.read_file("/etc").0, 400);
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn isolation_basics() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    assert_eq!(sb.sh("hostname").stdout.trim(), sb.id);
+    // Only the sandbox's own processes are visible (the agent is PID 1).
+    let ps = sb.sh("ps -e -o pid=,comm=").stdout;
+    assert!(ps.lines().any(|l| l.trim() == "1 warren-agent"), "{ps}");
+    assert!(ps.lines().count() < 6, "{ps}");
+    assert_eq!(
+        sb.sh("cat /proc/self/uid_map").stdout.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1000000", "65536"]
+    );
+    // The host's files are not there.
+    assert_ne!(sb.sh("test -e /var/lib/warren-e2e").exit_code, Some(0));
+    // Root in the sandbox cannot mount, load modules, or change the hostname.
+    let root = |c: &str| sb.sh_as("root", c);
+    assert_ne!(root("mount -t tmpfs none /mnt").exit_code, Some(0));
+    assert_ne!(root("unshare -U true").exit_code, Some(0));
+    let r = root("python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); r=l.syscall(175,0,0,b\"\"); print(r, ctypes.get_errno())'");
+    assert_eq!(r.stdout.trim(), "-1 1", "init_module must fail with EPERM: {r:?}");
+    assert_ne!(root("hostname other").exit_code, Some(0));
+    let status = root("grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status").stdout;
+    assert!(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"), "{status}");
+    let caps = root("grep CapBnd /proc/self/status").stdout;
+    assert!(caps.contains("00000000a80425fb"), "bounding set is Docker's default: {caps}");
+    // Root may change the sandbox's view of the template, never the template itself.
+    assert_eq!(root("echo changed > /etc/debian_version && cat /etc/debian_version").stdout, "changed\n");
+    let tpl =
+        std::fs::read_to_string(format!("{}/templates/base/rootfs/etc/debian_version", warren_e2e::ROOT)).unwrap();
+    assert_ne!(tpl, "changed\n");
+    // Loopback works, nothing else is there.
+    let r = sb.sh("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); print(\"ok\")'; ls /sys/class/net 2>/dev/null | wc -l");
+    assert!(r.stdout.starts_with("ok\n"), "{r:?}");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn limits_memory_pids_disk_are_contained() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base", "memoryMB": 128, "diskSizeMB": 64}));
+    // Allocating past the memory limit kills the allocating process, not the sandbox.
+    let r = sb.sh("python3 -c 'x = bytearray(400*1024*1024); print(len(x))'");
+    assert_ne!(r.exit_code, Some(0), "{r:?}");
+    assert_eq!(sb.sh("echo alive").stdout, "alive\n");
+    // Writing past the disk quota fails inside, and an upload past it is a 507.
+    let r = sb.sh_as("root", "dd if=/dev/zero of=/big bs=1M count=100 2>&1; echo rc=$?");
+    assert!(r.stdout.contains("Disk quota exceeded") || r.stdout.contains("No space left"), "{r:?}");
+    let (status, body) = sb.write_file("/home/user/more", &vec![0u8; 80 * 1024 * 1024]);
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(sb.sh_as("root", "rm -f /big /home/user/more && echo freed").stdout, "freed\n");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn fork_bomb_is_contained_and_killable() {
+    let d = daemon();
+    let bomb = d.create(json!({"templateID": "base", "memoryMB": 256}));
+    let other = d.create(json!({"templateID": "base"}));
+    let r = bomb.run(
+        json!({"process": {"cmd": "/bin/bash", "args": ["-c", "bomb() { bomb | bomb & }; bomb; sleep 3; echo done"]}}),
+        &[("Connect-Timeout-Ms", "5000")],
+    );
+    // Whether bash finished, was killed, or the stream deadline came first, the agent answered.
+    assert!(r.exit_code.is_some() || r.error.is_some() || r.stdout.contains("done"), "{r:?}");
+    assert_eq!(other.sh("echo fine").stdout, "fine\n");
+    assert_eq!(d.api("GET", "/health", None).0, 200);
+    let started = std::time::Instant::now();
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", bomb.id), None).0, 204);
+    assert!(started.elapsed() < Duration::from_secs(10), "killing a fork-bombed sandbox took {:?}", started.elapsed());
+    d.api("DELETE", &format!("/sandboxes/{}", other.id), None);
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let d = daemon();
+    let cases = [
+        (json!({"templateID": "nope"}), 404, "template nope does not exist"),
+        (json!({"templateID": "../etc"}), 400, "invalid"),
+        (json!({"templateID": "base", "cpuCount": 1000}), 400, "cpuCount"),
+        (json!({"templateID": "base", "memoryMB": 1}), 400, "memoryMB"),
+        (json!({"templateID": "base", "diskSizeMB": 99999999}), 400, "diskSizeMB"),
+        (json!({"templateID": "base", "timeout": 0}), 400, "timeout"),
+        (json!({"templateID": "base", "envVars": {"A=B": "x"}}), 400, "envVars"),
+        (json!({}), 400, "templateID"),
+    ];
+    for (body, status, needle) in cases {
+        let (got, v) = d.api("POST", "/sandboxes", Some(body.clone()));
+        assert_eq!(got, status, "{body} -> {v}");
+        assert!(v["message"].as_str().unwrap_or_default().contains(needle), "{body} -> {v}");
+        assert_eq!(v["code"], status);
+    }
+    let (status, body) =
+        d.raw("POST", "/sandboxes", &[("X-API-KEY", &d.key()), ("Content-Type", "application/json")], b"{not json");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    assert_eq!(d.raw("POST", "/sandboxes", &[("X-API-KEY", &d.key())], &huge).0, 413);
+    assert_eq!(d.raw("GET", "/sandboxes", &[], b"").0, 401);
+    assert_eq!(d.raw("GET", "/sandboxes", &[("X-API-KEY", "wrong")], b"").0, 401);
+    assert_eq!(d.api("GET", "/sandboxes/inotthere", None).0, 404);
+    assert_eq!(d.api("GET", "/sandboxes/..%2F..", None).0, 404);
+    // Sandbox traffic needs the sandbox's token.
+    let sb = d.create(json!({"templateID": "base"}));
+    assert_eq!(d.raw("GET", "/health", &[("E2b-Sandbox-Id", &sb.id)], b"").0, 401);
+    assert_eq!(d.raw("GET", "/health", &[("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", "x")], b"").0, 401);
+    assert_eq!(d.raw("GET", "/health", &[("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", &sb.token)], b"").0, 204);
+    let host = format!("49983-{}.localhost:{}", sb.id, d.port);
+    assert_eq!(d.raw("GET", "/health", &[("Host", &host), ("X-Access-Token", &sb.token)], b"").0, 204);
+    assert_eq!(d.raw("POST", "/init", &[("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", &sb.token)], b"{}").0, 403);
+    // Malformed protocol messages are refused, not fatal.
+    let (status, v) = sb.rpc("process.Process/SendSignal", json!({"signal": "SIGNAL_NOPE"}));
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")));
+    assert_eq!(sb.sh("echo still-here").stdout, "still-here\n");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn many_sandboxes_through_one_port() {
+    daemon();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let d = daemon();
+                let sb = d.create(json!({"templateID": "base", "metadata": {"n": i.to_string()}}));
+                let out = sb.sh(&format!("echo {i}")).stdout;
+                d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+                out
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), format!("{i}\n"));
+    }
+}
+
+#[test]
+fn cli_run_prints_output_and_returns_the_exit_code() {
+    let d = daemon();
+    let out = d.cli(&["run", "--", "python3", "-c", "print(6*7)"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+    assert_eq!(out.status.code(), Some(0));
+    let out = d.cli(&["run", "--", "bash", "-c", "echo oops >&2; exit 7"]);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(out.status.code(), Some(7));
+    let out = d.cli(&["run", "--", "definitely-not-a-command"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+    let out = d.cli(&["run", "--template", "missing", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("template missing does not exist"));
+
+    let out = d.cli(&["sandbox", "create", "-m", "via=cli"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "{out:?}");
+    let out = d.cli(&["--json", "sandbox", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list.as_array().unwrap().iter().any(|s| s["sandboxID"] == id.as_str()));
+    let out = d.cli(&["sandbox", "exec", &id, "--", "sh", "-c", "echo in-sandbox"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-sandbox\n");
+    let mut child = std::process::Command::new(warren_e2e::warren_bin())
+        .args(["sandbox", "files", "write", &id, "/tmp/from-cli"])
+        .env("WARREN_URL", d.url())
+        .env("WARREN_API_KEY", d.key())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"payload").unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = d.cli(&["sandbox", "files", "read", &id, "/tmp/from-cli"]);
+    assert_eq!(out.stdout, b"payload");
+    let out = d.cli(&["sandbox", "kill", &id]);
+    assert!(out.status.success());
+    let out = d.cli(&["sandbox", "info", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
