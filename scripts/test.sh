@@ -18,3 +18,6 @@ echo "== release build"
 scripts/build.sh
 echo "== end-to-end tests"
 WARREN_BIN="$PWD/target/warren/bin/warren" cargo test --locked -p warren-e2e -- --test-threads 4
+echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
+cargo build --release --locked -p warren-bench
+target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json

@@ -35,6 +35,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 pub struct Daemon {
+    /// Keeps connections alive between calls, as a real client would.
+    pub http: ureq::Agent,
     pub name: String,
     pub port: u16,
     pub data_dir: PathBuf,
@@ -50,7 +52,12 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts a daemon named `name` and waits until it serves and `base` is ready.
     pub fn start(name: &str) -> Daemon {
-        let data_dir = Path::new(ROOT).join(name);
+        Self::start_in(Path::new(ROOT), name)
+    }
+
+    /// Like [`Daemon::start`], with state under `root` (templates in `root/templates`).
+    pub fn start_in(root: &Path, name: &str) -> Daemon {
+        let data_dir = root.join(name);
         std::fs::create_dir_all(&data_dir).unwrap();
         let port = free_port();
         let config = data_dir.join("config.toml");
@@ -62,11 +69,12 @@ impl Daemon {
                  [templates]\ndir = {tpl:?}\n",
                 data = data_dir.display().to_string(),
                 run = format!("/run/warren-e2e/{name}"),
-                tpl = format!("{ROOT}/templates"),
+                tpl = root.join("templates").display().to_string(),
             ),
         )
         .unwrap();
         let d = Daemon {
+            http: ureq::AgentBuilder::new().max_idle_connections_per_host(64).build(),
             name: name.to_owned(),
             port,
             data_dir,
@@ -82,7 +90,7 @@ impl Daemon {
         let log = std::fs::File::create(self.data_dir.join("daemon.log")).unwrap();
         let mut cmd = Command::new(warren_bin());
         cmd.args(["serve", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
-        cmd.env("WARREN_LOG", "info");
+        cmd.env("WARREN_LOG", std::env::var("WARREN_LOG").unwrap_or_else(|_| "info".into()));
         // SAFETY: prctl is async-signal-safe. The daemon dies with the test process.
         unsafe {
             cmd.pre_exec(|| {
@@ -143,7 +151,7 @@ impl Daemon {
 
     /// A control-plane call; returns the status and the JSON body (Null when empty).
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{}", self.url(), path)).set("X-API-KEY", &self.key());
+        let req = self.http.request(method, &format!("{}{}", self.url(), path)).set("X-API-KEY", &self.key());
         let r = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
@@ -152,7 +160,7 @@ impl Daemon {
     }
 
     pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
-        let mut req = ureq::request(method, &format!("{}{}", self.url(), path));
+        let mut req = self.http.request(method, &format!("{}{}", self.url(), path));
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -185,6 +193,7 @@ impl Daemon {
             id: v["sandboxID"].as_str().unwrap().to_owned(),
             token: v["envdAccessToken"].as_str().unwrap().to_owned(),
             url: self.url(),
+            http: self.http.clone(),
         }
     }
 }
@@ -205,6 +214,7 @@ pub struct Sandbox {
     pub id: String,
     pub token: String,
     pub url: String,
+    pub http: ureq::Agent,
 }
 
 /// One finished process: output and exit code.
@@ -219,7 +229,8 @@ pub struct Run {
 
 impl Sandbox {
     fn req(&self, method: &str, path: &str) -> ureq::Request {
-        ureq::request(method, &format!("{}{}", self.url, path))
+        self.http
+            .request(method, &format!("{}{}", self.url, path))
             .set("E2b-Sandbox-Id", &self.id)
             .set("E2b-Sandbox-Port", "49983")
             .set("X-Access-Token", &self.token)

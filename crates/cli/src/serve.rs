@@ -81,6 +81,7 @@ fn agent_binary(cfg: &Config) -> Result<PathBuf> {
 pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
         .init();
     let cfg = load_config(args, data_dir)?;
     std::fs::create_dir_all(&cfg.data_dir)

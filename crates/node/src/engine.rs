@@ -188,7 +188,9 @@ impl Engine {
             }
             map.insert(id.clone(), rec.clone());
         }
+        let t_store = std::time::Instant::now();
         self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
+        let store_us = t_store.elapsed().as_micros() as u64;
 
         let spec = SandboxSpec {
             id: id.clone(),
@@ -217,17 +219,20 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        let t_init = std::time::Instant::now();
         let init = serde_json::json!({ "envVars": rec.env_vars });
         if let Err(detail) = crate::agent_client::post_json(&handle.agent_socket, "/init", &init).await {
             self.abort_create(&id, Some(handle)).await;
             return Err(NodeError::Agent { detail });
         }
+        let init_us = t_init.elapsed().as_micros() as u64;
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
         self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
         self.sandboxes.lock().unwrap().insert(id.clone(), rec.clone());
         self.watch_exit(id.clone(), watch);
+        tracing::debug!(sandbox = %id, store_us, init_us, total_us = t_store.elapsed().as_micros() as u64, "create phases");
         info!(sandbox = %id, "sandbox running");
         Ok(rec)
     }

@@ -175,14 +175,23 @@ impl Runtime for NativeRuntime {
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
         let id = spec.id.as_str();
         let cg = self.cgroups.sandbox(id);
+        let t0 = Instant::now();
         let result = (|| {
             cg.create(cgroup::Limits {
                 cpu_count: spec.cpu_count,
                 memory_bytes: spec.memory_mb * 1024 * 1024,
                 pids_max: spec.pids_max,
             })?;
+            let t1 = Instant::now();
             let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
+            let t2 = Instant::now();
             let (pid, start_time, agent_socket) = self.boot(spec, &dir)?;
+            debug!(
+                cgroup_us = (t1 - t0).as_micros() as u64,
+                layer_us = (t2 - t1).as_micros() as u64,
+                boot_us = t2.elapsed().as_micros() as u64,
+                "sandbox created"
+            );
             Ok(Handle { version: HANDLE_VERSION, pid, start_time, agent_socket, project_id: project })
         })();
         if result.is_err() {

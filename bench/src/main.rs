@@ -1,0 +1,302 @@
+//! `warren-bench`: starts a real daemon and measures, in the same run and on the same root
+//! filesystem, Warren against `crun`:
+//!
+//! * cold create → first output: `POST /sandboxes` then `Process/Start /bin/echo hi` until the
+//!   first stdout byte, vs `crun run` of `/bin/echo hi` (namespaces incl. user, cgroup limits);
+//! * exec roundtrip: `Process/Start /bin/true` through the HTTP API until the end of the stream, vs
+//!   `crun exec` into a running container;
+//! * idle footprint: RSS/PSS of an idle sandbox's agent and the daemon's memory per sandbox.
+//!
+//! Prints a table (p50, p99, ratio) and writes JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::json;
+use warren_e2e::Daemon;
+
+#[derive(Parser)]
+struct Args {
+    /// State directory of the benchmark's daemon (templates are built under ROOT/templates once).
+    #[arg(long, default_value = "/var/lib/warren-bench")]
+    root: PathBuf,
+    /// Iterations of the cold-start measurements (exec uses 5×).
+    #[arg(long, default_value_t = 40)]
+    iterations: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Series {
+    name: String,
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+fn series(name: &str, mut d: Vec<Duration>) -> Series {
+    d.sort();
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    let pct = |p: f64| ms(d[((d.len() as f64 - 1.0) * p).round() as usize]);
+    Series {
+        name: name.into(),
+        samples: d.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        mean_ms: d.iter().map(|x| ms(*x)).sum::<f64>() / d.len() as f64,
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let daemon = Daemon::start_in(&args.root, "bench");
+    let rootfs = args.root.join("templates/base/rootfs");
+    let n = args.iterations.max(3);
+
+    let cold = warren_cold(&daemon, n)?;
+    let exec = warren_exec(&daemon, n * 5)?;
+    let idle = idle_footprint(&daemon, 10)?;
+
+    let bundle = crun_bundle(&args.root, &rootfs)?;
+    let crun_cold = crun_run(&bundle, n)?;
+    let crun_exec = crun_exec(&bundle, n * 5)?;
+
+    let report = json!({
+        "warren_cold_create_to_first_output": cold,
+        "crun_run_to_first_output": crun_cold,
+        "warren_exec_true_via_api": exec,
+        "crun_exec_true": crun_exec,
+        "ratio_cold_p50": cold.p50_ms / crun_cold.p50_ms,
+        "ratio_exec_p50": exec.p50_ms / crun_exec.p50_ms,
+        "idle": idle,
+        "host": host_info(),
+    });
+    println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
+    for s in [&cold, &crun_cold, &exec, &crun_exec] {
+        println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
+    }
+    println!("ratio cold p50 (warren / crun run):  {:.2}", cold.p50_ms / crun_cold.p50_ms);
+    println!("ratio exec p50 (warren / crun exec): {:.2}", exec.p50_ms / crun_exec.p50_ms);
+    println!(
+        "idle sandbox: agent RSS {:.2} MiB (PSS {:.2} MiB), daemon bookkeeping {:.3} MiB/sandbox",
+        idle.agent_rss_mib, idle.agent_pss_mib, idle.daemon_mib_per_sandbox
+    );
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", args.out.display());
+    daemon.kill9();
+    Ok(())
+}
+
+fn warren_cold(d: &Daemon, n: usize) -> Result<Series> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n + 2 {
+        let t = Instant::now();
+        let sb = d.create(json!({"templateID": "base"}));
+        let mut frames =
+            sb.stream("process.Process/Start", json!({"process": {"cmd": "/bin/echo", "args": ["hi"]}}), &[]);
+        loop {
+            let (_, msg) = frames.next_frame().context("stream ended before any output")?;
+            if msg["event"]["data"]["stdout"].is_string() {
+                break;
+            }
+        }
+        samples.push(t.elapsed());
+        d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    }
+    samples.drain(..2); // warm-up
+    Ok(series("warren: create -> first output", samples))
+}
+
+fn warren_exec(d: &Daemon, n: usize) -> Result<Series> {
+    let sb = d.create(json!({"templateID": "base"}));
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n + 5 {
+        let t = Instant::now();
+        let r = sb.run(json!({"process": {"cmd": "/bin/true"}}), &[]);
+        samples.push(t.elapsed());
+        if r.exit_code != Some(0) {
+            bail!("exec of /bin/true failed: {r:?}");
+        }
+    }
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    samples.drain(..5);
+    Ok(series("warren: exec true via HTTP API", samples))
+}
+
+#[derive(Serialize)]
+struct Idle {
+    sandboxes: usize,
+    agent_rss_mib: f64,
+    agent_pss_mib: f64,
+    daemon_mib_per_sandbox: f64,
+}
+
+fn kib(status: &str, key: &str) -> f64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn daemon_pid(d: &Daemon) -> Option<i32> {
+    let cfg = d.config.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        (cmd.contains(" serve ") && cmd.contains(&cfg)).then_some(pid)
+    })
+}
+
+fn agent_pids(parent: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warren-agent")
+                        && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(parent))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn idle_footprint(d: &Daemon, n: usize) -> Result<Idle> {
+    let pid = daemon_pid(d).context("finding the daemon's pid")?;
+    let rss = || std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| kib(&s, "VmRSS:")).unwrap_or(0.0);
+    // Warm the daemon's allocator and connection paths before the baseline.
+    let warm = d.create(json!({"templateID": "base"}));
+    d.api("DELETE", &format!("/sandboxes/{}", warm.id), None);
+    let before = rss();
+    let boxes: Vec<_> = (0..n).map(|_| d.create(json!({"templateID": "base"}))).collect();
+    for b in &boxes {
+        b.sh("true");
+    }
+    std::thread::sleep(Duration::from_millis(500)); // let every agent go idle (nothing to poll)
+    let after = rss();
+    let agents = agent_pids(&format!("warren-e2e-{}", d.name));
+    let (mut r, mut p) = (0.0, 0.0);
+    for a in &agents {
+        r += std::fs::read_to_string(format!("/proc/{a}/status")).map(|s| kib(&s, "VmRSS:")).unwrap_or(0.0);
+        p += std::fs::read_to_string(format!("/proc/{a}/smaps_rollup")).map(|s| kib(&s, "Pss:")).unwrap_or(0.0);
+    }
+    for b in &boxes {
+        d.api("DELETE", &format!("/sandboxes/{}", b.id), None);
+    }
+    let k = agents.len().max(1) as f64;
+    Ok(Idle {
+        sandboxes: agents.len(),
+        agent_rss_mib: r / k / 1024.0,
+        agent_pss_mib: p / k / 1024.0,
+        daemon_mib_per_sandbox: (after - before).max(0.0) / n as f64 / 1024.0,
+    })
+}
+
+/// An OCI bundle over the same template rootfs, with the same namespaces and uid mapping.
+fn crun_bundle(root: &Path, rootfs: &Path) -> Result<PathBuf> {
+    // crun refuses a host with v1 controllers beside an empty v2 tree until a v1 hugetlb hierarchy
+    // is mounted; mount one for the baseline if it is missing.
+    if Path::new("/sys/fs/cgroup/cpu").exists() && !Path::new("/sys/fs/cgroup/hugetlb/cgroup.procs").exists() {
+        std::fs::create_dir_all("/sys/fs/cgroup/hugetlb").ok();
+        let _ =
+            Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"]).status();
+    }
+    let bundle = root.join("crun-bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let mapping = json!([{"containerID": 0, "hostID": 1_000_000, "size": 65536}]);
+    let config = json!({
+        "ociVersion": "1.0.0",
+        "root": {"path": rootfs, "readonly": true},
+        "hostname": "crun",
+        "process": {
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "args": ["/bin/echo", "hi"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "noNewPrivileges": true,
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "user"}, {"type": "mount"}, {"type": "cgroup"}],
+            "uidMappings": mapping, "gidMappings": mapping,
+            "resources": {"memory": {"limit": 536_870_912u64}, "cpu": {"quota": 100_000, "period": 100_000}, "pids": {"limit": 1024}},
+        },
+    });
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    Ok(bundle)
+}
+
+fn crun_run(bundle: &Path, n: usize) -> Result<Series> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 2 {
+        let id = format!("warren-bench-run-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let out =
+            Command::new("crun").args(["run", "--bundle"]).arg(bundle).arg(&id).stderr(Stdio::piped()).output()?;
+        samples.push(t.elapsed());
+        if out.stdout != b"hi\n" {
+            bail!("crun run failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    samples.drain(..2);
+    Ok(series("crun: run -> output", samples))
+}
+
+fn crun_exec(bundle: &Path, n: usize) -> Result<Series> {
+    let id = format!("warren-bench-exec-{}", std::process::id());
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    cfg["process"]["args"] = json!(["/bin/sleep", "infinity"]);
+    let long = bundle.with_file_name("crun-bundle-exec");
+    std::fs::create_dir_all(&long)?;
+    std::fs::write(long.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    let st = Command::new("crun").args(["run", "--detach", "--bundle"]).arg(&long).arg(&id).status()?;
+    if !st.success() {
+        bail!("crun run --detach failed");
+    }
+    let mut samples = Vec::with_capacity(n);
+    let result = (|| {
+        for _ in 0..n + 5 {
+            let t = Instant::now();
+            let st = Command::new("crun").args(["exec", &id, "/bin/true"]).status()?;
+            samples.push(t.elapsed());
+            if !st.success() {
+                bail!("crun exec failed");
+            }
+        }
+        Ok(())
+    })();
+    let _ = Command::new("crun").args(["delete", "--force", &id]).status();
+    result?;
+    samples.drain(..5);
+    Ok(series("crun: exec true", samples))
+}
+
+fn host_info() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let crun = Command::new("crun")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    json!({"cpus": cpus, "kernel": kernel.trim(), "crun": crun})
+}
