@@ -88,7 +88,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg)?;
     let key = api_key(&cfg)?;
-    let runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
+    let mut runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
         data_dir: cfg.data_dir.clone(),
         run_dir: cfg.run_dir.clone(),
         uid_base: cfg.native.uid_base,
@@ -100,6 +100,11 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     })
     .context("starting the native runtime")?;
     info!(cgroup = runtime.cgroup_version(), "native runtime ready");
+    // SAFETY: no thread has been started yet (the async runtime is built below); checked inside.
+    match unsafe { runtime.start_zygote() } {
+        Ok(pid) => info!(pid, "spawner zygote started"),
+        Err(e) => tracing::warn!(error = %e, "no spawner zygote; every sandbox will be spawned by exec"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -6,6 +6,7 @@ pub mod exit_watch;
 pub mod seccomp;
 pub mod spawn;
 pub mod storage;
+pub mod zygote;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -43,6 +44,7 @@ pub struct NativeRuntime {
     settings: NativeSettings,
     cgroups: cgroup::Layout,
     layers: storage::LayerStore,
+    zygote: Option<zygote::Zygote>,
 }
 
 const HANDLE_VERSION: u32 = 1;
@@ -79,7 +81,20 @@ impl NativeRuntime {
             source,
         })?;
         debug!(cgroup_version = cgroups.version(), "native runtime ready");
-        Ok(NativeRuntime { settings, cgroups, layers })
+        Ok(NativeRuntime { settings, cgroups, layers, zygote: None })
+    }
+
+    /// Forks the spawner zygote, which saves an exec per sandbox. Without it (or if it dies) each
+    /// sandbox is spawned by exec'ing `spawner_exe`.
+    ///
+    /// # Safety
+    /// Call while the process is single-threaded (before any async runtime starts); checked.
+    pub unsafe fn start_zygote(&mut self) -> std::io::Result<i32> {
+        // SAFETY: forwarded to the caller.
+        let z = unsafe { zygote::Zygote::start()? };
+        let pid = z.pid();
+        self.zygote = Some(z);
+        Ok(pid)
     }
 
     pub fn cgroup_version(&self) -> u8 {
@@ -127,6 +142,13 @@ impl NativeRuntime {
                 ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ],
         };
+        if let Some(z) = &self.zygote {
+            use std::os::fd::AsFd;
+            match z.spawn(&req, listener.as_fd(), log.as_fd()) {
+                Ok(res) => return self.boot_result(spec, res, String::new(), socket),
+                Err(e) => warn!(error = %e, "the spawner zygote failed; spawning by exec"),
+            }
+        }
         let listen_fd = listener.as_raw_fd();
         let mut cmd = Command::new(&self.settings.spawner_exe);
         cmd.arg(SPAWN_ARG).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(log));
@@ -151,14 +173,29 @@ impl NativeRuntime {
         let mut out = String::new();
         let _ = child.stdout.take().expect("piped stdout").read_to_string(&mut out);
         let status = child.wait().map_err(|source| RuntimeError::SpawnerExec { source })?;
+        write.map_err(|e| RuntimeError::Boot {
+            id: spec.id.clone(),
+            detail: format!("sending the spawn request: {e}"),
+        })?;
+        let res: SpawnResult = serde_json::from_str(&out).map_err(|_| RuntimeError::Boot {
+            id: spec.id.clone(),
+            detail: format!("the spawner exited with {status} and said {out:?}"),
+        })?;
+        self.boot_result(spec, res, out, socket)
+    }
+
+    fn boot_result(
+        &self,
+        spec: &SandboxSpec,
+        res: SpawnResult,
+        raw: String,
+        socket: PathBuf,
+    ) -> Result<(i32, u64, PathBuf), RuntimeError> {
         let boot_err = |detail: String| RuntimeError::Boot { id: spec.id.clone(), detail };
-        write.map_err(|e| boot_err(format!("sending the spawn request: {e}")))?;
-        let res: SpawnResult = serde_json::from_str(&out)
-            .map_err(|_| boot_err(format!("the spawner exited with {status} and said {out:?}")))?;
         match (res.pid, res.start_time, res.error) {
             (Some(pid), Some(start), None) => Ok((pid, start, socket)),
             (_, _, Some(e)) => Err(boot_err(e)),
-            _ => Err(boot_err(format!("the spawner answered {out:?}"))),
+            _ => Err(boot_err(format!("the spawner answered {raw:?}"))),
         }
     }
 }

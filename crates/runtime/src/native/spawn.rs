@@ -83,24 +83,48 @@ pub const KEPT_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_AUDIT_WRITE,
 ];
 
-/// Entry point of the spawner process. Never returns.
+/// Entry point of the spawner when exec'd (`warren __warren_spawn`): request on stdin, result on
+/// stdout. Never returns.
 pub fn main() -> ! {
     let mut input = String::new();
-    let result = match io::stdin().read_to_string(&mut input) {
-        Err(e) => Err(format!("reading the spawn request: {e}")),
+    let out = match io::stdin().read_to_string(&mut input) {
+        Err(e) => failure(format!("reading the spawn request: {e}")),
         Ok(_) => match serde_json::from_str::<SpawnRequest>(&input) {
-            Err(e) => Err(format!("parsing the spawn request: {e}")),
-            Ok(req) => spawn(&req),
+            Err(e) => failure(format!("parsing the spawn request: {e}")),
+            Ok(req) => run(&req),
         },
-    };
-    let out = match result {
-        Ok((pid, start_time)) => SpawnResult { pid: Some(pid), start_time: Some(start_time), error: None },
-        Err(error) => SpawnResult { pid: None, start_time: None, error: Some(error) },
     };
     let code = if out.error.is_some() { 1 } else { 0 };
     let _ = io::stdout().write_all(serde_json::to_string(&out).unwrap_or_default().as_bytes());
     let _ = io::stdout().flush();
     std::process::exit(code)
+}
+
+fn failure(error: String) -> SpawnResult {
+    SpawnResult { pid: None, start_time: None, error: Some(error) }
+}
+
+/// Boots one sandbox from a fresh single-threaded process (see the module docs). The listening
+/// socket must already be on [`LISTEN_FD`] and the agent's log on stderr.
+pub fn run(req: &SpawnRequest) -> SpawnResult {
+    match spawn(req) {
+        Ok((pid, start_time)) => SpawnResult { pid: Some(pid), start_time: Some(start_time), error: None },
+        Err(error) => failure(error),
+    }
+}
+
+/// The seccomp filters, compiled once per process (the zygote compiles them before it forks).
+pub fn filters() -> Result<&'static (seccompiler::BpfProgram, seccompiler::BpfProgram), String> {
+    static FILTERS: std::sync::OnceLock<Result<(seccompiler::BpfProgram, seccompiler::BpfProgram), String>> =
+        std::sync::OnceLock::new();
+    FILTERS
+        .get_or_init(|| {
+            let main = super::seccomp::allow_list().map_err(|e| format!("compiling seccomp policy: {e}"))?;
+            let clone3 = super::seccomp::clone3_enosys().map_err(|e| format!("compiling seccomp policy: {e}"))?;
+            Ok((main, clone3))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, String> {
@@ -344,10 +368,9 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
     }
-    let main = ctx(super::seccomp::allow_list(), || "compiling seccomp policy".into())?;
-    let clone3 = ctx(super::seccomp::clone3_enosys(), || "compiling seccomp policy".into())?;
-    ctx(seccompiler::apply_filter(&main), || "installing seccomp filter".into())?;
-    ctx(seccompiler::apply_filter(&clone3), || "installing seccomp filter".into())?;
+    let (main, clone3) = filters()?;
+    ctx(seccompiler::apply_filter(main), || "installing seccomp filter".into())?;
+    ctx(seccompiler::apply_filter(clone3), || "installing seccomp filter".into())?;
 
     // stdin/stdout point at the daemon's pipes; the agent needs neither (stderr is its log file).
     let devnull = ctx(fs::OpenOptions::new().read(true).write(true).open("/dev/null"), || "open /dev/null".into())?;
