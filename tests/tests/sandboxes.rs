@@ -212,6 +212,10 @@ fn isolation_basics() {
         sb.sh("cat /proc/self/uid_map").stdout.split_whitespace().collect::<Vec<_>>(),
         ["0", "1000000", "65536"]
     );
+    // User processes inherit no descriptor of the agent (its listening socket above all).
+    assert_eq!(sb.sh("ls -l /proc/$$/fd | grep -c socket").stdout, "0\n");
+    // SIGPIPE is back to its default for user code (Rust ignores it in the agent).
+    assert_eq!(sb.sh("yes | head -c 4 | wc -c").stdout, "4\n");
     // The host's files are not there.
     assert_ne!(sb.sh("test -e /var/lib/warren-e2e").exit_code, Some(0));
     // Root in the sandbox cannot mount, load modules, or change the hostname.

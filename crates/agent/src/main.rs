@@ -6,6 +6,7 @@ mod files;
 mod fs;
 mod process;
 mod server;
+mod spawn;
 mod users;
 mod watch;
 
@@ -42,6 +43,12 @@ fn main() {
 async fn run(fd: i32) {
     // SAFETY: fd 3 is the listening socket the spawner placed there for us.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    // The spawner hands the socket over without close-on-exec; user processes must never inherit
+    // it (they could accept the daemon's connections).
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
+        tracing::error!(error = %e, "cannot mark the listening socket close-on-exec");
+        std::process::exit(1);
+    }
     std_listener.set_nonblocking(true).expect("nonblocking listener");
     let listener = tokio::net::UnixListener::from_std(std_listener).expect("listener");
     let default_user = if users::lookup("user").is_ok() { "user" } else { "root" };

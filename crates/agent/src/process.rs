@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,65 +99,70 @@ impl Processes {
             return Err(err(Code::InvalidArgument, format!("cwd {cwd:?} does not exist or is not a directory")));
         }
 
-        let mut cmd = Command::new(&config.cmd);
-        cmd.args(&config.args).env_clear().envs(&env).current_dir(&cwd);
-        let mut pty_master = None;
+        let io_err = |e: io::Error| err(Code::Internal, format!("starting {}: {e}", config.cmd));
+        let cloexec = |fd: &OwnedFd| {
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        };
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()));
         let pty_flag = pty.is_some();
-        let (uid, gid, groups) = (user.uid, user.gid, user.groups.clone());
+        // (parent end kept, child end given as fd 0/1/2)
+        let mut pty_master = None;
+        let (mut stdin_w, mut stdout_r, mut stderr_r) = (None, None, None);
+        let child_fds: [OwnedFd; 3];
         if let Some(size) = pty {
             let ws = winsize(size);
             let p = nix::pty::openpty(Some(&ws), None).map_err(|e| err(Code::Internal, format!("openpty: {e}")))?;
-            let slave = p.slave;
-            cmd.stdin(Stdio::from(slave.try_clone().map_err(|e| err(Code::Internal, e.to_string()))?));
-            cmd.stdout(Stdio::from(slave.try_clone().map_err(|e| err(Code::Internal, e.to_string()))?));
-            cmd.stderr(Stdio::from(slave));
+            cloexec(&p.master).and(cloexec(&p.slave)).map_err(|e| io_err(e.into()))?;
+            let s1 = p.slave.try_clone().map_err(io_err)?;
+            let s2 = p.slave.try_clone().map_err(io_err)?;
+            child_fds = [p.slave, s1, s2];
             pty_master = Some(Arc::new(p.master));
         } else {
-            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let stdin_child = if stdin {
+                let (r, w) = pipe()?;
+                stdin_w = Some(w);
+                r
+            } else {
+                std::fs::File::options().read(true).open("/dev/null").map(OwnedFd::from).map_err(io_err)?
+            };
+            let (or, ow) = pipe()?;
+            let (er, ew) = pipe()?;
+            stdout_r = Some(or);
+            stderr_r = Some(er);
+            child_fds = [stdin_child, ow, ew];
         }
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if pty_flag {
-                    libc::ioctl(0, libc::TIOCSCTTY as _, 0);
-                }
-                // When the sandbox runs out of memory the kernel must pick a user process, never
-                // the agent (PID 1: its death ends the sandbox). Raising a score needs no
-                // privilege, so children go to +500 whether or not the spawner could lower ours.
-                let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"500".as_ptr() as *const libc::c_void, 3);
-                    libc::close(fd);
-                }
-                // Credentials last: std runs these closures after its own uid/gid steps, and the
-                // group list can only be set while still root.
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let env_list: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let program = crate::spawn::resolve(&config.cmd, env.get("PATH").map(String::as_str))
+            .map_err(|e| err(Code::NotFound, e.to_string()))?;
+        let plan = crate::spawn::Plan::new(
+            &program,
+            &config.cmd,
+            &config.args,
+            &env_list,
+            &cwd,
+            user.uid,
+            user.gid,
+            &user.groups,
+            [child_fds[0].as_raw_fd(), child_fds[1].as_raw_fd(), child_fds[2].as_raw_fd()],
+            pty_flag,
+        )
+        .map_err(|e| err(Code::InvalidArgument, format!("process config: {e}")))?;
 
         let (exit_tx, exit_rx) = oneshot::channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let mut table = self.table.lock().unwrap();
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        let pid = plan.spawn().map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => err(Code::NotFound, format!("{}: command not found", config.cmd)),
             io::ErrorKind::PermissionDenied => {
                 err(Code::PermissionDenied, format!("{}: permission denied", config.cmd))
             }
             _ => err(Code::Internal, format!("starting {}: {e}", config.cmd)),
         })?;
-        let pid = child.id();
+        drop(child_fds);
         table.waiters.insert(pid, exit_tx);
-        let stdin_state = match (pty_flag, child.stdin.take()) {
+        let stdin_state = match (pty_flag, stdin_w) {
             (true, _) => Stdin::Pty,
-            (false, Some(s)) => Stdin::Pipe(std::fs::File::from(OwnedFd::from(s))),
+            (false, Some(w)) => Stdin::Pipe(std::fs::File::from(w)),
             (false, None) => Stdin::Closed,
         };
         let _ = sub_tx.send(ProcessEvent::Start(StartEvent { pid }));
@@ -179,14 +182,13 @@ impl Processes {
             let fd = dup(&master).map_err(|e| err(Code::Internal, e.to_string()))?;
             readers.push(tokio::spawn(read_stream(proc.clone(), fd, DataEvent::Pty)));
         } else {
-            if let Some(out) = child.stdout.take() {
-                readers.push(tokio::spawn(read_stream(proc.clone(), OwnedFd::from(out), DataEvent::Stdout)));
+            if let Some(out) = stdout_r.take() {
+                readers.push(tokio::spawn(read_stream(proc.clone(), out, DataEvent::Stdout)));
             }
-            if let Some(e) = child.stderr.take() {
-                readers.push(tokio::spawn(read_stream(proc.clone(), OwnedFd::from(e), DataEvent::Stderr)));
+            if let Some(e) = stderr_r.take() {
+                readers.push(tokio::spawn(read_stream(proc.clone(), e, DataEvent::Stderr)));
             }
         }
-        drop(child); // std's Child does not wait on drop; the reaper owns the exit status.
         let table = self.table.clone();
         tokio::spawn(async move {
             let status = exit_rx.await.ok();
