@@ -107,8 +107,10 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     let mut out = Request::builder().method(req.method().clone()).uri(format!("http://agent{path_q}"));
     copy_headers(req.headers(), out.headers_mut().expect("builder is valid"));
     out.headers_mut().expect("builder is valid").insert(http::header::HOST, http::HeaderValue::from_static("agent"));
-    let out = out.body(req.into_body()).map_err(|e| ApiError::bad_request(format!("cannot forward request: {e}")))?;
-    let resp = warren_node::agent_client::send(&socket, out).await.map_err(|e| {
+    use http_body_util::BodyExt;
+    let body = req.into_body().map_err(|e| Box::new(e) as warren_node::agent_client::BoxError).boxed();
+    let out = out.body(body).map_err(|e| ApiError::bad_request(format!("cannot forward request: {e}")))?;
+    let resp = state.engine.agents.send(&socket, out).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox {} did not answer: {e}", target.sandbox))
     })?;
     let (parts, body) = resp.into_parts();

@@ -1,42 +1,103 @@
-//! HTTP/1.1 over a sandbox agent's unix socket: used by the engine (`/init`) and by the API's proxy.
+//! HTTP/1.1 to sandbox agents over their unix sockets, with a small pool of kept-alive connections
+//! per agent (a fresh connection and handshake per request cost a measurable share of an exec).
+//! Used by the engine (`/init`) and by the API's proxy.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::Request;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-/// Sends one request to the agent listening on `socket` and returns its response (streaming body).
-pub async fn send<B>(socket: &Path, req: Request<B>) -> Result<http::Response<Incoming>, String>
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    sender.send_request(req).await.map_err(|e| format!("request: {e}"))
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The request body type every caller converts to.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Idle connections kept per agent.
+const IDLE_PER_AGENT: usize = 8;
+
+#[derive(Default, Clone)]
+pub struct AgentClient {
+    idle: Arc<Mutex<HashMap<PathBuf, Vec<SendRequest<Body>>>>>,
 }
 
-/// A JSON POST to the agent, expecting a 2xx.
-pub async fn post_json(socket: &Path, path: &str, body: &serde_json::Value) -> Result<(), String> {
-    let req = Request::post(format!("http://agent{path}"))
-        .header(http::header::HOST, "agent")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(body).expect("serializes"))))
-        .expect("valid request");
-    let resp = send(socket, req).await?;
-    if !resp.status().is_success() {
-        use http_body_util::BodyExt;
+impl AgentClient {
+    async fn connect(socket: &Path) -> Result<SendRequest<Body>, String> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    fn take_idle(&self, socket: &Path) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(socket)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Sends one request to the agent listening on `socket`; the response body streams.
+    pub async fn send(&self, socket: &Path, req: Request<Body>) -> Result<http::Response<Incoming>, String> {
+        let mut sender = match self.take_idle(socket) {
+            Some(s) => s,
+            None => Self::connect(socket).await?,
+        };
+        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        // The connection is free again once this response's body has been read; park it then.
+        let pool = self.idle.clone();
+        let key = socket.to_path_buf();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = pool.lock().unwrap();
+                // Only for agents still known (`forget` removes killed sandboxes' entries).
+                if let Some(list) = idle.get_mut(&key) {
+                    if list.len() < IDLE_PER_AGENT {
+                        list.push(sender);
+                    }
+                }
+            }
+        });
+        Ok(resp)
+    }
+
+    /// Starts pooling connections to an agent.
+    pub fn register(&self, socket: &Path) {
+        self.idle.lock().unwrap().entry(socket.to_path_buf()).or_default();
+    }
+
+    /// Drops every pooled connection to an agent (its sandbox is gone).
+    pub fn forget(&self, socket: &Path) {
+        self.idle.lock().unwrap().remove(socket);
+    }
+
+    /// A JSON POST to the agent, expecting a 2xx.
+    pub async fn post_json(&self, socket: &Path, path: &str, body: &serde_json::Value) -> Result<(), String> {
+        let bytes = Bytes::from(serde_json::to_vec(body).expect("serializes"));
+        let req = Request::post(format!("http://agent{path}"))
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes).map_err(|e| match e {}).boxed())
+            .expect("valid request");
+        let resp = self.send(socket, req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        return Err(format!("{path} answered {status}: {}", String::from_utf8_lossy(&body)));
+        if !status.is_success() {
+            return Err(format!("{path} answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -55,6 +55,8 @@ pub struct Engine {
     runtime: Arc<dyn Runtime>,
     store: Arc<Store>,
     pub templates: Arc<Templates>,
+    /// Connections to agents (shared with the API's proxy).
+    pub agents: crate::agent_client::AgentClient,
     sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
 }
 
@@ -75,7 +77,14 @@ impl Engine {
     pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Engine>, NodeError> {
         let store = Arc::new(Store::open(&cfg.data_dir.join("state.redb"))?);
         let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
-        let engine = Arc::new(Engine { cfg, runtime, store, templates, sandboxes: Mutex::new(HashMap::new()) });
+        let engine = Arc::new(Engine {
+            cfg,
+            runtime,
+            store,
+            templates,
+            agents: Default::default(),
+            sandboxes: Mutex::new(HashMap::new()),
+        });
         engine.recover().await?;
         let clock = Arc::downgrade(&engine);
         tokio::spawn(async move {
@@ -107,6 +116,9 @@ impl Engine {
             match watch {
                 Some(w) => {
                     info!(sandbox = %rec.id, "re-attached after restart");
+                    if let Some(h) = &rec.handle {
+                        self.agents.register(&h.agent_socket);
+                    }
                     live.push(rec.id.clone());
                     self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
                     self.watch_exit(rec.id.clone(), w);
@@ -221,7 +233,9 @@ impl Engine {
         };
         let t_init = std::time::Instant::now();
         let init = serde_json::json!({ "envVars": rec.env_vars });
-        if let Err(detail) = crate::agent_client::post_json(&handle.agent_socket, "/init", &init).await {
+        self.agents.register(&handle.agent_socket);
+        if let Err(detail) = self.agents.post_json(&handle.agent_socket, "/init", &init).await {
+            self.agents.forget(&handle.agent_socket);
             self.abort_create(&id, Some(handle)).await;
             return Err(NodeError::Agent { detail });
         }
@@ -294,6 +308,9 @@ impl Engine {
             transition(rec.state, &SandboxEvent::Kill(reason.clone()))?;
             map.remove(id).expect("present")
         };
+        if let Some(h) = &rec.handle {
+            self.agents.forget(&h.agent_socket);
+        }
         let rt = self.runtime.clone();
         let (i, h) = (id.clone(), rec.handle.clone());
         let destroyed = tokio::task::spawn_blocking(move || rt.destroy(&i, h.as_ref())).await.expect("runtime task");
