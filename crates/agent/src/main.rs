@@ -18,14 +18,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// One line to stderr, which the spawner points at the sandbox's agent log on the host. (The agent
+/// logs a handful of lines in its life; a logging framework would be most of its resident size.)
+fn log(level: &str, msg: &str) {
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    eprintln!("{ts:.3} {level} warren-agent: {msg}");
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
     let fd: i32 = std::env::var("WARREN_LISTEN_FD").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     // Keep the agent's own configuration out of every process it starts.
     for (k, _) in std::env::vars() {
@@ -46,7 +46,7 @@ async fn run(fd: i32) {
     // The spawner hands the socket over without close-on-exec; user processes must never inherit
     // it (they could accept the daemon's connections).
     if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
-        tracing::error!(error = %e, "cannot mark the listening socket close-on-exec");
+        log("error", &format!("cannot mark the listening socket close-on-exec: {e}"));
         std::process::exit(1);
     }
     std_listener.set_nonblocking(true).expect("nonblocking listener");
@@ -79,12 +79,12 @@ async fn run(fd: i32) {
         });
     }
 
-    tracing::info!("agent ready");
+    log("info", "agent ready");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                log("warn", &format!("accept failed: {e}"));
                 continue;
             }
         };
