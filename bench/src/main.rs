@@ -185,7 +185,8 @@ fn idle_footprint(d: &Daemon, n: usize) -> Result<Idle> {
     for b in &boxes {
         b.sh("true");
     }
-    std::thread::sleep(Duration::from_millis(500)); // let every agent go idle (nothing to poll)
+    // Let every agent go idle: agents return freed memory after a second without activity.
+    std::thread::sleep(Duration::from_millis(1500));
     let after = rss();
     let agents = agent_pids(&format!("warren-e2e-{}", d.name));
     let (mut r, mut p) = (0.0, 0.0);

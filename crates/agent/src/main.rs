@@ -80,6 +80,8 @@ async fn run(fd: i32) {
     }
 
     log("info", "agent ready");
+    // SAFETY: malloc_trim only releases free heap pages (start-up leaves some behind).
+    unsafe { libc::malloc_trim(0) };
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -200,6 +200,7 @@ impl Processes {
             proc.publish(ProcessEvent::End(end));
             proc.subscribers.lock().unwrap().clear();
             table.lock().unwrap().procs.remove(&proc.pid);
+            trim_when_idle();
         });
         Ok((pid, sub_rx))
     }
@@ -328,6 +329,21 @@ impl Processes {
             drop(table);
         }
     }
+}
+
+/// Gives freed heap pages back to the kernel once no process has ended for a second. Trimming on
+/// every exit would make the next exec fault the pages in again; an idle agent should hold nothing
+/// it does not use.
+fn trim_when_idle() {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mine = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if GENERATION.load(std::sync::atomic::Ordering::Relaxed) == mine {
+            // SAFETY: malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
+    });
 }
 
 fn end_event(status: Option<WaitStatus>) -> EndEvent {
