@@ -381,3 +381,47 @@ fn cli_run_prints_output_and_returns_the_exit_code() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn protobuf_codec_unary_and_streaming() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let auth: [(&str, &str); 3] =
+        [("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", &sb.token), ("Content-Type", "application/connect+proto")];
+    // StartRequest{process: ProcessConfig{cmd: "/bin/echo", args: ["hi"]}}, hand-encoded.
+    let mut msg = vec![0x0a, 0x0f, 0x0a, 0x09];
+    msg.extend_from_slice(b"/bin/echo");
+    msg.extend_from_slice(&[0x12, 0x02]);
+    msg.extend_from_slice(b"hi");
+    let mut env = vec![0u8];
+    env.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    env.extend_from_slice(&msg);
+    let (status, body) = d.raw("POST", "/process.Process/Start", &auth, &env);
+    assert_eq!(status, 200);
+    let mut rest = &body[..];
+    let mut events = vec![];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let (flags, payload) = (rest[0], &rest[5..5 + len]);
+        if flags & 2 == 0 {
+            events.push(warren_protocol::proto::decode("process.StartResponse", payload).unwrap());
+        }
+        rest = &rest[5 + len..];
+    }
+    assert!(events[0]["event"]["start"]["pid"].as_u64().is_some(), "{events:?}");
+    assert!(events.iter().any(|e| e["event"]["data"]["stdout"] == "aGkK"), "{events:?}");
+    assert!(events.iter().any(|e| e["event"]["end"]["exited"] == true), "{events:?}");
+    // Unary: Stat{path: "/etc"} → StatResponse with a directory entry.
+    let mut stat = vec![0x0a, 0x04];
+    stat.extend_from_slice(b"/etc");
+    let unary: [(&str, &str); 3] =
+        [("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", &sb.token), ("Content-Type", "application/proto")];
+    let (status, body) = d.raw("POST", "/filesystem.Filesystem/Stat", &unary, &stat);
+    assert_eq!(status, 200);
+    let v = warren_protocol::proto::decode("filesystem.EntryResponse", &body).unwrap();
+    assert_eq!(v["entry"]["type"], "FILE_TYPE_DIRECTORY");
+    // Garbage in the protobuf codec is a clean invalid_argument.
+    let (status, body) = d.raw("POST", "/filesystem.Filesystem/Stat", &unary, &[0x0a, 0xff, 0x01]);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}

@@ -126,6 +126,7 @@ pub fn entry(path: &Path) -> io::Result<EntryInfo> {
             None
         },
         metadata: Default::default(),
+        is_symlink: ft == FileType::Symlink,
     })
 }
 

@@ -168,22 +168,24 @@ impl Agent {
         let path = req.uri().path().to_owned();
         let headers = req.headers().clone();
         let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let streaming = ct.starts_with("application/connect+");
-        if ct.contains("proto") {
-            let e = Error::new(
-                Code::Unimplemented,
-                "the protobuf codec is not supported by this agent yet; use the JSON codec (application/json)",
+        let Some((codec, streaming)) = connect::Codec::from_content_type(&ct) else {
+            return http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content type {ct:?} is not supported: use application/(connect+)json or application/(connect+)proto"),
             );
-            return if streaming { stream_error(e) } else { connect_error(&e) };
-        }
+        };
         let user = match self.user(&headers, None) {
             Ok(u) => u,
             Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
         };
         let method = path.rsplit('/').next().unwrap_or_default().to_owned();
         let service = &path[1..path.len() - method.len() - 1];
+        let Some((req_type, resp_type)) = warren_protocol::proto::method_types(service, &method) else {
+            let e = Error::new(Code::Unimplemented, format!("unknown method {path}"));
+            return if streaming { stream_error(e) } else { connect_error(&e) };
+        };
         if service == pp::SERVICE && method == "StreamInput" {
-            return self.stream_input(req).await;
+            return self.stream_input(req, codec).await;
         }
         let raw = match read_body(req.into_body(), MAX_UNARY_BODY).await {
             Ok(b) => b,
@@ -200,7 +202,11 @@ impl Agent {
         } else {
             raw
         };
-        let opts = StreamOpts::from_headers(&headers);
+        let msg = match codec.request_json(req_type, &msg) {
+            Ok(m) => m,
+            Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
+        };
+        let opts = StreamOpts::from_headers(&headers, codec, resp_type);
         match (service, method.as_str(), streaming) {
             (pp::SERVICE, "Start", true) => match parse::<pp::StartRequest>(&msg) {
                 Ok(r) => self.start(r, user, opts),
@@ -214,12 +220,12 @@ impl Agent {
                 Err(e) => stream_error(e),
             },
             (pfs::SERVICE, "WatchDir", true) => match parse::<pfs::WatchDirRequest>(&msg) {
-                Ok(r) => crate::watch::watch_dir(r, user, opts.keepalive).await,
+                Ok(r) => crate::watch::watch_dir(r, user, opts).await,
                 Err(e) => stream_error(e),
             },
             (_, _, true) => stream_error(Error::new(Code::Unimplemented, format!("{path} is not a streaming method"))),
             (_, _, false) => match self.unary(service, &method, &msg, user).await {
-                Ok(v) => json(StatusCode::OK, &v),
+                Ok(v) => full(StatusCode::OK, codec.content_type(false), codec.encode(resp_type, &v)),
                 Err(e) => connect_error(&e),
             },
         }
@@ -330,7 +336,7 @@ impl Agent {
     }
 
     /// `StreamInput`: a client stream of `start`, then `data`/`keepalive` messages.
-    async fn stream_input(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn stream_input(&self, req: Request<Incoming>, codec: connect::Codec) -> Response<Body> {
         let mut body = req.into_body();
         let mut dec = connect::Decoder::default();
         let mut target: Option<Option<pp::ProcessSelector>> = None;
@@ -344,7 +350,11 @@ impl Agent {
                 if frame.flags & connect::FLAG_END_STREAM != 0 {
                     continue;
                 }
-                let msg: pp::StreamInputRequest = match parse(&frame.payload) {
+                let json = match codec.request_json("process.StreamInputRequest", &frame.payload) {
+                    Ok(j) => j,
+                    Err(e) => return stream_error(e),
+                };
+                let msg: pp::StreamInputRequest = match parse(&json) {
                     Ok(m) => m,
                     Err(e) => return stream_error(e),
                 };
@@ -369,25 +379,30 @@ impl Agent {
                 Some(Err(_)) | None => break,
             }
         }
-        let mut out = connect::json_envelope(&serde_json::json!({})).to_vec();
+        let mut out = codec.envelope("process.StreamInputResponse", &serde_json::json!({})).to_vec();
         out.extend_from_slice(&connect::end_envelope(None));
-        full(StatusCode::OK, "application/connect+json", out)
+        full(StatusCode::OK, codec.content_type(true), out)
     }
 }
 
-/// Stream options from request headers.
+/// Stream options from request headers, and how to encode the stream's messages.
 #[derive(Clone, Copy)]
 pub struct StreamOpts {
     pub keepalive: Option<Duration>,
     pub deadline: Option<Duration>,
+    pub codec: connect::Codec,
+    /// The response message type (for the protobuf codec).
+    pub message: &'static str,
 }
 
 impl StreamOpts {
-    fn from_headers(h: &HeaderMap) -> StreamOpts {
+    fn from_headers(h: &HeaderMap, codec: connect::Codec, message: &'static str) -> StreamOpts {
         let num = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
         StreamOpts {
             keepalive: num("keepalive-ping-interval").filter(|s| *s > 0).map(Duration::from_secs),
             deadline: num("connect-timeout-ms").filter(|s| *s > 0).map(Duration::from_millis),
+            codec,
+            message,
         }
     }
 }
@@ -417,13 +432,13 @@ pub fn stream_error(e: Error) -> Response<Body> {
 }
 
 /// A streaming response fed by a channel of envelopes.
-pub fn channel_stream(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+pub fn channel_stream(rx: mpsc::Receiver<Bytes>, codec: connect::Codec) -> Response<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     Response::builder()
         .status(200)
-        .header(http::header::CONTENT_TYPE, "application/connect+json")
+        .header(http::header::CONTENT_TYPE, codec.content_type(true))
         .body(StreamBody::new(stream.boxed()).boxed_unsync())
         .expect("valid response")
 }
@@ -452,7 +467,7 @@ fn event_stream(mut events: crate::process::Events, opts: StreamOpts) -> Respons
                 ev = events.recv() => match ev {
                     Some(ev) => {
                         let end = matches!(ev, ProcessEvent::End(_));
-                        if tx.send(connect::json_envelope(&EventResponse { event: ev })).await.is_err() {
+                        if tx.send(opts.codec.envelope(opts.message, &EventResponse { event: ev })).await.is_err() {
                             return;
                         }
                         if end {
@@ -467,7 +482,7 @@ fn event_stream(mut events: crate::process::Events, opts: StreamOpts) -> Respons
                 },
                 _ = tick => {
                     let ka = EventResponse { event: ProcessEvent::Keepalive(pp::Empty {}) };
-                    if tx.send(connect::json_envelope(&ka)).await.is_err() {
+                    if tx.send(opts.codec.envelope(opts.message, &ka)).await.is_err() {
                         return;
                     }
                 }
@@ -480,5 +495,5 @@ fn event_stream(mut events: crate::process::Events, opts: StreamOpts) -> Respons
             }
         }
     });
-    channel_stream(rx)
+    channel_stream(rx, opts.codec)
 }

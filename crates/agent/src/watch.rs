@@ -11,12 +11,12 @@ use futures_util::StreamExt;
 use http::Response;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc;
-use warren_protocol::connect::{self, Code, Error};
+use warren_protocol::connect::{Code, Error};
 use warren_protocol::filesystem::{EventType, FilesystemEvent, WatchDirRequest, WatchDirResponse};
 use warren_protocol::process::Empty;
 
 use crate::fs;
-use crate::server::{channel_stream, stream_error, Body};
+use crate::server::{channel_stream, stream_error, Body, StreamOpts};
 use crate::users::User;
 
 const MASK: WatchMask = WatchMask::CREATE
@@ -112,17 +112,18 @@ async fn pump(mut w: Watch, tx: impl Fn(FilesystemEvent) -> bool) {
     }
 }
 
-pub async fn watch_dir(req: WatchDirRequest, user: User, keepalive: Option<std::time::Duration>) -> Response<Body> {
+pub async fn watch_dir(req: WatchDirRequest, user: User, opts: StreamOpts) -> Response<Body> {
+    let (codec, message, keepalive) = (opts.codec, opts.message, opts.keepalive);
     let r = req.clone();
     let w = match fs::run_as(user.clone(), move || open(&r, &user)).await {
         Ok(w) => w,
         Err(e) => return stream_error(e),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let _ = tx.try_send(connect::json_envelope(&WatchDirResponse::Start(Empty {})));
+    let _ = tx.try_send(codec.envelope(message, &WatchDirResponse::Start(Empty {})));
     let tx2 = tx.clone();
     tokio::spawn(pump(w, move |fe| {
-        tx2.try_send(connect::json_envelope(&WatchDirResponse::Filesystem(Box::new(fe))))
+        tx2.try_send(codec.envelope(message, &WatchDirResponse::Filesystem(Box::new(fe))))
             .map(|_| true)
             .unwrap_or_else(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
     }));
@@ -131,13 +132,13 @@ pub async fn watch_dir(req: WatchDirRequest, user: User, keepalive: Option<std::
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 i.tick().await;
-                if tx.send(connect::json_envelope(&WatchDirResponse::Keepalive(Empty {}))).await.is_err() {
+                if tx.send(codec.envelope(message, &WatchDirResponse::Keepalive(Empty {}))).await.is_err() {
                     return;
                 }
             }
         });
     }
-    channel_stream(rx)
+    channel_stream(rx, codec)
 }
 
 type Watchers = Mutex<HashMap<String, (Arc<Mutex<Vec<FilesystemEvent>>>, tokio::task::JoinHandle<()>)>>;

@@ -55,6 +55,7 @@ pub struct EntryInfo {
     pub symlink_target: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    pub is_symlink: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

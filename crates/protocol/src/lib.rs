@@ -1,11 +1,12 @@
 //! The sandbox protocol. Warren's agent speaks E2B's envd protocol so that every E2B SDK works
 //! unchanged: Connect RPC over HTTP/1.1 for `process.Process` and `filesystem.Filesystem`, with the
 //! JSON codec (proto3 JSON mapping: lowerCamelCase names, enums by name, bytes as base64, 64-bit
-//! integers as strings) and enveloped streams.
+//! integers as strings) and the protobuf codec (`proto.rs` transcodes), and enveloped streams.
 
 pub mod connect;
 pub mod filesystem;
 pub mod process;
+pub mod proto;
 
 /// Serde helpers for proto3 JSON scalar mappings.
 pub mod pbjson {
