@@ -303,6 +303,10 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(d.raw("GET", "/sandboxes", &[], b"").0, 401);
     assert_eq!(d.raw("GET", "/sandboxes", &[("X-API-KEY", "wrong")], b"").0, 401);
     assert_eq!(d.api("GET", "/sandboxes/inotthere", None).0, 404);
+    assert_eq!(d.api("DELETE", "/templates/nosuch", None).0, 404);
+    let (status, v) = d.api("POST", "/templates", Some(json!({"templateID": "x", "packages": ["bad;rm -rf /"]})));
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(d.api("POST", "/templates", Some(json!({"templateID": "../x"}))).0, 400);
     assert_eq!(d.api("GET", "/sandboxes/..%2F..", None).0, 404);
     // Sandbox traffic needs the sandbox's token.
     let sb = d.create(json!({"templateID": "base"}));
@@ -423,5 +427,135 @@ fn protobuf_codec_unary_and_streaming() {
     // Garbage in the protobuf codec is a clean invalid_argument.
     let (status, body) = d.raw("POST", "/filesystem.Filesystem/Stat", &unary, &[0x0a, 0xff, 0x01]);
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn watch_dir_stream_and_polling_watchers() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    assert_eq!(sb.sh("mkdir -p /home/user/w").exit_code, Some(0));
+    let mut frames =
+        sb.stream("filesystem.Filesystem/WatchDir", json!({"path": "/home/user/w", "recursive": true}), &[]);
+    let (_, first) = frames.next_frame().unwrap();
+    assert!(first.get("start").is_some(), "{first}");
+    let (status, w) =
+        sb.rpc("filesystem.Filesystem/CreateWatcher", json!({"path": "/home/user/w", "recursive": false}));
+    assert_eq!(status, 200, "{w}");
+    let watcher = w["watcherId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sb.sh("echo x > /home/user/w/new.txt && mkdir /home/user/w/sub && echo y > /home/user/w/sub/deep.txt")
+            .exit_code,
+        Some(0)
+    );
+    let mut seen = vec![];
+    while !seen.iter().any(|n: &String| n == "sub/deep.txt") {
+        let (_, msg) = frames.next_frame().expect("watch events");
+        if let Some(ev) = msg.get("filesystem") {
+            seen.push(ev["name"].as_str().unwrap().to_owned());
+            assert!(ev["type"].as_str().unwrap().starts_with("EVENT_TYPE_"));
+        }
+    }
+    assert!(seen.contains(&"new.txt".to_owned()), "{seen:?}");
+    let events = wait_for("polled watcher events", Duration::from_secs(5), || {
+        let (_, v) = sb.rpc("filesystem.Filesystem/GetWatcherEvents", json!({"watcherId": watcher}));
+        let names: Vec<String> =
+            v["events"].as_array()?.iter().map(|e| e["name"].as_str().unwrap_or("").to_owned()).collect();
+        (!names.is_empty()).then_some(names)
+    });
+    assert!(events.contains(&"new.txt".to_owned()), "{events:?}");
+    assert_eq!(sb.rpc("filesystem.Filesystem/RemoveWatcher", json!({"watcherId": watcher})).0, 200);
+    assert_eq!(sb.rpc("filesystem.Filesystem/GetWatcherEvents", json!({"watcherId": watcher})).0, 404);
+    assert_eq!(sb.rpc("filesystem.Filesystem/CreateWatcher", json!({"path": "/nope"})).0, 404);
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn uploads_multipart_gzip_envs_stdin_streams() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base", "envVars": {"FROM_CREATE": "yes"}}));
+    let hdr = |ct: &'static str| -> Vec<(&str, String)> {
+        vec![("E2b-Sandbox-Id", sb.id.clone()), ("X-Access-Token", sb.token.clone()), ("Content-Type", ct.to_owned())]
+    };
+    // Two files in one multipart body: each part's file name is its destination.
+    let body = "--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/tmp/m1.txt\"\r\n\r\none\r\n\
+                --XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m2.txt\"\r\n\r\ntwo\r\n--XX--\r\n";
+    let h = hdr("multipart/form-data; boundary=XX");
+    let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, out) = d.raw("POST", "/files", &hs, body.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(sb.read_file("/tmp/m1.txt").1, b"one");
+    assert_eq!(sb.read_file("/home/user/m2.txt").1, b"two");
+    // A gzip-encoded raw upload, and a gzip download.
+    let gz = {
+        use std::io::Write;
+        let mut child = std::process::Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"compressed payload").unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    let mut h = hdr("application/octet-stream");
+    h.push(("Content-Encoding", "gzip".into()));
+    let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _) = d.raw("POST", "/files?path=/tmp/gz.txt", &hs, &gz);
+    assert_eq!(status, 200);
+    assert_eq!(sb.read_file("/tmp/gz.txt").1, b"compressed payload");
+    // Environment: create-time variables are visible to processes and to /envs.
+    assert_eq!(sb.sh("echo $FROM_CREATE").stdout, "yes\n");
+    let h = hdr("application/json");
+    let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, envs) = d.raw("GET", "/envs", &hs, b"");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&envs).unwrap()["FROM_CREATE"], "yes");
+    // stdin through StreamInput, then CloseStdin ends `cat`.
+    let mut frames =
+        sb.stream("process.Process/Start", json!({"process": {"cmd": "/bin/cat"}, "tag": "in", "stdin": true}), &[]);
+    let pid = frames.next_frame().unwrap().1["event"]["start"]["pid"].as_u64().unwrap();
+    let mut input = vec![];
+    for m in [
+        json!({"start": {"process": {"pid": pid}}}),
+        json!({"data": {"input": {"stdin": "c3RyZWFtZWQK"}}}),
+        json!({"keepalive": {}}),
+    ] {
+        let p = serde_json::to_vec(&m).unwrap();
+        input.push(0u8);
+        input.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        input.extend_from_slice(&p);
+    }
+    let h = hdr("application/connect+json");
+    let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, out) = d.raw("POST", "/process.Process/StreamInput", &hs, &input);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(frames.next_frame().unwrap().1["event"]["data"]["stdout"], "c3RyZWFtZWQK");
+    assert_eq!(sb.rpc("process.Process/CloseStdin", json!({"process": {"pid": pid}})).0, 200);
+    let mut exit = None;
+    while let Some((flags, msg)) = frames.next_frame() {
+        if flags & 2 != 0 {
+            break;
+        }
+        if let Some(e) = msg["event"].get("end") {
+            exit = e["exitCode"].as_i64();
+        }
+    }
+    assert_eq!(exit, Some(0));
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
+fn keepalives_arrive_on_quiet_streams() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let mut frames = sb.stream(
+        "process.Process/Start",
+        json!({"process": {"cmd": "/bin/sleep", "args": ["3"]}}),
+        &[("Keepalive-Ping-Interval", "1")],
+    );
+    assert!(frames.next_frame().unwrap().1["event"]["start"].is_object());
+    let (_, ka) = frames.next_frame().unwrap();
+    assert!(ka["event"]["keepalive"].is_object(), "{ka}");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
