@@ -147,6 +147,13 @@ fn gunzip(data: &[u8]) -> Result<Bytes, String> {
     Ok(Bytes::from(out))
 }
 
+/// Decodes (gzip) and writes one uploaded file, or the error response to send.
+async fn store(user: &User, dest: &str, data: Bytes, gz: bool) -> Result<WriteInfo, Box<Response<Body>>> {
+    let data = if gz { gunzip(&data).map_err(|e| Box::new(plain_error(StatusCode::BAD_REQUEST, e)))? } else { data };
+    let path = fs::resolve(dest, user).map_err(|e| Box::new(plain_error(status_for(e.code), e.message)))?;
+    write_file(user, path, data).await.map_err(|e| Box::new(plain_error(status_for(e.code), e.message)))
+}
+
 pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
     let q = query(&req);
     let user = match caller(agent, &req, &q) {
@@ -182,21 +189,9 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
                 Ok(d) => d,
                 Err(e) => return plain_error(StatusCode::BAD_REQUEST, format!("reading a multipart part: {e}")),
             };
-            let data = if gz {
-                match gunzip(&data) {
-                    Ok(d) => d,
-                    Err(e) => return plain_error(StatusCode::BAD_REQUEST, e),
-                }
-            } else {
-                data
-            };
-            let path = match fs::resolve(&dest, &user) {
-                Ok(p) => p,
-                Err(e) => return plain_error(status_for(e.code), e.message),
-            };
-            match write_file(&user, path, data).await {
+            match store(&user, &dest, data, gz).await {
                 Ok(w) => written.push(w),
-                Err(e) => return plain_error(status_for(e.code), e.message),
+                Err(r) => return *r,
             }
         }
     } else {
@@ -207,21 +202,9 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
             Ok(d) => d,
             Err(e) => return plain_error(status_for(e.code), e.message),
         };
-        let data = if gz {
-            match gunzip(&data) {
-                Ok(d) => d,
-                Err(e) => return plain_error(StatusCode::BAD_REQUEST, e),
-            }
-        } else {
-            data
-        };
-        let path = match fs::resolve(&dest, &user) {
-            Ok(p) => p,
-            Err(e) => return plain_error(status_for(e.code), e.message),
-        };
-        match write_file(&user, path, data).await {
+        match store(&user, &dest, data, gz).await {
             Ok(w) => written.push(w),
-            Err(e) => return plain_error(status_for(e.code), e.message),
+            Err(r) => return *r,
         }
     }
     json_response(StatusCode::OK, &written)

@@ -77,14 +77,7 @@ impl Client {
         };
         let resp = self.send(b.body(Full::new(body))?).await?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(anyhow!("{msg} (HTTP {status})"));
-        }
-        Ok((status, bytes))
+        Ok((status, body_or_error(resp).await?))
     }
 
     pub async fn json<T: DeserializeOwned>(
@@ -103,4 +96,31 @@ impl Client {
             .header("e2b-sandbox-id", sandbox)
             .header("e2b-sandbox-port", warren_types::AGENT_PORT.to_string())
     }
+}
+
+/// The body of a successful answer, or an error carrying the daemon's or agent's message.
+pub async fn body_or_error(resp: http::Response<Incoming>) -> Result<Bytes> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        return Err(error_of(status, &bytes));
+    }
+    Ok(bytes)
+}
+
+/// Passes a successful (possibly streaming) response through; any other becomes an error.
+pub async fn success(resp: http::Response<Incoming>) -> Result<http::Response<Incoming>> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Err(error_of(status, &bytes))
+}
+
+fn error_of(status: StatusCode, body: &[u8]) -> anyhow::Error {
+    let msg = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    anyhow!("{msg} (HTTP {status})")
 }

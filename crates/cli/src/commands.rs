@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
@@ -149,18 +149,8 @@ async fn rpc(client: &Client, id: &str, method: &str, body: serde_json::Value) -
         .sandbox_request(id, Method::POST, &format!("/filesystem.Filesystem/{method}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
-    let resp = client.send(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let bytes = crate::client::body_or_error(client.send(req).await?).await?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let msg = v
-            .get("message")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("{msg}");
-    }
     Ok(v)
 }
 
@@ -189,15 +179,10 @@ async fn files(client: &Client, out: &Output, cmd: FilesCmd) -> Result<i32> {
         }
         FilesCmd::Read { id, path } => {
             let q = format!("/files?path={}", urlencode(&path));
-            let resp = client.send(client.sandbox_request(&id, Method::GET, &q).body(Full::new(Bytes::new()))?).await?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                let msg = serde_json::from_slice::<warren_types::api::ErrorBody>(&bytes)
-                    .map(|e| e.message)
-                    .unwrap_or_default();
-                bail!("{msg} (HTTP {status})");
-            }
+            let bytes = crate::client::body_or_error(
+                client.send(client.sandbox_request(&id, Method::GET, &q).body(Full::new(Bytes::new()))?).await?,
+            )
+            .await?;
             std::io::stdout().write_all(&bytes)?;
         }
         FilesCmd::Write { id, path, source } => {
@@ -212,15 +197,7 @@ async fn files(client: &Client, out: &Output, cmd: FilesCmd) -> Result<i32> {
                 .sandbox_request(&id, Method::POST, &q)
                 .header(http::header::CONTENT_TYPE, "application/octet-stream")
                 .body(Full::new(Bytes::from(data)))?;
-            let resp = client.send(req).await?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                let msg = serde_json::from_slice::<warren_types::api::ErrorBody>(&bytes)
-                    .map(|e| e.message)
-                    .unwrap_or_default();
-                bail!("{msg} (HTTP {status})");
-            }
+            let bytes = crate::client::body_or_error(client.send(req).await?).await?;
             let v: serde_json::Value = serde_json::from_slice(&bytes)?;
             out.print(&v, || println!("wrote {path}"));
         }

@@ -41,16 +41,8 @@ pub async fn exec(client: &Client, sandbox: &str, opts: ExecOptions) -> Result<i
         req = req.header(http::header::AUTHORIZATION, format!("Basic {cred}"));
     }
     let body = connect::json_envelope(&start);
-    let resp = client.send(req.body(Full::new(body))?).await?;
-    let status = resp.status();
+    let resp = crate::client::success(client.send(req.body(Full::new(body))?).await?).await?;
     let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        let msg = serde_json::from_slice::<warren_types::api::ErrorBody>(&bytes)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(anyhow!("{msg} (HTTP {status})"));
-    }
     let mut dec = connect::Decoder::default();
     let mut exit = None;
     let stdout = std::io::stdout();
