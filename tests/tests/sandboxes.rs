@@ -511,6 +511,16 @@ fn uploads_multipart_gzip_envs_stdin_streams() {
     let (status, envs) = d.raw("GET", "/envs", &hs, b"");
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&envs).unwrap()["FROM_CREATE"], "yes");
+    // /metrics of the sandbox, in envd's shape, from its cgroup and quota.
+    assert_eq!(sb.sh("head -c 3000000 /dev/urandom > /home/user/blob && sync && echo ok").stdout, "ok\n");
+    let (status, m) = d.raw("GET", "/metrics", &hs, b"");
+    assert_eq!(status, 200);
+    let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    assert_eq!(m["cpu_count"], 1);
+    assert_eq!(m["mem_total"], 512 * 1024 * 1024);
+    assert_eq!(m["disk_total"], 1024 * 1024 * 1024);
+    assert!(m["mem_used"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["disk_used"].as_u64().unwrap() >= 3_000_000, "{m}");
     // stdin through StreamInput, then CloseStdin ends `cat`.
     let mut frames =
         sb.stream("process.Process/Start", json!({"process": {"cmd": "/bin/cat"}, "tag": "in", "stdin": true}), &[]);

@@ -1,5 +1,6 @@
-//! The agent's HTTP server: routes Connect RPC calls and the plain `/files`, `/health`, `/envs`,
-//! `/metrics` and `/init` endpoints.
+//! The agent's HTTP server: routes Connect RPC calls and the plain `/files`, `/health`, `/envs` and
+//! `/init` endpoints. (`/metrics` of a sandbox is answered by the daemon, which sees its cgroup and
+//! disk quota.)
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -99,13 +100,12 @@ impl Agent {
             }
             (Method::GET, "/envs") => json(StatusCode::OK, &*self.env.read().unwrap()),
             (Method::POST, "/init") => self.init(req).await,
-            (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/files") => crate::files::download(&self, req).await,
             (Method::POST, "/files") => crate::files::upload(&self, req).await,
             (Method::POST, p) if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => {
                 self.rpc(req).await
             }
-            (_, "/health" | "/envs" | "/init" | "/metrics" | "/files") => {
+            (_, "/health" | "/envs" | "/init" | "/files") => {
                 http_error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {path}"))
             }
             _ => http_error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
@@ -135,33 +135,6 @@ impl Agent {
             *self.default_workdir.write().unwrap() = Some(w);
         }
         Response::builder().status(204).body(Full::new(Bytes::new()).boxed_unsync()).unwrap()
-    }
-
-    fn metrics(&self) -> Response<Body> {
-        // Inside the sandbox the agent sees its own namespaces only; the daemon has the cgroup
-        // figures. Here: CPU count the scheduler grants and memory from the kernel's view.
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
-        // SAFETY: sysinfo fills the struct.
-        unsafe { libc::sysinfo(&mut si) };
-        let unit = si.mem_unit.max(1) as u64;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statvfs on a static NUL-terminated path.
-        unsafe { libc::statvfs(c"/".as_ptr(), &mut st) };
-        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "ts": ts,
-                "cpu_count": cpus,
-                "cpu_used_pct": 0.0,
-                "mem_total": si.totalram as u64 * unit,
-                "mem_used": (si.totalram - si.freeram) as u64 * unit,
-                "mem_cache": si.bufferram as u64 * unit,
-                "disk_total": st.f_blocks as u64 * st.f_frsize,
-                "disk_used": (st.f_blocks - st.f_bfree) as u64 * st.f_frsize,
-            }),
-        )
     }
 
     async fn rpc(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {

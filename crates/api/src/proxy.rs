@@ -103,6 +103,10 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     if req.uri().path() == "/init" {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "/init is reserved for the Warren daemon"));
     }
+    // The agent sees neither its cgroup nor its disk quota; the daemon answers for it.
+    if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+        return Ok(axum::Json(state.engine.metrics(&target.sandbox)?).into_response());
+    }
     let path_q = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let mut out = Request::builder().method(req.method().clone()).uri(format!("http://agent{path_q}"));
     copy_headers(req.headers(), out.headers_mut().expect("builder is valid"));

@@ -57,6 +57,8 @@ pub struct Engine {
     pub templates: Arc<Templates>,
     /// Connections to agents (shared with the API's proxy).
     pub agents: crate::agent_client::AgentClient,
+    /// Last CPU sample per sandbox (instant, cumulative CPU ns), for usage percentages.
+    cpu_samples: Mutex<HashMap<SandboxId, (std::time::Instant, u64)>>,
     sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
 }
 
@@ -83,6 +85,7 @@ impl Engine {
             store,
             templates,
             agents: Default::default(),
+            cpu_samples: Mutex::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
         });
         engine.recover().await?;
@@ -311,6 +314,7 @@ impl Engine {
         if let Some(h) = &rec.handle {
             self.agents.forget(&h.agent_socket);
         }
+        self.cpu_samples.lock().unwrap().remove(id);
         let rt = self.runtime.clone();
         let (i, h) = (id.clone(), rec.handle.clone());
         let destroyed = tokio::task::spawn_blocking(move || rt.destroy(&i, h.as_ref())).await.expect("runtime task");
@@ -377,6 +381,37 @@ impl Engine {
             return Err(NodeError::TemplateInUse { id: id.into(), count });
         }
         self.templates.remove(&tid).await
+    }
+
+    /// The sandbox's resource use in envd's `/metrics` shape. CPU % is over the time since the
+    /// previous call (or since start on the first), across the sandbox's CPU quota.
+    pub fn metrics(&self, id: &str) -> Result<serde_json::Value, NodeError> {
+        let rec = self.get(id)?;
+        let s = self.stats(id)?;
+        let now = std::time::Instant::now();
+        let since_start_ns = now_ms().saturating_sub(rec.started_at_ms) * 1_000_000;
+        let (prev_t, prev_cpu) = self
+            .cpu_samples
+            .lock()
+            .unwrap()
+            .insert(rec.id.clone(), (now, s.cpu_usage_ns))
+            .map(|(t, c)| (now.duration_since(t).as_nanos() as u64, c))
+            .unwrap_or((since_start_ns, 0));
+        let pct = if prev_t == 0 {
+            0.0
+        } else {
+            (s.cpu_usage_ns.saturating_sub(prev_cpu)) as f64 / (prev_t as f64 * f64::from(rec.cpu_count)) * 100.0
+        };
+        Ok(serde_json::json!({
+            "ts": now_ms() / 1000,
+            "cpu_count": rec.cpu_count,
+            "cpu_used_pct": (pct.min(100.0) * 100.0).round() / 100.0,
+            "mem_total": s.memory_limit_bytes,
+            "mem_used": s.memory_used_bytes,
+            "mem_cache": s.memory_cache_bytes,
+            "disk_used": s.disk_used_bytes,
+            "disk_total": s.disk_limit_bytes,
+        }))
     }
 
     pub fn stats(&self, id: &str) -> Result<warren_runtime::Stats, NodeError> {
