@@ -18,6 +18,10 @@ echo "== release build"
 scripts/build.sh
 echo "== end-to-end tests"
 WARREN_BIN="$PWD/target/warren/bin/warren" cargo test --locked -p warren-e2e -- --test-threads 4
+echo "== E2B compatibility: the unmodified Python (sync + async) and JS SDKs"
+python3 -m venv target/e2b-venv
+target/e2b-venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2b_sdk/requirements.txt
+WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest -q -p no:cacheprovider tests/e2b_sdk
 echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
 cargo build --release --locked -p warren-bench
 target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json

@@ -34,8 +34,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/stats", get(stats))
+        .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/templates", get(list_templates).post(build_template))
         .route("/templates/{id}", get(template_info_route).delete(remove_template))
         .route("/templates/{id}/build", get(build_progress))
@@ -231,10 +234,45 @@ async fn set_timeout(State(st): S, Path(id): Path<String>, body: Body) -> Result
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, Default)]
+struct ConnectBody {
+    timeout: Option<u64>,
+}
+
+/// Connect: 200 with the sandbox's address and token when it is running (its end time moves to at
+/// least `timeout` seconds from now). Warren has no paused sandboxes yet, so 201 (resumed) does
+/// not occur.
+async fn connect(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let req: ConnectBody = json_body(body, true).await?;
+    let rec = match req.timeout {
+        Some(t) => st.engine.refresh(&id, t.min(st.engine.config().sandbox.max_timeout_secs))?,
+        None => st.engine.get(&id)?,
+    };
+    Ok((StatusCode::OK, Json(sandbox_answer(&st, &rec))).into_response())
+}
+
 async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
     let req: Refresh = json_body(body, true).await?;
     st.engine.refresh(&id, req.duration.unwrap_or(60))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// E2B's `SandboxMetric` list. Until the resource timeline exists this is the current sample only.
+async fn metrics(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let m = st.engine.metrics(&id)?;
+    let ts = m["ts"].as_u64().unwrap_or(0);
+    Ok(Json(serde_json::json!([{
+        "timestamp": rfc3339(ts * 1000),
+        "timestampUnix": ts,
+        "cpuCount": m["cpu_count"],
+        "cpuUsedPct": m["cpu_used_pct"],
+        "memUsed": m["mem_used"],
+        "memTotal": m["mem_total"],
+        "memCache": m["mem_cache"],
+        "diskUsed": m["disk_used"],
+        "diskTotal": m["disk_total"],
+    }]))
+    .into_response())
 }
 
 async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -337,7 +337,7 @@ impl Engine {
 
     /// Extends the end time to at least `secs` from now.
     pub fn refresh(&self, id: &str, secs: u64) -> Result<SandboxRecord, NodeError> {
-        let secs = check_range("duration", secs, 0, 3600)?;
+        let secs = check_range("duration", secs, 0, self.cfg.sandbox.max_timeout_secs)?;
         self.update(id, |r| r.end_at_ms = r.end_at_ms.max(now_ms() + secs * 1000))
     }
 

@@ -1,0 +1,118 @@
+"""The unmodified E2B Python SDK (sync API) against Warren."""
+
+import time
+
+import pytest
+from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
+from e2b.sandbox.filesystem.filesystem import WriteEntry
+
+
+@pytest.fixture
+def sb():
+    s = Sandbox.create(timeout=120)
+    yield s
+    s.kill()
+
+
+def test_lifecycle_create_list_info_timeout_connect_kill():
+    s = Sandbox.create(metadata={"suite": "sdk-sync"}, envs={"A": "1"})
+    assert s.is_running()
+    info = s.get_info()
+    assert info.sandbox_id == s.sandbox_id and info.metadata == {"suite": "sdk-sync"}
+    listed = [x.sandbox_id for x in Sandbox.list().next_items()]
+    assert s.sandbox_id in listed
+    s.set_timeout(60)
+    again = Sandbox.connect(s.sandbox_id)
+    assert again.commands.run("echo $A").stdout == "1\n"
+    metrics = s.get_metrics()
+    assert metrics and metrics[-1].mem_total > 0
+    assert s.kill()
+    assert not Sandbox.kill(s.sandbox_id)
+
+
+def test_commands_output_exit_env_cwd_user(sb):
+    r = sb.commands.run("echo out; echo err >&2")
+    assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 0)
+    with pytest.raises(CommandExitException) as e:
+        sb.commands.run("exit 3")
+    assert e.value.exit_code == 3
+    assert sb.commands.run("echo $B", envs={"B": "2"}).stdout == "2\n"
+    assert sb.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sb.commands.run("id -un", user="root").stdout == "root\n"
+    assert sb.commands.run("id -un").stdout == "user\n"
+    with pytest.raises(CommandExitException) as e:
+        sb.commands.run("no-such-command")
+    assert e.value.exit_code == 127
+
+
+def test_command_timeout_background_stdin_connect_kill_list(sb):
+    with pytest.raises(TimeoutException):
+        sb.commands.run("sleep 5", timeout=1)
+    h = sb.commands.run("cat", background=True, stdin=True)
+    assert h.pid in [p.pid for p in sb.commands.list()]
+    sb.commands.send_stdin(h.pid, "hello\n")
+    sb.commands.close_stdin(h.pid)
+    out = []
+    assert h.wait(on_stdout=out.append).exit_code == 0
+    assert "".join(out) == "hello\n"
+    late = sb.commands.run("sleep 1; echo done", background=True)
+    assert sb.commands.connect(late.pid).wait().stdout == "done\n"
+    victim = sb.commands.run("sleep 60", background=True)
+    assert sb.commands.kill(victim.pid)
+    with pytest.raises(CommandExitException):
+        victim.wait()
+    assert victim.pid not in [p.pid for p in sb.commands.list()]
+
+
+def test_files_text_bytes_many_list_info_dirs_rename_remove(sb):
+    sb.files.write("/home/user/a.txt", "hello")
+    assert sb.files.read("/home/user/a.txt") == "hello"
+    sb.files.write("/tmp/b.bin", b"\x00\x01\x02")
+    assert bytes(sb.files.read("/tmp/b.bin", format="bytes")) == b"\x00\x01\x02"
+    written = sb.files.write_files([WriteEntry(path="/tmp/m/1", data="1"), WriteEntry(path="/tmp/m/2", data="2")])
+    assert sorted(w.path for w in written) == ["/tmp/m/1", "/tmp/m/2"]
+    assert [e.path for e in sb.files.list("/tmp", depth=2) if e.path.startswith("/tmp/m")] == ["/tmp/m", "/tmp/m/1", "/tmp/m/2"]
+    info = sb.files.get_info("/home/user/a.txt")
+    assert info.size == 5 and info.owner == "user"
+    assert sb.files.exists("/tmp/m/1") and not sb.files.exists("/tmp/nope")
+    assert sb.files.make_dir("/tmp/newdir") and not sb.files.make_dir("/tmp/newdir")
+    assert sb.files.rename("/tmp/m/1", "/tmp/m/3").path == "/tmp/m/3"
+    sb.files.remove("/tmp/m")
+    assert not sb.files.exists("/tmp/m/3")
+
+
+def test_watch_dir_events(sb):
+    sb.files.make_dir("/tmp/w")
+    w = sb.files.watch_dir("/tmp/w")
+    sb.files.write("/tmp/w/x", "x")
+    events = []
+    deadline = time.monotonic() + 5
+    while not events and time.monotonic() < deadline:
+        events = w.get_new_events()
+    w.stop()
+    assert ("x", "create") in [(e.name, e.type.value) for e in events]
+
+
+def test_pty_input_resize_kill(sb):
+    out = []
+    pty = sb.pty.create(PtySize(rows=24, cols=80))
+    sb.pty.resize(pty.pid, PtySize(rows=30, cols=100))
+    sb.pty.send_stdin(pty.pid, b"stty size; echo PTY$((1+1)); exit\n")
+    try:
+        pty.wait(on_pty=out.append)
+    except CommandExitException:
+        pass
+    text = b"".join(out)
+    assert b"PTY2" in text and b"30 100" in text
+    other = sb.pty.create(PtySize(rows=24, cols=80))
+    assert sb.pty.kill(other.pid)
+
+
+def test_many_sandboxes_through_one_port():
+    boxes = [Sandbox.create() for _ in range(5)]
+    try:
+        for i, b in enumerate(boxes):
+            assert b.commands.run(f"echo {i}").stdout == f"{i}\n"
+    finally:
+        for b in boxes:
+            b.kill()
