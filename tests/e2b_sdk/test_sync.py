@@ -116,3 +116,15 @@ def test_many_sandboxes_through_one_port():
     finally:
         for b in boxes:
             b.kill()
+
+
+def test_pause_and_connect_resumes_with_state():
+    s = Sandbox.create()
+    try:
+        s.commands.run("echo kept > /tmp/state")
+        s.pause()
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        resumed = Sandbox.connect(s.sandbox_id)
+        assert resumed.commands.run("cat /tmp/state").stdout == "kept\n"
+    finally:
+        s.kill()

@@ -33,6 +33,9 @@ fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
     assert_eq!(keep.sh("echo state > /tmp/state && echo ok").stdout, "ok\n");
     let doomed_pid = doomed.sh_as("root", "echo $$").stdout;
     assert!(!doomed_pid.is_empty());
+    let paused = d.create(json!({"templateID": "base"}));
+    assert_eq!(paused.sh("echo frozen > /tmp/p && echo ok").stdout, "ok\n");
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", paused.id), Some(json!({}))).0, 204);
 
     d.kill9();
     // While the daemon is down, one sandbox dies (its init is killed from the host).
@@ -52,6 +55,11 @@ fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
     assert_eq!(status, 200, "the live sandbox is re-attached");
     assert_eq!(keep.sh("cat /tmp/state").stdout, "state\n", "its state survived");
     assert_eq!(d.api("GET", &format!("/sandboxes/{}", doomed.id), None).0, 404, "the dead one is gone");
+    // A paused sandbox stays paused across the restart and resumes with its state.
+    assert_eq!(d.api("GET", &format!("/sandboxes/{}", paused.id), None).1["state"], "paused");
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/connect", paused.id), Some(json!({}))).0, 201);
+    assert_eq!(paused.sh("cat /tmp/p").stdout, "frozen\n");
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", paused.id), None).0, 204);
     wait_for("the dead sandbox's cgroup to go", Duration::from_secs(10), || {
         (!cgroup_children(parent).contains(&doomed.id)).then_some(())
     });

@@ -569,3 +569,42 @@ fn keepalives_arrive_on_quiet_streams() {
     assert!(ka["event"]["keepalive"].is_object(), "{ka}");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
+
+#[test]
+fn pause_freezes_and_connect_resumes() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base", "metadata": {"suite": "pause"}}));
+    // A process that counts; while paused it must not advance.
+    sb.run(json!({"process": {"cmd": "/bin/bash", "args": ["-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"]}, "tag": "counter"}), &[("Connect-Timeout-Ms", "300")]);
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 204);
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({})));
+    assert_eq!(status, 409, "{v}");
+    let (_, info) = d.api("GET", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(info["state"], "paused");
+    let (_, listed) = d.api("GET", "/sandboxes?state=paused&metadata=suite%3Dpause", None);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let stats =
+        |d: &Daemon| d.api("GET", &format!("/sandboxes/{}/stats", sb.id), None).1["cpuUsageNs"].as_u64().unwrap();
+    let before = stats(d);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stats(d), before, "a paused sandbox used CPU");
+    // Traffic to a paused sandbox gets a clear 409.
+    let (status, body) = d.raw("GET", "/health", &[("E2b-Sandbox-Id", &sb.id), ("X-Access-Token", &sb.token)], b"");
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 60})));
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 60})));
+    assert_eq!(status, 200);
+    let (_, list) = sb.rpc("process.Process/List", json!({}));
+    assert_eq!(list["processes"][0]["tag"], "counter", "the process survived the pause: {list}");
+    let a: u64 = sb.sh("cat /tmp/count").stdout.trim().parse().unwrap();
+    wait_for("the counter to move again", Duration::from_secs(5), || {
+        let b: u64 = sb.sh("cat /tmp/count").stdout.trim().parse().ok()?;
+        (b > a).then_some(())
+    });
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/resume", sb.id), Some(json!({}))).0, 409);
+    // A paused sandbox can be killed.
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 204);
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", sb.id), None).0, 204);
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 404);
+}

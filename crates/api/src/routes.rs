@@ -35,6 +35,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}", get(info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/stats", get(stats))
@@ -240,15 +242,36 @@ struct ConnectBody {
 }
 
 /// Connect: 200 with the sandbox's address and token when it is running (its end time moves to at
-/// least `timeout` seconds from now). Warren has no paused sandboxes yet, so 201 (resumed) does
-/// not occur.
+/// least `timeout` seconds from now), 201 when it was paused and has been resumed.
 async fn connect(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
     let req: ConnectBody = json_body(body, true).await?;
-    let rec = match req.timeout {
-        Some(t) => st.engine.refresh(&id, t.min(st.engine.config().sandbox.max_timeout_secs))?,
-        None => st.engine.get(&id)?,
-    };
-    Ok((StatusCode::OK, Json(sandbox_answer(&st, &rec))).into_response())
+    let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
+    let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(sandbox_answer(&st, &rec))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct PauseBody {
+    /// E2B's `false` asks for a filesystem-only pause; Warren always keeps memory too (a superset).
+    #[allow(dead_code)]
+    memory: Option<bool>,
+}
+
+/// Pause: 204, or 409 when already paused (E2B's answers).
+async fn pause(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+    let _: PauseBody = json_body(body, true).await?;
+    st.engine.pause(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resume (E2B's older endpoint): 201 with the sandbox, 409 when it is not paused.
+async fn resume(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let req: ConnectBody = json_body(body, true).await?;
+    let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
+    if !resumed {
+        return Err(warren_node::NodeError::Conflict { id, state: "running", action: "resuming it" }.into());
+    }
+    Ok((StatusCode::CREATED, Json(sandbox_answer(&st, &rec))).into_response())
 }
 
 async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {

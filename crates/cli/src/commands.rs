@@ -136,6 +136,16 @@ pub async fn sandbox(client: &Client, out: &Output, cmd: SandboxCmd) -> Result<i
             client.call(Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": seconds}))).await?;
             out.print(&json!({"sandboxID": id, "timeout": seconds}), || println!("{id} now ends in {seconds} s"));
         }
+        SandboxCmd::Pause { id } => {
+            client.call(Method::POST, &format!("/sandboxes/{id}/pause"), Some(json!({}))).await?;
+            out.print(&json!({"sandboxID": id, "state": "paused"}), || println!("paused {id}"));
+        }
+        SandboxCmd::Resume { id, timeout } => {
+            let sb: Sandbox = client
+                .json(Method::POST, &format!("/sandboxes/{id}/connect"), Some(json!({"timeout": timeout})))
+                .await?;
+            out.print(&sb, || println!("resumed {id}"));
+        }
         SandboxCmd::Exec { id, user, cwd, env, command } => {
             return exec(client, &id, ExecOptions { argv: command, user, cwd, env }).await;
         }

@@ -117,6 +117,15 @@ pub enum SandboxCmd {
     },
     /// Set a sandbox's remaining lifetime in seconds.
     Timeout { id: String, seconds: u64 },
+    /// Freeze every process of a sandbox (memory and files stay; it uses no CPU).
+    Pause { id: String },
+    /// Thaw a paused sandbox.
+    Resume {
+        id: String,
+        /// Seconds it may run from now (default: the daemon's default timeout).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Run a command in a sandbox and exit with its code.
     Exec {
         id: String,

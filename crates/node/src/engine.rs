@@ -352,6 +352,55 @@ impl Engine {
         Ok(next)
     }
 
+    /// Freezes every process of a running sandbox (memory, files and sockets stay). Returns
+    /// `Conflict` when it is already paused.
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn pause(&self, id: &str) -> Result<SandboxRecord, NodeError> {
+        let rec = self.get(id)?;
+        if rec.state == SandboxState::Paused {
+            return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
+        }
+        let next = transition(rec.state, &SandboxEvent::Pause)?;
+        let rt = self.runtime.clone();
+        let sid = rec.id.clone();
+        tokio::task::spawn_blocking(move || rt.freeze(&sid)).await.expect("runtime task")?;
+        let r = self.update(id, |r| r.state = next);
+        if r.is_err() {
+            // Gone meanwhile (killed) or not persisted: do not leave it frozen behind our back.
+            let rt = self.runtime.clone();
+            let sid = rec.id.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.thaw(&sid)).await;
+        }
+        info!("sandbox paused");
+        r
+    }
+
+    /// Thaws a paused sandbox; its end time becomes `timeout_secs` from now. Returns whether it
+    /// was paused (`false`: it was already running and only the end time moved).
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn resume(&self, id: &str, timeout_secs: Option<u64>) -> Result<(SandboxRecord, bool), NodeError> {
+        let rec = self.get(id)?;
+        let max = self.cfg.sandbox.max_timeout_secs;
+        if rec.state != SandboxState::Paused {
+            let rec = match timeout_secs {
+                Some(t) => self.refresh(id, t.min(max))?,
+                None => rec,
+            };
+            return Ok((rec, false));
+        }
+        let next = transition(rec.state, &SandboxEvent::Resume)?;
+        let rt = self.runtime.clone();
+        let sid = rec.id.clone();
+        tokio::task::spawn_blocking(move || rt.thaw(&sid)).await.expect("runtime task")?;
+        let secs = timeout_secs.unwrap_or(self.cfg.sandbox.default_timeout_secs).min(max);
+        let rec = self.update(id, |r| {
+            r.state = next;
+            r.end_at_ms = now_ms() + secs * 1000;
+        })?;
+        info!("sandbox resumed");
+        Ok((rec, true))
+    }
+
     async fn expire(&self) {
         let now = now_ms();
         let due: Vec<SandboxId> = self
@@ -359,7 +408,8 @@ impl Engine {
             .lock()
             .unwrap()
             .values()
-            .filter(|r| r.state != SandboxState::Creating && r.end_at_ms <= now)
+            // A paused sandbox's clock is stopped: it is kept until resumed or killed.
+            .filter(|r| matches!(r.state, SandboxState::Ready | SandboxState::Running) && r.end_at_ms <= now)
             .map(|r| r.id.clone())
             .collect();
         for id in due {
