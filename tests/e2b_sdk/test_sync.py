@@ -1,6 +1,7 @@
 """The unmodified E2B Python SDK (sync API) against Warren."""
 
 import time
+import urllib.error
 
 import pytest
 from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
@@ -128,3 +129,26 @@ def test_pause_and_connect_resumes_with_state():
         assert resumed.commands.run("cat /tmp/state").stdout == "kept\n"
     finally:
         s.kill()
+
+
+def test_signed_file_urls(sb, warren):
+    import urllib.parse
+    import urllib.request
+
+    sb.files.write("/home/user/signed.txt", "signed content")
+
+    def fetch(url):
+        # A signed URL travels without headers, so the sandbox is named by the Host
+        # ({port}-{id}.{domain}), as in the SDK's direct URLs; send it to the daemon's address.
+        query = urllib.parse.urlsplit(url).query
+        req = urllib.request.Request(
+            f"{warren['url']}/files?{query}", headers={"Host": f"49983-{sb.sandbox_id}.localhost:{warren['port']}"}
+        )
+        with urllib.request.urlopen(req) as r:
+            return r.read()
+
+    assert fetch(sb.download_url("/home/user/signed.txt", use_signature_expiration=60)) == b"signed content"
+    tampered = sb.download_url("/home/user/signed.txt").replace("signed.txt", "other.txt", 1)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(tampered)
+    assert e.value.code == 401

@@ -608,3 +608,31 @@ fn pause_freezes_and_connect_resumes() {
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", sb.id), None).0, 204);
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 404);
 }
+
+#[test]
+fn idempotency_key_makes_create_retry_safe() {
+    let d = daemon();
+    let key = format!("k-{}", std::process::id());
+    let create = move |k: String| {
+        let d = daemon();
+        let r = d
+            .http
+            .post(&format!("{}/sandboxes", d.url()))
+            .set("X-API-KEY", &d.key())
+            .set("Idempotency-Key", &k)
+            .send_json(json!({"templateID": "base"}))
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.into_json::<serde_json::Value>().unwrap()["sandboxID"].as_str().unwrap().to_owned()
+    };
+    let (k1, k2) = (key.clone(), key.clone());
+    let a = std::thread::spawn(move || create(k1));
+    let b = std::thread::spawn(move || create(k2));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(a, b, "two creates with one key made two sandboxes");
+    let c = create(format!("{key}-other"));
+    assert_ne!(a, c);
+    for id in [a, c] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+}

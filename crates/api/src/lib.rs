@@ -21,6 +21,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub api_key: String,
     pub domain: String,
+    /// Creates by `Idempotency-Key`: a retried create gets the sandbox of the first attempt.
+    pub idempotency: routes::IdempotencyCache,
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.

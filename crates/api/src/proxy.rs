@@ -82,7 +82,8 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     let headers = req.headers();
     let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &token));
     let by_key = api_key_of(headers).is_some_and(|k| key_matches(k, &state.api_key));
-    if !by_token && !by_key {
+    let by_signature = !by_token && !by_key && signed_file_url(req.method(), req.uri(), &token)?;
+    if !by_token && !by_key && !by_signature {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!(
@@ -123,6 +124,53 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     Ok(r.body(Body::new(body)).expect("valid response"))
 }
 
+/// E2B's signed `/files` URLs: `signature = "v1_" + base64(sha256("{path}:{read|write}:{user}:{token}[:{exp}]"))`
+/// without padding, with an optional `signature_expiration` (Unix seconds) that must not have passed.
+/// Returns whether the request carries a valid one; an expired one is an error that says so.
+fn signed_file_url(method: &http::Method, uri: &http::Uri, token: &str) -> Result<bool, ApiError> {
+    if uri.path() != "/files" {
+        return Ok(false);
+    }
+    let op = match *method {
+        http::Method::GET => "read",
+        http::Method::POST => "write",
+        _ => return Ok(false),
+    };
+    let query: Vec<(String, String)> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let dec =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (dec(k), dec(v))
+        })
+        .collect();
+    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let Some(signature) = get("signature") else { return Ok(false) };
+    let path = get("path").unwrap_or("");
+    let user = get("username").unwrap_or("");
+    let expiration = get("signature_expiration");
+    let raw = match expiration {
+        Some(exp) => format!("{path}:{op}:{user}:{token}:{exp}"),
+        None => format!("{path}:{op}:{user}:{token}"),
+    };
+    use base64::Engine;
+    use sha2::Digest;
+    let expected = format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(raw)));
+    if !key_matches(signature, &expected) {
+        return Ok(false);
+    }
+    if let Some(exp) = expiration {
+        let exp: u64 = exp.parse().map_err(|_| ApiError::bad_request("signature_expiration must be Unix seconds"))?;
+        if exp < warren_node::now_ms() / 1000 {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "this signed URL has expired; ask for a new one"));
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +184,24 @@ mod tests {
         assert!(parse_host("x-iabc.localhost", "localhost:3049").is_none());
         assert!(parse_host("8080-iabc.example.com", "localhost:3049").is_none());
         assert!(parse_host("8080-.localhost", "localhost:3049").is_none());
+    }
+
+    #[test]
+    fn signed_urls_match_the_sdk_formula() {
+        // sha256("/a.txt:read::tok") in base64 without padding, as the E2B SDK computes it.
+        use base64::Engine;
+        use sha2::Digest;
+        let sig = format!(
+            "v1_{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest("/a.txt:read::tok"))
+        );
+        let uri: http::Uri =
+            format!("/files?path=%2Fa.txt&signature={}", sig.replace('+', "%2B").replace('/', "%2F")).parse().unwrap();
+        assert!(signed_file_url(&http::Method::GET, &uri, "tok").unwrap());
+        assert!(!signed_file_url(&http::Method::POST, &uri, "tok").unwrap(), "a read signature does not allow writes");
+        assert!(!signed_file_url(&http::Method::GET, &uri, "other").unwrap());
+        let expired: http::Uri = "/files?path=%2Fa.txt&signature=x&signature_expiration=1".parse().unwrap();
+        assert!(!signed_file_url(&http::Method::GET, &expired, "tok").unwrap());
     }
 
     #[test]

@@ -142,7 +142,42 @@ fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
     }
 }
 
-async fn create(State(st): S, body: Body) -> Result<Response, ApiError> {
+/// Idempotency keys of recent creates (kept an hour). Failed attempts are not remembered, so a
+/// retry after a failure creates anew; concurrent requests with one key wait for the first.
+#[derive(Default)]
+pub struct IdempotencyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, IdempotentCreate>>,
+}
+
+/// When a key was first seen, and the sandbox its create produced (once it has).
+type IdempotentCreate = (std::time::Instant, Arc<tokio::sync::OnceCell<Sandbox>>);
+
+const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl IdempotencyCache {
+    fn cell(&self, key: &str) -> Arc<tokio::sync::OnceCell<Sandbox>> {
+        let mut map = self.entries.lock().unwrap();
+        map.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_TTL);
+        map.entry(key.to_owned()).or_insert_with(|| (std::time::Instant::now(), Default::default())).1.clone()
+    }
+}
+
+async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
+    let key = match key {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 256 => Some(k),
+        Some(_) => return Err(ApiError::bad_request("Idempotency-Key must be 1 to 256 visible ASCII characters")),
+    };
+    let Some(key) = key else {
+        return create_new(&st, body).await.map(|sb| (StatusCode::CREATED, Json(sb)).into_response());
+    };
+    let cell = st.idempotency.cell(&key);
+    let sb = cell.get_or_try_init(|| create_new(&st, body)).await?;
+    Ok((StatusCode::CREATED, Json(sb.clone())).into_response())
+}
+
+async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
     let req: NewSandbox = json_body(body, false).await?;
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID is required (for example \"base\")"));
@@ -159,7 +194,7 @@ async fn create(State(st): S, body: Body) -> Result<Response, ApiError> {
             disk_mb: req.disk_size_mb,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(sandbox_answer(&st, &rec))).into_response())
+    Ok(sandbox_answer(st, &rec))
 }
 
 #[derive(Deserialize, Default)]

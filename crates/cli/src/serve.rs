@@ -121,7 +121,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
                 engine.templates.build(base, vec![])?;
             }
         }
-        let state = Arc::new(warren_api::AppState { engine, api_key: key, domain });
+        let state = Arc::new(warren_api::AppState { engine, api_key: key, domain, idempotency: Default::default() });
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
