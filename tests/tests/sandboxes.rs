@@ -636,3 +636,17 @@ fn idempotency_key_makes_create_retry_safe() {
         assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
     }
 }
+
+#[test]
+fn uploads_larger_than_the_memory_limit_stream_to_disk() {
+    let d = daemon();
+    // The agent is charged to the sandbox's memory: an upload it buffered would get it OOM-killed.
+    let sb = d.create(json!({"templateID": "base", "memoryMB": 96, "diskSizeMB": 512}));
+    let big = vec![7u8; 256 * 1024 * 1024];
+    let (status, body) = sb.write_file("/home/user/big.bin", &big);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sb.sh("stat -c %s /home/user/big.bin").stdout, "268435456\n");
+    let (status, _) = d.api("GET", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(status, 200, "the sandbox survived");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}

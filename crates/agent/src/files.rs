@@ -2,7 +2,6 @@
 //! gzip-encoded bodies, parents created), as the calling user.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -115,10 +114,20 @@ struct WriteInfo {
     path: String,
 }
 
-/// Writes one file as `user`, creating its parents.
-async fn write_file(user: &User, path: PathBuf, data: Bytes) -> Result<WriteInfo, warren_protocol::connect::Error> {
+/// Streams one uploaded file to disk as `user` (creating its parents), gunzipping it on the way
+/// when `gz`. Chunks go through a small bounded channel to a blocking writer, so an upload of any
+/// size needs only a few chunks of memory: the agent is charged to the sandbox's memory limit.
+async fn store<S, E>(user: &User, dest: &str, gz: bool, mut chunks: S) -> Result<WriteInfo, Box<Response<Body>>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures_util::StreamExt;
+    let fail = |status: StatusCode, msg: String| Box::new(plain_error(status, msg));
+    let path = fs::resolve(dest, user).map_err(|e| fail(status_for(e.code), e.message))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
     let p = path.clone();
-    fs::run_as(user.clone(), move || {
+    let writer = fs::run_as(user.clone(), move || -> Result<(), warren_protocol::connect::Error> {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(|e| fs::io_error(&e, parent))?;
         }
@@ -128,30 +137,60 @@ async fn write_file(user: &User, path: PathBuf, data: Bytes) -> Result<WriteInfo
                 format!("path {} is a directory", p.display()),
             ));
         }
-        let mut f = std::fs::File::create(&p).map_err(|e| fs::io_error(&e, &p))?;
-        f.write_all(&data).and_then(|_| f.sync_data()).map_err(|e| fs::io_error(&e, &p))?;
+        let file = std::fs::File::create(&p).map_err(|e| fs::io_error(&e, &p))?;
+        let bad_gzip = |e: std::io::Error| {
+            warren_protocol::connect::Error::new(Code::InvalidArgument, format!("invalid gzip body: {e}"))
+        };
+        if gz {
+            let mut out = flate2::write::GzDecoder::new(std::io::BufWriter::new(file));
+            for chunk in rx {
+                out.write_all(&chunk).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => bad_gzip(e),
+                    _ => fs::io_error(&e, &p),
+                })?;
+            }
+            // finish() notices a truncated stream; then flush the file itself.
+            out.finish().map_err(bad_gzip)?.flush().map_err(|e| fs::io_error(&e, &p))?;
+        } else {
+            let mut out = std::io::BufWriter::new(file);
+            for chunk in rx {
+                out.write_all(&chunk).map_err(|e| fs::io_error(&e, &p))?;
+            }
+            out.flush().map_err(|e| fs::io_error(&e, &p))?;
+        }
         Ok(())
-    })
-    .await?;
+    });
+    let feed = async move {
+        // After the writer stops (quota, permissions), the rest of the body is read and dropped, up
+        // to a bound, so the client — still sending — can read the answer instead of a reset.
+        let mut draining: Option<usize> = None;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| fail(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
+            if let Some(drained) = draining.as_mut() {
+                *drained += chunk.len();
+                if *drained > 256 * 1024 * 1024 {
+                    break;
+                }
+                continue;
+            }
+            let tx = tx.clone();
+            // A full channel means the disk is slower than the network: wait without blocking the runtime.
+            let sent = tokio::task::spawn_blocking(move || tx.send(chunk)).await.map(|r| r.is_ok()).unwrap_or(false);
+            if !sent {
+                draining = Some(0);
+            }
+        }
+        // Dropping the last sender here ends the writer's loop.
+        Ok::<(), Box<Response<Body>>>(())
+    };
+    let (fed, written) = tokio::join!(feed, writer);
+    written.map_err(|e| fail(status_for(e.code), e.message))?;
+    fed?;
     Ok(WriteInfo {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         kind: "file",
         path: path.display().to_string(),
     })
-}
-
-fn gunzip(data: &[u8]) -> Result<Bytes, String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).map_err(|e| format!("invalid gzip body: {e}"))?;
-    Ok(Bytes::from(out))
-}
-
-/// Decodes (gzip) and writes one uploaded file, or the error response to send.
-async fn store(user: &User, dest: &str, data: Bytes, gz: bool) -> Result<WriteInfo, Box<Response<Body>>> {
-    let data = if gz { gunzip(&data).map_err(|e| Box::new(plain_error(StatusCode::BAD_REQUEST, e)))? } else { data };
-    let path = fs::resolve(dest, user).map_err(|e| Box::new(plain_error(status_for(e.code), e.message)))?;
-    write_file(user, path, data).await.map_err(|e| Box::new(plain_error(status_for(e.code), e.message)))
 }
 
 pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
@@ -185,11 +224,7 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
             let Some(dest) = dest else {
                 return plain_error(StatusCode::BAD_REQUEST, "a multipart part has no file name and no path was given");
             };
-            let data = match field.bytes().await {
-                Ok(d) => d,
-                Err(e) => return plain_error(StatusCode::BAD_REQUEST, format!("reading a multipart part: {e}")),
-            };
-            match store(&user, &dest, data, gz).await {
+            match store(&user, &dest, gz, field).await {
                 Ok(w) => written.push(w),
                 Err(r) => return *r,
             }
@@ -198,11 +233,7 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
         let Some(dest) = query_path else {
             return plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
         };
-        let data = match crate::server::read_body(req.into_body(), 1 << 30).await {
-            Ok(d) => d,
-            Err(e) => return plain_error(status_for(e.code), e.message),
-        };
-        match store(&user, &dest, data, gz).await {
+        match store(&user, &dest, gz, req.into_body().into_data_stream()).await {
             Ok(w) => written.push(w),
             Err(r) => return *r,
         }
