@@ -646,6 +646,11 @@ fn uploads_larger_than_the_memory_limit_stream_to_disk() {
     let (status, body) = sb.write_file("/home/user/big.bin", &big);
     assert_eq!(status, 200, "{body}");
     assert_eq!(sb.sh("stat -c %s /home/user/big.bin").stdout, "268435456\n");
+    // And downloads of it stream too.
+    let (status, data) = sb.read_file("/home/user/big.bin");
+    assert_eq!(status, 200);
+    assert_eq!(data.len(), big.len());
+    assert!(data == big);
     let (status, _) = d.api("GET", &format!("/sandboxes/{}", sb.id), None);
     assert_eq!(status, 200, "the sandbox survived");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);

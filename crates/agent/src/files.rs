@@ -14,8 +14,6 @@ use crate::fs;
 use crate::server::{http_error as plain_error, json as json_response, Agent, Body};
 use crate::users::User;
 
-const MAX_DOWNLOAD_IN_MEMORY: u64 = 512 * 1024 * 1024;
-
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
     let q = req.uri().query().unwrap_or("");
     q.split('&')
@@ -68,42 +66,80 @@ pub async fn download(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
         .get(http::header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    // Open as the caller (permissions are checked at open), then stream in chunks from a blocking
+    // reader: the agent's memory is the sandbox's, so a file is never held whole.
     let p = path.clone();
-    let result = fs::run_as(user, move || -> Result<Vec<u8>, warren_protocol::connect::Error> {
-        let md = std::fs::metadata(&p).map_err(|e| fs::io_error(&e, &p))?;
+    let opened = fs::run_as(user, move || -> Result<(std::fs::File, u64), warren_protocol::connect::Error> {
+        let f = std::fs::File::open(&p).map_err(|e| fs::io_error(&e, &p))?;
+        let md = f.metadata().map_err(|e| fs::io_error(&e, &p))?;
         if md.is_dir() {
             return Err(warren_protocol::connect::Error::new(
                 Code::InvalidArgument,
                 format!("path {} is a directory", p.display()),
             ));
         }
-        if md.len() > MAX_DOWNLOAD_IN_MEMORY {
-            return Err(warren_protocol::connect::Error::new(
-                Code::ResourceExhausted,
-                format!("file {} is larger than {MAX_DOWNLOAD_IN_MEMORY} bytes", p.display()),
-            ));
-        }
-        let data = std::fs::read(&p).map_err(|e| fs::io_error(&e, &p))?;
-        if gzip {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&data).and_then(|_| enc.finish()).map_err(|e| fs::io_error(&e, &p))
-        } else {
-            Ok(data)
-        }
+        Ok((f, md.len()))
     })
     .await;
-    match result {
-        Ok(data) => {
-            let mut b = Response::builder().status(200).header(http::header::CONTENT_TYPE, "application/octet-stream");
-            if gzip {
-                b = b.header(http::header::CONTENT_ENCODING, "gzip");
+    let (file, len) = match opened {
+        Ok(f) => f,
+        Err(e) => return plain_error(status_for(e.code), e.message),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        /// Sends what is written to it down the channel, in chunks.
+        struct ToChannel(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+        impl Write for ToChannel {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+                Ok(buf.len())
             }
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            b = b.header(http::header::CONTENT_DISPOSITION, format!("attachment; filename={name:?}"));
-            b.body(http_body_util::Full::new(Bytes::from(data)).boxed_unsync()).expect("valid response")
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        Err(e) => plain_error(status_for(e.code), e.message),
+        let mut file = file;
+        let mut buf = vec![0u8; 64 * 1024];
+        let sink = ToChannel(tx.clone());
+        let mut out: Box<dyn Write> = if gzip {
+            Box::new(flate2::write::GzEncoder::new(sink, flate2::Compression::fast()))
+        } else {
+            Box::new(sink)
+        };
+        let result = (|| -> std::io::Result<()> {
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+            }
+            out.flush()?;
+            drop(out); // GzEncoder writes its trailer on drop
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    // A read error ends the body early: with Content-Length (or the gzip trailer missing) the
+    // client sees a truncated download, never a silently short "success".
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Some(Ok(chunk)) => Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)), rx)),
+            Some(Err(_)) | None => None,
+        }
+    });
+    let mut b = Response::builder().status(200).header(http::header::CONTENT_TYPE, "application/octet-stream");
+    if gzip {
+        b = b.header(http::header::CONTENT_ENCODING, "gzip");
+    } else {
+        b = b.header(http::header::CONTENT_LENGTH, len);
     }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    b = b.header(http::header::CONTENT_DISPOSITION, format!("attachment; filename={name:?}"));
+    b.body(http_body_util::StreamBody::new(stream).boxed_unsync()).expect("valid response")
 }
 
 #[derive(Serialize)]
