@@ -203,9 +203,9 @@ impl Engine {
             }
             map.insert(id.clone(), rec.clone());
         }
-        let t_store = std::time::Instant::now();
-        self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
-        let store_us = t_store.elapsed().as_micros() as u64;
+        // The record is first written once the sandbox runs (below): a crash before that leaves
+        // only leftovers that the next start's sweep removes, and nobody was told of the sandbox.
+        let t_start = std::time::Instant::now();
 
         let spec = SandboxSpec {
             id: id.clone(),
@@ -246,10 +246,14 @@ impl Engine {
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
-        self.store.put(Kind::Sandbox, id.as_str(), &rec)?;
+        if let Err(e) = self.store.put(Kind::Sandbox, id.as_str(), &rec) {
+            self.agents.forget(&rec.handle.as_ref().expect("set above").agent_socket);
+            self.abort_create(&id, rec.handle.clone()).await;
+            return Err(e.into());
+        }
         self.sandboxes.lock().unwrap().insert(id.clone(), rec.clone());
         self.watch_exit(id.clone(), watch);
-        tracing::debug!(sandbox = %id, store_us, init_us, total_us = t_store.elapsed().as_micros() as u64, "create phases");
+        tracing::debug!(sandbox = %id, init_us, total_us = t_start.elapsed().as_micros() as u64, "create phases");
         info!(sandbox = %id, "sandbox running");
         Ok(rec)
     }
@@ -259,7 +263,6 @@ impl Engine {
         let i = id.clone();
         let _ = tokio::task::spawn_blocking(move || rt.destroy(&i, handle.as_ref())).await;
         self.sandboxes.lock().unwrap().remove(id);
-        let _ = self.store.delete(Kind::Sandbox, id.as_str());
     }
 
     pub fn get(&self, id: &str) -> Result<SandboxRecord, NodeError> {
