@@ -80,8 +80,7 @@ async fn run(fd: i32) {
     }
 
     log("info", "agent ready");
-    // SAFETY: malloc_trim only releases free heap pages (start-up leaves some behind).
-    unsafe { libc::malloc_trim(0) };
+    process::release_free_memory();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

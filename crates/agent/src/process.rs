@@ -340,10 +340,18 @@ fn trim_when_idle() {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if GENERATION.load(std::sync::atomic::Ordering::Relaxed) == mine {
-            // SAFETY: malloc_trim only releases free heap pages.
-            unsafe { libc::malloc_trim(0) };
+            release_free_memory();
         }
     });
+}
+
+/// Returns free heap pages to the kernel (glibc keeps them; musl's allocator already does).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn end_event(status: Option<WaitStatus>) -> EndEvent {

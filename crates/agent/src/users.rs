@@ -3,6 +3,27 @@
 
 use std::fs;
 use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The text of a file, re-read only when its modification time or size changes: every request
+/// resolves its user and every listed entry its owner, and the files rarely change.
+fn cached(path: &'static str) -> io::Result<Arc<str>> {
+    type Entry = (&'static str, Option<SystemTime>, u64, Arc<str>);
+    static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let md = fs::metadata(path)?;
+    let (mtime, len) = (md.modified().ok(), md.len());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m, l, text)) = cache.iter().find(|(p, ..)| *p == path) {
+        if *m == mtime && *l == len && mtime.is_some() {
+            return Ok(text.clone());
+        }
+    }
+    let text: Arc<str> = fs::read_to_string(path)?.into();
+    cache.retain(|(p, ..)| *p != path);
+    cache.push((path, mtime, len, text.clone()));
+    Ok(text)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -16,8 +37,8 @@ pub struct User {
 
 /// Looks a user up by name.
 pub fn lookup(name: &str) -> io::Result<User> {
-    let passwd = fs::read_to_string("/etc/passwd")?;
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = cached("/etc/passwd")?;
+    let group = cached("/etc/group").unwrap_or_else(|_| "".into());
     parse(name, &passwd, &group)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("user {name:?} does not exist in this sandbox")))
 }
@@ -45,8 +66,8 @@ fn parse(name: &str, passwd: &str, group: &str) -> Option<User> {
 }
 
 /// Name of a uid or gid for display (`owner`/`group` of entries).
-pub fn name_of(id: u32, file: &str) -> String {
-    fs::read_to_string(file)
+pub fn name_of(id: u32, file: &'static str) -> String {
+    cached(file)
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
