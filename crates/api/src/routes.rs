@@ -288,13 +288,15 @@ async fn connect(State(st): S, Path(id): Path<String>, body: Body) -> Result<Res
 #[derive(Deserialize, Default)]
 struct PauseBody {
     /// E2B's `false` asks for a filesystem-only pause; Warren always keeps memory too (a superset).
-    #[allow(dead_code)]
     memory: Option<bool>,
 }
 
 /// Pause: 204, or 409 when already paused (E2B's answers).
 async fn pause(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
-    let _: PauseBody = json_body(body, true).await?;
+    let req: PauseBody = json_body(body, true).await?;
+    if req.memory == Some(false) {
+        tracing::debug!(sandbox = %id, "filesystem-only pause asked for; memory is kept as well");
+    }
     st.engine.pause(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
