@@ -27,6 +27,8 @@ pub struct Plan {
     pty: bool,
     /// Write end of a close-on-exec pipe for the errno of a failed set-up step.
     err_fd: RawFd,
+    /// Signals whose disposition is not the default in the agent (handled or ignored).
+    reset_signals: &'static [libc::c_int],
     /// Its read end, kept by the parent.
     err_read: OwnedFd,
     err_write: OwnedFd,
@@ -85,6 +87,7 @@ impl Plan {
             stdio,
             pty,
             err_fd: err_write.as_raw_fd(),
+            reset_signals: non_default_signals(),
             err_read,
             err_write,
         };
@@ -135,6 +138,22 @@ impl Plan {
     }
 }
 
+/// The agent's signals with a handler or ignored, found once (the handlers are installed at start):
+/// the child resets just these instead of making 64 system calls per spawn.
+fn non_default_signals() -> &'static [libc::c_int] {
+    static SIGNALS: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
+    SIGNALS.get_or_init(|| {
+        (1..=64)
+            .filter(|&sig| {
+                // SAFETY: querying (not changing) a disposition into a zeroed struct.
+                let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+                let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+                r == 0 && old.sa_sigaction != libc::SIG_DFL
+            })
+            .collect()
+    })
+}
+
 /// The kernel's `struct sigaction` on x86_64 (not libc's, whose mask is larger).
 #[repr(C)]
 struct KernelSigaction {
@@ -158,8 +177,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         // A clean signal state: the agent's handlers (and Rust's ignored SIGPIPE) must not leak
         // into user code. The mask stays full until just before exec.
         let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-        for sig in 1..=64 {
-            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, 0usize, 8usize);
+        for sig in p.reset_signals {
+            libc::syscall(libc::SYS_rt_sigaction, *sig, &dfl as *const KernelSigaction, 0usize, 8usize);
         }
         for (i, fd) in p.stdio.iter().enumerate() {
             if libc::syscall(libc::SYS_dup2, *fd, i as libc::c_int) < 0 {

@@ -6,22 +6,29 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// The text of a file, re-read only when its modification time or size changes: every request
-/// resolves its user and every listed entry its owner, and the files rarely change.
+/// The text of a file, re-read only when its modification time or size changes (checked at most
+/// every 100 ms): every request resolves its user and every listed entry its owner, and the files
+/// rarely change.
 fn cached(path: &'static str) -> io::Result<Arc<str>> {
-    type Entry = (&'static str, Option<SystemTime>, u64, Arc<str>);
+    type Entry = (&'static str, std::time::Instant, Option<SystemTime>, u64, Arc<str>);
     static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, checked, _, _, text)) = cache.iter().find(|(p, ..)| *p == path) {
+        if checked.elapsed() < std::time::Duration::from_millis(100) {
+            return Ok(text.clone());
+        }
+    }
     let md = fs::metadata(path)?;
     let (mtime, len) = (md.modified().ok(), md.len());
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, m, l, text)) = cache.iter().find(|(p, ..)| *p == path) {
-        if *m == mtime && *l == len && mtime.is_some() {
-            return Ok(text.clone());
+    if let Some(e) = cache.iter_mut().find(|(p, ..)| *p == path) {
+        if e.2 == mtime && e.3 == len && mtime.is_some() {
+            e.1 = std::time::Instant::now();
+            return Ok(e.4.clone());
         }
     }
     let text: Arc<str> = fs::read_to_string(path)?.into();
     cache.retain(|(p, ..)| *p != path);
-    cache.push((path, mtime, len, text.clone()));
+    cache.push((path, std::time::Instant::now(), mtime, len, text.clone()));
     Ok(text)
 }
 
