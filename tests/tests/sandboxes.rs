@@ -25,6 +25,11 @@ fn lifecycle_create_list_info_timeout_kill() {
     let (_, list) = d.api("GET", "/sandboxes?metadata=suite%3Dlifecycle", None);
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![sb.id.as_str()]);
+    let (status, many) = d.api("GET", &format!("/sandboxes/metrics?sandbox_ids={},inotthere", sb.id), None);
+    assert_eq!(status, 200, "{many}");
+    assert_eq!(many["sandboxes"][&sb.id]["cpuCount"], 2, "{many}");
+    assert!(many["sandboxes"].get("inotthere").is_none());
+    assert_eq!(d.api("GET", "/sandboxes/metrics", None).0, 400);
     let (_, none) = d.api("GET", "/sandboxes?metadata=suite%3Dother", None);
     assert!(none.as_array().unwrap().iter().all(|s| s["sandboxID"] != sb.id.as_str()));
 

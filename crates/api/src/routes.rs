@@ -41,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/stats", get(stats))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/metrics", get(metrics_many))
         .route("/templates", get(list_templates).post(build_template))
         .route("/templates/{id}", get(template_info_route).delete(remove_template))
         .route("/templates/{id}/build", get(build_progress))
@@ -317,11 +318,10 @@ async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// E2B's `SandboxMetric` list. Until the resource timeline exists this is the current sample only.
-async fn metrics(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let m = st.engine.metrics(&id)?;
+/// One E2B `SandboxMetric` from the engine's envd-shaped sample.
+fn sandbox_metric(m: &serde_json::Value) -> serde_json::Value {
     let ts = m["ts"].as_u64().unwrap_or(0);
-    Ok(Json(serde_json::json!([{
+    serde_json::json!({
         "timestamp": rfc3339(ts * 1000),
         "timestampUnix": ts,
         "cpuCount": m["cpu_count"],
@@ -331,8 +331,40 @@ async fn metrics(State(st): S, Path(id): Path<String>) -> Result<Response, ApiEr
         "memCache": m["mem_cache"],
         "diskUsed": m["disk_used"],
         "diskTotal": m["disk_total"],
-    }]))
-    .into_response())
+    })
+}
+
+/// E2B's `SandboxMetric` list. Until the resource timeline exists this is the current sample only.
+async fn metrics(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let m = st.engine.metrics(&id)?;
+    Ok(Json(serde_json::json!([sandbox_metric(&m)])).into_response())
+}
+
+#[derive(Deserialize)]
+struct ManyQuery {
+    sandbox_ids: Option<String>,
+}
+
+/// `GET /sandboxes/metrics?sandbox_ids=a,b`: the current sample of each listed sandbox that exists.
+async fn metrics_many(State(st): S, Query(q): Query<ManyQuery>) -> Result<Response, ApiError> {
+    let ids: Vec<&str> = q.sandbox_ids.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request("sandbox_ids is required: a comma-separated list of sandbox ids"));
+    }
+    if ids.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 sandbox ids per call"));
+    }
+    let mut out = serde_json::Map::new();
+    for id in ids {
+        match st.engine.metrics(id) {
+            Ok(m) => {
+                out.insert(id.to_owned(), sandbox_metric(&m));
+            }
+            Err(warren_node::NodeError::SandboxNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(serde_json::json!({ "sandboxes": out })).into_response())
 }
 
 async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
