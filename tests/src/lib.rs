@@ -164,16 +164,7 @@ impl Daemon {
         for (k, v) in headers {
             req = req.set(k, v);
         }
-        let r = req.send_bytes(body);
-        match r {
-            Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
-                let status = resp.status();
-                let mut buf = Vec::new();
-                resp.into_reader().read_to_end(&mut buf).unwrap();
-                (status, buf)
-            }
-            Err(e) => panic!("request failed: {e}"),
-        }
+        into_bytes(req.send_bytes(body))
     }
 
     /// Runs the CLI against this daemon.
@@ -195,6 +186,19 @@ impl Daemon {
             url: self.url(),
             http: self.http.clone(),
         }
+    }
+}
+
+/// Status and raw body of an answer, whatever its status.
+fn into_bytes(r: Result<ureq::Response, ureq::Error>) -> (u16, Vec<u8>) {
+    match r {
+        Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
+            let status = resp.status();
+            let mut buf = Vec::new();
+            resp.into_reader().read_to_end(&mut buf).unwrap();
+            (status, buf)
+        }
+        Err(e) => panic!("request failed: {e}"),
     }
 }
 
@@ -311,15 +315,7 @@ impl Sandbox {
     }
 
     pub fn read_file(&self, path: &str) -> (u16, Vec<u8>) {
-        match self.req("GET", &format!("/files?path={path}")).call() {
-            Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
-                let status = resp.status();
-                let mut buf = Vec::new();
-                resp.into_reader().read_to_end(&mut buf).unwrap();
-                (status, buf)
-            }
-            Err(e) => panic!("{e}"),
-        }
+        into_bytes(self.req("GET", &format!("/files?path={path}")).call())
     }
 }
 
