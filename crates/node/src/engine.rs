@@ -282,11 +282,17 @@ impl Engine {
         v
     }
 
-    /// Where to reach a running sandbox's agent.
+    /// Where to reach a running sandbox's agent. Called for every proxied request, so it reads the
+    /// record in place instead of cloning it.
     pub fn agent_socket(&self, id: &str) -> Result<(PathBuf, String), NodeError> {
-        let rec = self.get(id)?;
-        match (rec.state, rec.handle) {
-            (SandboxState::Running | SandboxState::Ready, Some(h)) => Ok((h.agent_socket, rec.access_token)),
+        let not_found = || NodeError::SandboxNotFound { id: id.to_owned() };
+        let sid = SandboxId::parse(id).map_err(|_| not_found())?;
+        let map = self.sandboxes.lock().unwrap();
+        let rec = map.get(&sid).ok_or_else(not_found)?;
+        match (rec.state, &rec.handle) {
+            (SandboxState::Running | SandboxState::Ready, Some(h)) => {
+                Ok((h.agent_socket.clone(), rec.access_token.clone()))
+            }
             (SandboxState::Creating, _) => {
                 Err(NodeError::Conflict { id: id.into(), state: "still being created", action: "talking to it" })
             }
