@@ -24,4 +24,5 @@ target/e2b-venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2b
 WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest -q -p no:cacheprovider tests/e2b_sdk
 echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
 cargo build --release --locked -p warren-bench
-target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json
+target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json \
+    --sdk-python target/e2b-venv/bin/python

@@ -5,7 +5,10 @@
 //!   first stdout byte, vs `crun run` of `/bin/echo hi` (namespaces incl. user, cgroup limits);
 //! * exec roundtrip: `Process/Start /bin/true` through the HTTP API until the end of the stream, vs
 //!   `crun exec` into a running container;
-//! * idle footprint: RSS/PSS of an idle sandbox's agent and the daemon's memory per sandbox.
+//! * idle footprint: RSS/PSS of an idle sandbox's agent and the daemon's memory per sandbox;
+//! * the E2B Python SDK end to end (`Sandbox.create()` + `commands.run("echo hi")` + `kill()`,
+//!   `bench/e2b_sdk_bench.py`) beside the same three calls made directly over HTTP, when
+//!   `--sdk-python` names an interpreter with the `e2b` package.
 //!
 //! Prints a table (p50, p99, ratio) and writes JSON.
 
@@ -30,6 +33,10 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench/results/latest.json")]
     out: PathBuf,
+    /// A Python with the `e2b` SDK installed (scripts/test.sh's virtualenv); skips the SDK
+    /// measurement when not given.
+    #[arg(long)]
+    sdk_python: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +70,10 @@ fn main() -> Result<()> {
     let cold = warren_cold(&daemon, n)?;
     let exec = warren_exec(&daemon, n * 5)?;
     let idle = idle_footprint(&daemon, 10)?;
+    let sdk = match &args.sdk_python {
+        Some(py) => Some((e2b_sdk(&daemon, py, n)?, direct_create_run_kill(&daemon, n)?)),
+        None => None,
+    };
 
     let bundle = crun_bundle(&args.root, &rootfs)?;
     let crun_cold = crun_run(&bundle, n)?;
@@ -76,10 +87,17 @@ fn main() -> Result<()> {
         "ratio_cold_p50": cold.p50_ms / crun_cold.p50_ms,
         "ratio_exec_p50": exec.p50_ms / crun_exec.p50_ms,
         "idle": idle,
+        "e2b_python_sdk_create_run_kill": sdk.as_ref().map(|s| &s.0.total),
+        "e2b_python_sdk_phases": sdk.as_ref().map(|s| [&s.0.create, &s.0.run, &s.0.kill]),
+        "direct_http_create_run_kill": sdk.as_ref().map(|s| &s.1),
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
-    for s in [&cold, &crun_cold, &exec, &crun_exec] {
+    let mut rows = vec![&cold, &crun_cold, &exec, &crun_exec];
+    if let Some((s, direct)) = &sdk {
+        rows.extend([&s.total, &s.create, &s.run, &s.kill, direct]);
+    }
+    for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
     }
     println!("ratio cold p50 (warren / crun run):  {:.2}", cold.p50_ms / crun_cold.p50_ms);
@@ -115,6 +133,58 @@ fn warren_cold(d: &Daemon, n: usize) -> Result<Series> {
     }
     samples.drain(..2); // warm-up
     Ok(series("warren: create -> first output", samples))
+}
+
+struct SdkSeries {
+    total: Series,
+    create: Series,
+    run: Series,
+    kill: Series,
+}
+
+/// Runs bench/e2b_sdk_bench.py against the daemon with the unmodified SDK.
+fn e2b_sdk(d: &Daemon, python: &Path, n: usize) -> Result<SdkSeries> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2b_sdk_bench.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(n.to_string())
+        .env("E2B_API_KEY", d.key())
+        .env("E2B_API_URL", d.url())
+        .env("E2B_SANDBOX_URL", d.url())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} with {}", script.display(), python.display()))?;
+    if !out.status.success() {
+        bail!("the E2B SDK benchmark failed ({})", out.status);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the SDK benchmark's JSON")?;
+    let get = |key: &str, name: &str| -> Result<Series> {
+        let ms: Vec<f64> = serde_json::from_value(v[key].clone()).with_context(|| format!("field {key}"))?;
+        Ok(series(name, ms.into_iter().map(|m| Duration::from_secs_f64(m / 1000.0)).collect()))
+    };
+    Ok(SdkSeries {
+        total: get("total_ms", "e2b python sdk: create+run+kill")?,
+        create: get("create_ms", "  of which Sandbox.create()")?,
+        run: get("run_ms", "  of which commands.run(echo hi)")?,
+        kill: get("kill_ms", "  of which kill()")?,
+    })
+}
+
+/// The same three calls as the SDK benchmark, straight over HTTP: what the SDK adds is the difference.
+fn direct_create_run_kill(d: &Daemon, n: usize) -> Result<Series> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n + 2 {
+        let t = Instant::now();
+        let sb = d.create(json!({"templateID": "base"}));
+        let r = sb.run(json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "echo hi"]}}), &[]);
+        d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+        samples.push(t.elapsed());
+        if r.stdout != "hi\n" {
+            bail!("unexpected output {:?}", r.stdout);
+        }
+    }
+    samples.drain(..2);
+    Ok(series("direct HTTP: create+run+kill", samples))
 }
 
 fn warren_exec(d: &Daemon, n: usize) -> Result<Series> {

@@ -1,10 +1,12 @@
 """The unmodified E2B Python SDK (sync API) against Warren."""
 
+import json
 import time
 import urllib.error
+import urllib.request
 
 import pytest
-from e2b import CommandExitException, PtySize, Sandbox, TimeoutException
+from e2b import CommandExitException, PtySize, Sandbox, SandboxException, TimeoutException
 from e2b.sandbox.filesystem.filesystem import WriteEntry
 
 
@@ -152,3 +154,62 @@ def test_signed_file_urls(sb, warren):
     with pytest.raises(urllib.error.HTTPError) as e:
         fetch(tampered)
     assert e.value.code == 401
+
+
+def test_files_gzip_and_metadata(sb):
+    body = "compressible line\n" * 2000
+    sb.files.write("/tmp/g.txt", body, gzip=True)
+    assert sb.files.read("/tmp/g.txt", gzip=True) == body
+    assert sb.commands.run("wc -c < /tmp/g.txt").stdout.strip() == str(len(body))
+    written = sb.files.write("/home/user/meta.txt", "m", metadata={"Owner": "agent-7", "run": "42"})
+    assert written.metadata == {"owner": "agent-7", "run": "42"}
+    assert sb.files.get_info("/home/user/meta.txt").metadata == {"owner": "agent-7", "run": "42"}
+    listed = {e.name: e.metadata for e in sb.files.list("/home/user")}
+    assert listed["meta.txt"] == {"owner": "agent-7", "run": "42"}
+    assert sb.files.rename("/home/user/meta.txt", "/home/user/meta2.txt").metadata == {"owner": "agent-7", "run": "42"}
+    assert sb.files.get_info("/tmp/g.txt").metadata is None
+
+
+def _api(warren, method, path):
+    req = urllib.request.Request(warren["url"] + path, method=method, headers={"X-API-KEY": warren["key"]})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read() or b"null")
+
+
+def test_logs_record_the_lifecycle_and_outlive_the_sandbox(warren):
+    s = Sandbox.create()
+    s.set_timeout(120)
+    s.pause()
+    Sandbox.connect(s.sandbox_id)
+    sid = s.sandbox_id
+    status, _, body = _api(warren, "GET", f"/v2/sandboxes/{sid}/logs")
+    assert status == 200
+    messages = [e["message"] for e in body["logs"]]
+    assert messages[0] == "sandbox created" and "sandbox paused" in messages and "sandbox resumed" in messages
+    assert any(m.endswith("agent ready") for m in messages)
+    s.kill()
+    status, _, body = _api(warren, "GET", f"/v2/sandboxes/{sid}/logs?direction=backward&limit=1")
+    assert status == 200 and body["logs"][0]["message"] == "killed on request"
+    assert body["logs"][0]["fields"]["reason"] == "requested"
+    status, _, v1 = _api(warren, "GET", f"/sandboxes/{sid}/logs")
+    assert status == 200 and len(v1["logs"]) == len(v1["logEntries"]) >= 4
+    status, _, body = _api(warren, "GET", f"/v2/sandboxes/{sid}/logs?level=warn")
+    assert status == 200 and body["logs"] == []
+    assert _api(warren, "GET", f"/v2/sandboxes/{sid}/logs?direction=sideways")[0] == 400
+    assert _api(warren, "GET", "/v2/sandboxes/inovalidid0000000000/logs")[0] == 404
+
+
+def test_calls_not_implemented_yet_fail_clearly_and_are_not_retried(sb, warren):
+    for call in (lambda: sb.fork(count=2), lambda: sb.create_snapshot("snap"), lambda: sb.update_network({"deny_out": ["0.0.0.0/0"]})):
+        started = time.monotonic()
+        with pytest.raises(SandboxException) as e:
+            call()
+        assert "not implemented" in str(e.value)
+        assert time.monotonic() - started < 2, "a 501 must not be retried"
+    status, headers, body = _api(warren, "POST", f"/sandboxes/{sb.sandbox_id}/fork")
+    assert status == 501 and headers.get("should-retry", headers.get("Should-Retry")) == "false"
+    assert _api(warren, "POST", "/sandboxes/inovalidid0000000000/fork")[0] == 404
+    assert sb.is_running()

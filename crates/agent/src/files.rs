@@ -148,12 +148,46 @@ struct WriteInfo {
     #[serde(rename = "type")]
     kind: &'static str,
     path: String,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The `X-Metadata-<key>` headers of an upload: keys lowercased, keys HTTP tokens, values
+/// printable ASCII (what the SDK checks before sending; checked again here for other clients).
+fn upload_metadata(headers: &http::HeaderMap) -> Result<Vec<(String, String)>, String> {
+    const PREFIX: &str = "x-metadata-";
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(PREFIX) else { continue };
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if key.is_empty() || !key.chars().all(tchar) {
+            return Err(format!("invalid metadata key {key:?}: use letters, digits and !#$%&'*+-.^_`|~"));
+        }
+        let value = value
+            .to_str()
+            .ok()
+            .filter(|v| v.chars().all(|c| (' '..='~').contains(&c)))
+            .ok_or_else(|| format!("the value of metadata key {key:?} must be printable ASCII"))?;
+        if key.len() + fs::METADATA_XATTR_PREFIX.len() > 255 || value.len() > 4096 {
+            return Err(format!("metadata key {key:?} or its value is too long (keys 246 bytes, values 4096)"));
+        }
+        // A repeated header: the last value wins, as it would in a map.
+        out.retain(|(k, _)| k != key);
+        out.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(out)
 }
 
 /// Streams one uploaded file to disk as `user` (creating its parents), gunzipping it on the way
 /// when `gz`. Chunks go through a small bounded channel to a blocking writer, so an upload of any
 /// size needs only a few chunks of memory: the agent is charged to the sandbox's memory limit.
-async fn store<S, E>(user: &User, dest: &str, gz: bool, mut chunks: S) -> Result<WriteInfo, Box<Response<Body>>>
+async fn store<S, E>(
+    user: &User,
+    dest: &str,
+    gz: bool,
+    metadata: &[(String, String)],
+    mut chunks: S,
+) -> Result<WriteInfo, Box<Response<Body>>>
 where
     S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -163,6 +197,7 @@ where
     let path = fs::resolve(dest, user).map_err(|e| fail(status_for(e.code), e.message))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
     let p = path.clone();
+    let meta = metadata.to_vec();
     let writer = fs::run_as(user.clone(), move || -> Result<(), warren_protocol::connect::Error> {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(|e| fs::io_error(&e, parent))?;
@@ -194,7 +229,7 @@ where
             }
             out.flush().map_err(|e| fs::io_error(&e, &p))?;
         }
-        Ok(())
+        fs::write_metadata(&p, &meta)
     });
     let feed = async move {
         // After the writer stops (quota, permissions), the rest of the body is read and dropped, up
@@ -226,6 +261,7 @@ where
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         kind: "file",
         path: path.display().to_string(),
+        metadata: metadata.iter().cloned().collect(),
     })
 }
 
@@ -242,6 +278,10 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     let query_path = param(&q, "path").map(str::to_owned);
+    let metadata = match upload_metadata(req.headers()) {
+        Ok(m) => m,
+        Err(msg) => return plain_error(StatusCode::BAD_REQUEST, msg),
+    };
     let mut written = Vec::new();
     if ct.starts_with("multipart/form-data") {
         let Ok(boundary) = multer::parse_boundary(&ct) else {
@@ -260,7 +300,7 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
             let Some(dest) = dest else {
                 return plain_error(StatusCode::BAD_REQUEST, "a multipart part has no file name and no path was given");
             };
-            match store(&user, &dest, gz, field).await {
+            match store(&user, &dest, gz, &metadata, field).await {
                 Ok(w) => written.push(w),
                 Err(r) => return *r,
             }
@@ -269,7 +309,7 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
         let Some(dest) = query_path else {
             return plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
         };
-        match store(&user, &dest, gz, req.into_body().into_data_stream()).await {
+        match store(&user, &dest, gz, &metadata, req.into_body().into_data_stream()).await {
             Ok(w) => written.push(w),
             Err(r) => return *r,
         }

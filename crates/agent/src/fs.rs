@@ -125,9 +125,51 @@ pub fn entry(path: &Path) -> io::Result<EntryInfo> {
         } else {
             None
         },
-        metadata: Default::default(),
+        metadata: read_metadata(path),
         is_symlink: ft == FileType::Symlink,
     })
+}
+
+/// Extended attributes that carry user metadata (E2B's convention): `user.e2b.<key>`.
+pub const METADATA_XATTR_PREFIX: &str = "user.e2b.";
+
+/// A file's user metadata. Empty when it has none or the filesystem keeps no extended attributes.
+pub fn read_metadata(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        match rustix::fs::llistxattr(path, &mut names) {
+            Ok(n) => break n,
+            // Grow once to what the kernel says it needs (bounded: names are short).
+            Err(rustix::io::Errno::RANGE) if names.len() < 64 * 1024 => names.resize(names.len() * 8, 0),
+            Err(_) => return out,
+        }
+    };
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        let Some(key) = name.strip_prefix(METADATA_XATTR_PREFIX) else { continue };
+        let mut value = vec![0u8; 4096];
+        if let Ok(n) = rustix::fs::lgetxattr(path, name, &mut value) {
+            out.insert(key.to_owned(), String::from_utf8_lossy(&value[..n]).into_owned());
+        }
+    }
+    out
+}
+
+/// Sets user metadata on a file (as the calling user, who must own it).
+pub fn write_metadata(path: &Path, metadata: &[(String, String)]) -> Result<(), Error> {
+    for (k, v) in metadata {
+        let name = format!("{METADATA_XATTR_PREFIX}{k}");
+        rustix::fs::lsetxattr(path, name.as_str(), v.as_bytes(), rustix::fs::XattrFlags::empty()).map_err(|e| {
+            let io = std::io::Error::from(e);
+            let mut err = io_error(&io, path);
+            if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP {
+                err.message = format!("the filesystem at {} cannot store file metadata", path.display());
+            }
+            err
+        })?;
+    }
+    Ok(())
 }
 
 pub fn stat(path: &Path) -> Result<EntryInfo, Error> {

@@ -16,6 +16,7 @@ use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use warren_node::engine::SandboxRecord;
+use warren_node::events::{Level, LogEntry, LogQuery};
 use warren_node::templates::TemplateRecord;
 use warren_node::{rfc3339, CreateRequest};
 use warren_types::api::{NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo};
@@ -42,6 +43,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/stats", get(stats))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/metrics", get(metrics_many))
+        .route("/sandboxes/{id}/logs", get(logs_v1))
+        .route("/v2/sandboxes/{id}/logs", get(logs_v2))
+        .route("/sandboxes/{id}/network", axum::routing::put(network_update))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/snapshots", post(snapshot))
+        .route("/snapshots", get(list_snapshots))
         .route("/templates", get(list_templates).post(build_template))
         .route("/templates/{id}", get(template_info_route).delete(remove_template))
         .route("/templates/{id}/build", get(build_progress))
@@ -365,6 +372,136 @@ async fn metrics_many(State(st): S, Query(q): Query<ManyQuery>) -> Result<Respon
         }
     }
     Ok(Json(serde_json::json!({ "sandboxes": out })).into_response())
+}
+
+/// Parses a query string into `T`, with an error that names the bad parameter.
+fn query<T: DeserializeOwned>(uri: &http::Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+fn log_entry_json(e: &LogEntry) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": rfc3339(e.at_ms),
+        "level": e.level.as_str(),
+        "message": e.message,
+        "fields": e.fields,
+    })
+}
+
+fn log_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(1000) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n if n > 10_000 => Err(ApiError::bad_request("limit must be at most 10000")),
+        n => Ok(n),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogsV1Query {
+    /// Milliseconds since the epoch.
+    start: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// E2B's older logs answer: plain lines and structured entries, oldest first.
+async fn logs_v1(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+    let q: LogsV1Query = query(&uri)?;
+    let lq = LogQuery {
+        cursor_ms: q.start,
+        backward: false,
+        limit: log_limit(q.limit)?,
+        min_level: Level::Debug,
+        search: None,
+    };
+    let entries = st.engine.logs(&id, &lq)?;
+    let lines: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut line = format!("{} {}", e.level.as_str(), e.message);
+            for (k, v) in &e.fields {
+                line.push_str(&format!(" {k}={v}"));
+            }
+            serde_json::json!({ "timestamp": rfc3339(e.at_ms), "line": line })
+        })
+        .collect();
+    let structured: Vec<_> = entries.iter().map(log_entry_json).collect();
+    Ok(Json(serde_json::json!({ "logs": lines, "logEntries": structured })).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsV2Query {
+    /// Milliseconds since the epoch: where reading starts (forward) or ends (backward).
+    cursor: Option<u64>,
+    limit: Option<usize>,
+    direction: Option<String>,
+    level: Option<String>,
+    search: Option<String>,
+}
+
+/// `GET /v2/sandboxes/{id}/logs`: structured entries, filtered by lowest level and text.
+async fn logs_v2(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+    let q: LogsV2Query = query(&uri)?;
+    let backward = match q.direction.as_deref() {
+        None | Some("forward") => false,
+        Some("backward") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("direction {other:?}: use forward or backward"))),
+    };
+    let min_level = match q.level.as_deref() {
+        None => Level::Debug,
+        Some(l) => Level::parse(l)
+            .ok_or_else(|| ApiError::bad_request(format!("level {l:?}: use debug, info, warn or error")))?,
+    };
+    let lq = LogQuery {
+        cursor_ms: q.cursor,
+        backward,
+        limit: log_limit(q.limit)?,
+        min_level,
+        search: q.search.filter(|s| !s.is_empty()),
+    };
+    let entries = st.engine.logs(&id, &lq)?;
+    Ok(Json(serde_json::json!({ "logs": entries.iter().map(log_entry_json).collect::<Vec<_>>() })).into_response())
+}
+
+/// A call E2B defines that this Warren does not implement yet: 501 with what to do instead, after
+/// the usual 404 for an unknown sandbox. Never retried.
+fn not_yet(st: &AppState, id: Option<&str>, what: &str) -> Result<Response, ApiError> {
+    if let Some(id) = id {
+        st.engine.get(id)?;
+    }
+    Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, what))
+}
+
+async fn network_update(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    not_yet(
+        &st,
+        Some(&id),
+        "changing a sandbox's network policy is not implemented in this Warren version: sandboxes have \
+         loopback-only networking (no traffic leaves them), so no egress rule can be applied",
+    )
+}
+
+async fn fork(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    not_yet(
+        &st,
+        Some(&id),
+        "forking a sandbox is not implemented in this Warren version; create new sandboxes from the \
+         same template instead",
+    )
+}
+
+async fn snapshot(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    not_yet(
+        &st,
+        Some(&id),
+        "sandbox snapshots are not implemented in this Warren version; pause the sandbox to keep its \
+         state and resume it with connect",
+    )
+}
+
+async fn list_snapshots(State(st): S) -> Result<Response, ApiError> {
+    not_yet(&st, None, "sandbox snapshots are not implemented in this Warren version, so none can be listed")
 }
 
 async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -13,11 +13,25 @@ use warren_types::config::Config;
 use warren_types::state::transition;
 use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, TemplateId};
 
-use crate::store::{Kind, Store};
+use crate::events::{Level, LogEntry, LogQuery};
+use crate::store::{Kind, Op, Store};
 use crate::templates::Templates;
 use crate::{now_ms, random_hex, NodeError};
 
 const RECORD_VERSION: u32 = 1;
+
+/// How much of the agent's own log is read (served live, copied into the store at kill).
+const AGENT_LOG_TAIL: u64 = 64 * 1024;
+
+fn kill_reason_text(r: &KillReason) -> (String, Level) {
+    match r {
+        KillReason::Requested => ("killed on request".into(), Level::Info),
+        KillReason::Timeout => ("killed: its timeout passed".into(), Level::Info),
+        KillReason::Exited { detail } => (format!("killed: its init process ended ({detail})"), Level::Error),
+        KillReason::CreateFailed { detail } => (format!("killed: setting it up failed ({detail})"), Level::Error),
+        KillReason::LostOnRestart => ("killed: its processes were gone after a daemon restart".into(), Level::Warn),
+    }
+}
 
 /// A sandbox as the engine persists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,10 +106,15 @@ impl Engine {
         let clock = Arc::downgrade(&engine);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut last_prune: Option<std::time::Instant> = None;
             loop {
                 tick.tick().await;
                 let Some(e) = clock.upgrade() else { return };
                 e.expire().await;
+                if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
+                    last_prune = Some(std::time::Instant::now());
+                    e.prune_logs().await;
+                }
             }
         });
         Ok(engine)
@@ -130,8 +149,14 @@ impl Engine {
                     info!(sandbox = %rec.id, "gone after restart; cleaning up");
                     let rt = self.runtime.clone();
                     let (id, h) = (rec.id.clone(), rec.handle.clone());
+                    let tail = self.agent_log_entries(&rec.id);
                     let _ = tokio::task::spawn_blocking(move || rt.destroy(&id, h.as_ref())).await;
-                    self.store.delete(Kind::Sandbox, rec.id.as_str())?;
+                    let (msg, level) = kill_reason_text(&KillReason::LostOnRestart);
+                    let entry = LogEntry::warren(now_ms(), level, msg, &[("reason", "lost_on_restart".into())]);
+                    let mut ops = vec![Op::Delete { kind: Kind::Sandbox, key: rec.id.as_str() }];
+                    ops.extend(tail.iter().map(|e| Op::Log { sandbox: rec.id.as_str(), entry: e }));
+                    ops.push(Op::Log { sandbox: rec.id.as_str(), entry: &entry });
+                    self.store.write(ops)?;
                 }
             }
         }
@@ -246,7 +271,22 @@ impl Engine {
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
-        if let Err(e) = self.store.put(Kind::Sandbox, id.as_str(), &rec) {
+        let created = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            "sandbox created",
+            &[
+                ("template", rec.template_id.to_string()),
+                ("cpuCount", cpu_count.to_string()),
+                ("memoryMB", memory_mb.to_string()),
+                ("diskSizeMB", disk_mb.to_string()),
+                ("timeout", timeout.to_string()),
+            ],
+        );
+        let written = self
+            .store
+            .write(vec![Op::put(Kind::Sandbox, id.as_str(), &rec), Op::Log { sandbox: id.as_str(), entry: &created }]);
+        if let Err(e) = written {
             self.agents.forget(&rec.handle.as_ref().expect("set above").agent_socket);
             self.abort_create(&id, rec.handle.clone()).await;
             return Err(e.into());
@@ -326,9 +366,21 @@ impl Engine {
         self.cpu_samples.lock().unwrap().remove(id);
         let rt = self.runtime.clone();
         let (i, h) = (id.clone(), rec.handle.clone());
+        // The agent's log goes with the sandbox's run directory: keep its tail in the store.
+        let tail = self.agent_log_entries(id);
         let destroyed = tokio::task::spawn_blocking(move || rt.destroy(&i, h.as_ref())).await.expect("runtime task");
-        // Killed is terminal and E2B lists only live sandboxes: the record goes once resources are freed.
-        self.store.delete(Kind::Sandbox, id.as_str())?;
+        // Killed is terminal and E2B lists only live sandboxes: the record goes once resources are
+        // freed; its log stays for the retention period.
+        let (msg, level) = kill_reason_text(&reason);
+        let mut fields = vec![("reason", reason.code().to_owned())];
+        if let Err(e) = &destroyed {
+            fields.push(("cleanupError", e.to_string()));
+        }
+        let killed = LogEntry::warren(now_ms(), level, msg, &fields);
+        let mut ops = vec![Op::Delete { kind: Kind::Sandbox, key: id.as_str() }];
+        ops.extend(tail.iter().map(|e| Op::Log { sandbox: id.as_str(), entry: e }));
+        ops.push(Op::Log { sandbox: id.as_str(), entry: &killed });
+        self.store.write(ops)?;
         info!(?reason, "sandbox killed");
         destroyed.map_err(NodeError::from)
     }
@@ -341,22 +393,41 @@ impl Engine {
     /// Sets the end time to `secs` from now (may shorten it).
     pub fn set_timeout(&self, id: &str, secs: u64) -> Result<SandboxRecord, NodeError> {
         let secs = check_range("timeout", secs, 0, self.cfg.sandbox.max_timeout_secs)?;
-        self.update(id, |r| r.end_at_ms = now_ms() + secs * 1000)
+        let end = now_ms() + secs * 1000;
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            format!("timeout set: ends in {secs} s"),
+            &[("endAt", crate::rfc3339(end))],
+        );
+        self.update(id, Some(entry), |r| r.end_at_ms = end)
     }
 
     /// Extends the end time to at least `secs` from now.
     pub fn refresh(&self, id: &str, secs: u64) -> Result<SandboxRecord, NodeError> {
         let secs = check_range("duration", secs, 0, self.cfg.sandbox.max_timeout_secs)?;
-        self.update(id, |r| r.end_at_ms = r.end_at_ms.max(now_ms() + secs * 1000))
+        // Not logged: clients refresh as a keep-alive, and the log would fill with them.
+        self.update(id, None, |r| r.end_at_ms = r.end_at_ms.max(now_ms() + secs * 1000))
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut SandboxRecord)) -> Result<SandboxRecord, NodeError> {
+    /// Changes a live record, persisting it (with `log`, in the same transaction) before the
+    /// in-memory copy changes.
+    fn update(
+        &self,
+        id: &str,
+        log: Option<LogEntry>,
+        f: impl FnOnce(&mut SandboxRecord),
+    ) -> Result<SandboxRecord, NodeError> {
         let sid = SandboxId::parse(id).map_err(|_| NodeError::SandboxNotFound { id: id.to_owned() })?;
         let mut map = self.sandboxes.lock().unwrap();
         let rec = map.get_mut(&sid).ok_or_else(|| NodeError::SandboxNotFound { id: id.to_owned() })?;
         let mut next = rec.clone();
         f(&mut next);
-        self.store.put(Kind::Sandbox, id, &next)?;
+        let mut ops = vec![Op::put(Kind::Sandbox, id, &next)];
+        if let Some(e) = &log {
+            ops.push(Op::Log { sandbox: id, entry: e });
+        }
+        self.store.write(ops)?;
         *rec = next.clone();
         Ok(next)
     }
@@ -373,7 +444,8 @@ impl Engine {
         let rt = self.runtime.clone();
         let sid = rec.id.clone();
         tokio::task::spawn_blocking(move || rt.freeze(&sid)).await.expect("runtime task")?;
-        let r = self.update(id, |r| r.state = next);
+        let r =
+            self.update(id, Some(LogEntry::warren(now_ms(), Level::Info, "sandbox paused", &[])), |r| r.state = next);
         if r.is_err() {
             // Gone meanwhile (killed) or not persisted: do not leave it frozen behind our back.
             let rt = self.runtime.clone();
@@ -402,7 +474,8 @@ impl Engine {
         let sid = rec.id.clone();
         tokio::task::spawn_blocking(move || rt.thaw(&sid)).await.expect("runtime task")?;
         let secs = timeout_secs.unwrap_or(self.cfg.sandbox.default_timeout_secs).min(max);
-        let rec = self.update(id, |r| {
+        let entry = LogEntry::warren(now_ms(), Level::Info, "sandbox resumed", &[("timeout", secs.to_string())]);
+        let rec = self.update(id, Some(entry), |r| {
             r.state = next;
             r.end_at_ms = now_ms() + secs * 1000;
         })?;
@@ -471,6 +544,50 @@ impl Engine {
             "disk_used": s.disk_used_bytes,
             "disk_total": s.disk_limit_bytes,
         }))
+    }
+
+    /// The agent's own log lines (a live sandbox's), parsed.
+    fn agent_log_entries(&self, id: &SandboxId) -> Vec<LogEntry> {
+        let (tail, cut) = self.runtime.log_tail(id, AGENT_LOG_TAIL);
+        crate::events::parse_agent_log(&tail, cut, now_ms())
+    }
+
+    /// The sandbox's log: lifecycle events and, while it lives, its agent's lines. Readable for
+    /// `sandbox.log_retention_secs` after the sandbox ends.
+    pub fn logs(&self, id: &str, q: &LogQuery) -> Result<Vec<LogEntry>, NodeError> {
+        let not_found = || NodeError::SandboxNotFound { id: id.to_owned() };
+        let sid = SandboxId::parse(id).map_err(|_| not_found())?;
+        let live = self.sandboxes.lock().unwrap().get(&sid).is_some_and(|r| r.state != SandboxState::Creating);
+        if !live && !self.store.has_log(sid.as_str())? {
+            return Err(not_found());
+        }
+        let cursor = q.cursor_ms.unwrap_or(if q.backward { u64::MAX / 1000 } else { 0 });
+        let mut out = self.store.read_log(sid.as_str(), cursor, q.backward, q.limit, |e| q.keeps(e))?;
+        if live {
+            let in_window = |e: &LogEntry| if q.backward { e.at_ms <= cursor } else { e.at_ms >= cursor };
+            out.extend(self.agent_log_entries(&sid).into_iter().filter(|e| in_window(e) && q.keeps(e)));
+            if q.backward {
+                out.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+            } else {
+                out.sort_by_key(|e| e.at_ms);
+            }
+            out.truncate(q.limit);
+        }
+        Ok(out)
+    }
+
+    async fn prune_logs(&self) {
+        let before = now_ms().saturating_sub(self.cfg.sandbox.log_retention_secs.saturating_mul(1000));
+        let live: std::collections::HashSet<String> =
+            self.sandboxes.lock().unwrap().keys().map(|k| k.to_string()).collect();
+        let store = self.store.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || store.prune_logs(before, &|id| live.contains(id))).await.expect("task");
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => info!(count = n, "removed the logs of sandboxes that ended before the retention period"),
+            Err(e) => warn!(error = %e, "pruning sandbox logs"),
+        }
     }
 
     pub fn stats(&self, id: &str) -> Result<warren_runtime::Stats, NodeError> {

@@ -5,6 +5,7 @@
 pub mod agent_client;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod store;
 pub mod templates;
 

@@ -120,6 +120,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn watch(&self, id: &SandboxId, handle: &Handle) -> Result<ExitWatch, RuntimeError>;
     /// Removes leftovers (cgroups, layers, sockets) of sandboxes not in `live`.
     fn sweep(&self, live: &[SandboxId]) -> Vec<SandboxId>;
+    /// The last `max_bytes` of the sandbox agent's own log, and whether older bytes were cut off.
+    /// Written from inside the sandbox: callers treat it as untrusted text.
+    fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool);
 }
 
 pub use native::exit_watch::ExitWatch;

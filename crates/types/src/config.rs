@@ -59,6 +59,8 @@ pub struct SandboxLimits {
     pub pids_max: u32,
     /// Upper bound on live sandboxes on this node.
     pub max_sandboxes: usize,
+    /// How long a sandbox's log stays readable after it ends.
+    pub log_retention_secs: u64,
 }
 
 impl Default for SandboxLimits {
@@ -74,6 +76,7 @@ impl Default for SandboxLimits {
             max_timeout_secs: 24 * 3600,
             pids_max: 1024,
             max_sandboxes: 4096,
+            log_retention_secs: 24 * 3600,
         }
     }
 }

@@ -51,6 +51,19 @@ pub enum KillReason {
     LostOnRestart,
 }
 
+impl KillReason {
+    /// A stable name for logs and APIs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            KillReason::Requested => "requested",
+            KillReason::Timeout => "timeout",
+            KillReason::Exited { .. } => "exited",
+            KillReason::CreateFailed { .. } => "create_failed",
+            KillReason::LostOnRestart => "lost_on_restart",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SandboxEvent {
     Booted,

@@ -306,4 +306,17 @@ impl Runtime for NativeRuntime {
         debug!(count = swept.len(), elapsed_ms = started.elapsed().as_millis() as u64, "swept leftovers");
         swept
     }
+
+    fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool) {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut f) = fs::File::open(self.run_dir(id.as_str()).join("agent.log")) else { return (Vec::new(), false) };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = len.saturating_sub(max_bytes);
+        if f.seek(SeekFrom::Start(start)).is_err() {
+            return (Vec::new(), false);
+        }
+        let mut buf = Vec::new();
+        let _ = f.take(max_bytes).read_to_end(&mut buf);
+        (buf, start > 0)
+    }
 }
