@@ -188,7 +188,7 @@ def test_logs_record_the_lifecycle_and_outlive_the_sandbox(warren):
     status, _, body = _api(warren, "GET", f"/v2/sandboxes/{sid}/logs")
     assert status == 200
     messages = [e["message"] for e in body["logs"]]
-    assert messages[0] == "sandbox created" and "sandbox paused" in messages and "sandbox resumed" in messages
+    assert "sandbox created" in messages and "sandbox paused" in messages and "sandbox resumed" in messages
     assert any(m.endswith("agent ready") for m in messages)
     s.kill()
     status, _, body = _api(warren, "GET", f"/v2/sandboxes/{sid}/logs?direction=backward&limit=1")

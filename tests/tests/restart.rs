@@ -36,6 +36,14 @@ fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
     let paused = d.create(json!({"templateID": "base"}));
     assert_eq!(paused.sh("echo frozen > /tmp/p && echo ok").stdout, "ok\n");
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", paused.id), Some(json!({}))).0, 204);
+    // A pool's ready sandbox is kept across the restart, not booted again.
+    d.api("DELETE", "/pools/kept", None);
+    let spec = json!({"name": "kept", "templateID": "base", "memoryMB": 200, "minReady": 1});
+    assert_eq!(d.api("POST", "/pools", Some(spec)).0, 201);
+    wait_for("the pool to fill", Duration::from_secs(60), || {
+        (d.api("GET", "/pools/kept", None).1["ready"] == 1).then_some(())
+    });
+    let before: std::collections::BTreeSet<String> = cgroup_children(parent).into_iter().collect();
 
     d.kill9();
     // While the daemon is down, one sandbox dies (its init is killed from the host).
@@ -53,6 +61,14 @@ fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
 
     let (status, _) = d.api("GET", &format!("/sandboxes/{}", keep.id), None);
     assert_eq!(status, 200, "the live sandbox is re-attached");
+    let pool = d.api("GET", "/pools/kept", None).1;
+    assert_eq!((pool["ready"].as_u64(), pool["creating"].as_u64()), (Some(1), Some(0)), "{pool}");
+    let after: std::collections::BTreeSet<String> = cgroup_children(parent).into_iter().collect();
+    assert!(after.is_subset(&before), "no new sandbox was booted: {after:?} vs {before:?}");
+    let claimed = d.create(json!({"templateID": "base", "memoryMB": 200}));
+    assert!(before.contains(&claimed.id), "the claim got the sandbox booted before the restart");
+    assert_eq!(d.api("DELETE", "/pools/kept", None).0, 204);
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", claimed.id), None).0, 204);
     assert_eq!(keep.sh("cat /tmp/state").stdout, "state\n", "its state survived");
     assert_eq!(d.api("GET", &format!("/sandboxes/{}", doomed.id), None).0, 404, "the dead one is gone");
     // A paused sandbox stays paused across the restart and resumes with its state.

@@ -26,13 +26,23 @@ impl ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
-            NodeError::SandboxNotFound { .. } | NodeError::TemplateNotFound { .. } => StatusCode::NOT_FOUND,
-            NodeError::OutOfRange { .. } | NodeError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            NodeError::SandboxNotFound { .. } | NodeError::TemplateNotFound { .. } | NodeError::PoolNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            NodeError::OutOfRange { .. }
+            | NodeError::InvalidId(_)
+            | NodeError::InvalidPool { .. }
+            | NodeError::Rejected { .. } => StatusCode::BAD_REQUEST,
             NodeError::TemplateNotReady { .. }
             | NodeError::TemplateInUse { .. }
             | NodeError::Conflict { .. }
+            | NodeError::PoolConflict { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
-            NodeError::Capacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // Empty for now: a retry a moment later is likely to find a refilled pool.
+            NodeError::PoolEmpty { .. } => {
+                return ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), retry: true }
+            }
             NodeError::Runtime(_) | NodeError::Store(_) | NodeError::Agent { .. } | NodeError::Build { .. } => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -46,8 +56,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { code: self.status.as_u16(), message: self.message };
         let mut r = (self.status, axum::Json(body)).into_response();
-        if !self.retry {
-            r.headers_mut().insert("should-retry", http::HeaderValue::from_static("false"));
+        let h = r.headers_mut();
+        if self.retry {
+            h.insert("should-retry", http::HeaderValue::from_static("true"));
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        } else {
+            h.insert("should-retry", http::HeaderValue::from_static("false"));
         }
         r
     }

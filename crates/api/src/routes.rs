@@ -20,6 +20,7 @@ use warren_node::events::{Level, LogEntry, LogQuery};
 use warren_node::templates::TemplateRecord;
 use warren_node::{rfc3339, CreateRequest};
 use warren_types::api::{NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo};
+use warren_types::pool::{PoolInfo, PoolResize, PoolSpec};
 use warren_types::{TemplateId, ENVD_VERSION};
 
 use crate::error::ApiError;
@@ -49,6 +50,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/fork", post(fork))
         .route("/sandboxes/{id}/snapshots", post(snapshot))
         .route("/snapshots", get(list_snapshots))
+        .route("/pools", get(list_pools).post(create_pool))
+        .route("/pools/{name}", get(pool_info).patch(resize_pool).delete(remove_pool))
         .route("/templates", get(list_templates).post(build_template))
         .route("/templates/{id}", get(template_info_route).delete(remove_template))
         .route("/templates/{id}/build", get(build_progress))
@@ -200,6 +203,7 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
             cpu_count: req.cpu_count,
             memory_mb: req.memory_mb,
             disk_mb: req.disk_size_mb,
+            user: req.user,
         })
         .await?;
     Ok(sandbox_answer(st, &rec))
@@ -506,6 +510,30 @@ async fn list_snapshots(State(st): S) -> Result<Response, ApiError> {
 
 async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(st.engine.stats(&id)?).into_response())
+}
+
+async fn list_pools(State(st): S) -> Json<Vec<PoolInfo>> {
+    Json(st.engine.list_pools())
+}
+
+async fn create_pool(State(st): S, body: Body) -> Result<Response, ApiError> {
+    let spec: PoolSpec = json_body(body, false).await?;
+    let info = st.engine.create_pool(spec)?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn pool_info(State(st): S, Path(name): Path<String>) -> Result<Json<PoolInfo>, ApiError> {
+    Ok(Json(st.engine.pool_info(&name)?))
+}
+
+async fn resize_pool(State(st): S, Path(name): Path<String>, body: Body) -> Result<Json<PoolInfo>, ApiError> {
+    let r: PoolResize = json_body(body, false).await?;
+    Ok(Json(st.engine.resize_pool(&name, r)?))
+}
+
+async fn remove_pool(State(st): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    st.engine.remove_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn template_info(rec: &TemplateRecord) -> TemplateInfo {

@@ -8,10 +8,11 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use warren_types::api::{BuildProgress, Sandbox, SandboxDetail, TemplateInfo};
+use warren_types::pool::PoolInfo;
 
 use crate::client::Client;
 use crate::exec::{exec, ExecOptions};
-use crate::{FilesCmd, RunArgs, SandboxCmd, ShapeArgs, TemplateCmd};
+use crate::{FilesCmd, PoolCmd, PoolSizeArgs, RunArgs, SandboxCmd, ShapeArgs, TemplateCmd};
 
 pub struct Output {
     pub json: bool,
@@ -301,6 +302,94 @@ pub async fn template(client: &Client, out: &Output, cmd: TemplateCmd) -> Result
         TemplateCmd::Rm { name } => {
             client.call(Method::DELETE, &format!("/templates/{name}"), None).await?;
             out.print(&json!({"removed": name}), || println!("removed template {name}"));
+        }
+    }
+    Ok(0)
+}
+
+fn size_fields(size: &PoolSizeArgs, body: &mut serde_json::Map<String, serde_json::Value>) {
+    let mut put = |k: &str, v: serde_json::Value| {
+        if !v.is_null() {
+            body.insert(k.into(), v);
+        }
+    };
+    put("minReady", json!(size.min_ready));
+    put("maxSize", json!(size.max_size));
+    put("refillConcurrency", json!(size.refill_concurrency));
+    put("targetFreeFraction", json!(size.target_free));
+    put("emptyWaitMs", json!(size.empty_wait_ms));
+    put("onEmpty", json!(size.on_empty));
+}
+
+fn print_pools(out: &Output, pools: &[PoolInfo]) {
+    out.print(&pools, || {
+        table(
+            &["POOL", "TEMPLATE", "SHAPE", "READY", "BOOTING", "IN USE", "TARGET", "MIN/MAX", "CLAIMS", "ERROR"],
+            pools
+                .iter()
+                .map(|p| {
+                    let s = &p.spec;
+                    vec![
+                        s.name.clone(),
+                        s.template_id.clone(),
+                        format!(
+                            "{} cpu, {} MiB, {} MiB disk",
+                            s.cpu_count.unwrap_or(0),
+                            s.memory_mb.unwrap_or(0),
+                            s.disk_mb.unwrap_or(0)
+                        ),
+                        p.ready.to_string(),
+                        p.creating.to_string(),
+                        p.in_use.to_string(),
+                        p.target.to_string(),
+                        format!("{}/{}", s.min_ready, s.max_size.unwrap_or(s.min_ready)),
+                        format!("{} ({} empty)", p.claims, p.empty_claims),
+                        p.last_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        )
+    });
+}
+
+pub async fn pool(client: &Client, out: &Output, cmd: PoolCmd) -> Result<i32> {
+    match cmd {
+        PoolCmd::Create { name, template, cpu, memory, disk, size, burst_cpu, burst_secs } => {
+            let mut body = serde_json::Map::new();
+            body.insert("name".into(), json!(name));
+            body.insert("templateID".into(), json!(template));
+            for (k, v) in [("cpuCount", json!(cpu)), ("memoryMB", json!(memory)), ("diskSizeMB", json!(disk))] {
+                if !v.is_null() {
+                    body.insert(k.into(), v);
+                }
+            }
+            size_fields(&size, &mut body);
+            if let (Some(c), Some(s)) = (burst_cpu, burst_secs) {
+                body.insert("burst".into(), json!({"cpuCount": c, "secs": s}));
+            }
+            let p: PoolInfo = client.json(Method::POST, "/pools", Some(body.into())).await?;
+            print_pools(out, &[p]);
+        }
+        PoolCmd::List => {
+            let pools: Vec<PoolInfo> = client.json(Method::GET, "/pools", None).await?;
+            print_pools(out, &pools);
+        }
+        PoolCmd::Info { name } => {
+            let p: PoolInfo = client.json(Method::GET, &format!("/pools/{name}"), None).await?;
+            print_pools(out, &[p]);
+        }
+        PoolCmd::Resize { name, size } => {
+            let mut body = serde_json::Map::new();
+            size_fields(&size, &mut body);
+            if body.is_empty() {
+                return Err(anyhow!("nothing to change: give --min-ready, --max-size, --target-free, ..."));
+            }
+            let p: PoolInfo = client.json(Method::PATCH, &format!("/pools/{name}"), Some(body.into())).await?;
+            print_pools(out, &[p]);
+        }
+        PoolCmd::Rm { name } => {
+            client.call(Method::DELETE, &format!("/pools/{name}"), None).await?;
+            out.print(&json!({"removed": name}), || println!("removed pool {name}"));
         }
     }
     Ok(0)

@@ -44,6 +44,9 @@ enum Command {
     /// Manage templates (root filesystems sandboxes start from).
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Manage warm pools (ready sandboxes that creates of their shape claim in milliseconds).
+    #[command(subcommand)]
+    Pool(PoolCmd),
 }
 
 #[derive(Args)]
@@ -167,6 +170,66 @@ pub enum FilesCmd {
     Rm { id: String, path: String },
 }
 
+/// The sizing knobs of a pool (create and resize).
+#[derive(Args)]
+pub struct PoolSizeArgs {
+    /// Ready sandboxes kept at least.
+    #[arg(long)]
+    pub min_ready: Option<u32>,
+    /// Ready sandboxes kept at most (default: --min-ready).
+    #[arg(long)]
+    pub max_size: Option<u32>,
+    /// Sandboxes booted at once while refilling (default 2).
+    #[arg(long)]
+    pub refill_concurrency: Option<u32>,
+    /// Keep this fraction of the pool (ready + in use) ready, e.g. 0.5; negative clears it.
+    #[arg(long, allow_hyphen_values = true)]
+    pub target_free: Option<f64>,
+    /// How long a claim waits for a ready sandbox when the pool is empty (ms).
+    #[arg(long)]
+    pub empty_wait_ms: Option<u64>,
+    /// What a claim does when the pool stays empty: `cold` (create one) or `fail` (503).
+    #[arg(long, value_parser = ["cold", "fail"])]
+    pub on_empty: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool for one shape (template, CPU, memory, disk).
+    Create {
+        name: String,
+        #[arg(long, short, default_value = "base")]
+        template: String,
+        #[arg(long)]
+        cpu: Option<u32>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Disk quota in MiB.
+        #[arg(long)]
+        disk: Option<u64>,
+        #[command(flatten)]
+        size: PoolSizeArgs,
+        /// CPU count for a claimed sandbox's first --burst-secs seconds.
+        #[arg(long, requires = "burst_secs")]
+        burst_cpu: Option<u32>,
+        #[arg(long, requires = "burst_cpu")]
+        burst_secs: Option<u64>,
+    },
+    /// List pools.
+    List,
+    /// Show one pool.
+    Info { name: String },
+    /// Change a pool's size settings.
+    Resize {
+        name: String,
+        #[command(flatten)]
+        size: PoolSizeArgs,
+    },
+    /// Remove a pool (its ready sandboxes are killed; claimed ones keep running).
+    Rm { name: String },
+}
+
 #[derive(Subcommand)]
 pub enum TemplateCmd {
     /// List templates.
@@ -219,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Run(args) => commands::run(&client, &out, args).await,
             Command::Sandbox(cmd) => commands::sandbox(&client, &out, cmd).await,
             Command::Template(cmd) => commands::template(&client, &out, cmd).await,
+            Command::Pool(cmd) => commands::pool(&client, &out, cmd).await,
         }
     })
 }

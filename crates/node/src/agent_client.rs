@@ -84,19 +84,28 @@ impl AgentClient {
         self.idle.lock().unwrap().remove(socket);
     }
 
-    /// A JSON POST to the agent, expecting a 2xx.
-    pub async fn post_json(&self, socket: &Path, path: &str, body: &serde_json::Value) -> Result<(), String> {
+    /// A JSON POST to the agent, expecting a 2xx. `Err(Ok(msg))` is the agent refusing the request
+    /// (a 4xx: the caller's input); `Err(Err(msg))` is the agent failing or not answering.
+    pub async fn post_json(
+        &self,
+        socket: &Path,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), Result<String, String>> {
         let bytes = Bytes::from(serde_json::to_vec(body).expect("serializes"));
         let req = Request::post(format!("http://agent{path}"))
             .header(http::header::HOST, "agent")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(bytes).map_err(|e| match e {}).boxed())
             .expect("valid request");
-        let resp = self.send(socket, req).await?;
+        let resp = self.send(socket, req).await.map_err(Err)?;
         let status = resp.status();
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if status.is_client_error() {
+            return Err(Ok(String::from_utf8_lossy(&body).trim().to_owned()));
+        }
         if !status.is_success() {
-            return Err(format!("{path} answered {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(Err(format!("{path} answered {status}: {}", String::from_utf8_lossy(&body))));
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ fn kill_reason_text(r: &KillReason) -> (String, Level) {
         KillReason::Exited { detail } => (format!("killed: its init process ended ({detail})"), Level::Error),
         KillReason::CreateFailed { detail } => (format!("killed: setting it up failed ({detail})"), Level::Error),
         KillReason::LostOnRestart => ("killed: its processes were gone after a daemon restart".into(), Level::Warn),
+        KillReason::PoolRelease { detail } => (format!("released from its pool: {detail}"), Level::Info),
     }
 }
 
@@ -50,6 +51,21 @@ pub struct SandboxRecord {
     pub end_at_ms: u64,
     pub access_token: String,
     pub handle: Option<Handle>,
+    /// The pool it was booted for (or whose shape it was created cold for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Until when (Unix ms) its CPU quota is raised by its pool's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_until_ms: Option<u64>,
+}
+
+/// What a sandbox is made of; pools are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub template_id: TemplateId,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
 }
 
 /// What a caller may ask for at create time (already parsed from the API's JSON).
@@ -62,18 +78,21 @@ pub struct CreateRequest {
     pub cpu_count: Option<u32>,
     pub memory_mb: Option<u64>,
     pub disk_mb: Option<u64>,
+    /// The user commands run as when a call names none (the template's default otherwise).
+    pub user: Option<String>,
 }
 
 pub struct Engine {
-    cfg: Config,
-    runtime: Arc<dyn Runtime>,
-    store: Arc<Store>,
+    pub(crate) cfg: Config,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) store: Arc<Store>,
     pub templates: Arc<Templates>,
     /// Connections to agents (shared with the API's proxy).
     pub agents: crate::agent_client::AgentClient,
     /// Last CPU sample per sandbox (instant, cumulative CPU ns), for usage percentages.
     cpu_samples: Mutex<HashMap<SandboxId, (std::time::Instant, u64)>>,
-    sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
+    pub(crate) sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
+    pub(crate) pools: Mutex<HashMap<String, crate::pools::PoolState>>,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -101,8 +120,11 @@ impl Engine {
             agents: Default::default(),
             cpu_samples: Mutex::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
         });
+        engine.load_pools()?;
         engine.recover().await?;
+        engine.start_pools();
         let clock = Arc::downgrade(&engine);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -128,6 +150,8 @@ impl Engine {
     async fn recover(self: &Arc<Self>) -> Result<(), NodeError> {
         let records: Vec<SandboxRecord> = self.store.all(Kind::Sandbox)?;
         let mut live = Vec::new();
+        // Ready sandboxes of pools that are gone or changed shape.
+        let mut stale = Vec::new();
         for rec in records {
             let alive = matches!(rec.state, SandboxState::Ready | SandboxState::Running | SandboxState::Paused)
                 && rec.version == RECORD_VERSION;
@@ -144,6 +168,10 @@ impl Engine {
                     live.push(rec.id.clone());
                     self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
                     self.watch_exit(rec.id.clone(), w);
+                    if rec.state == SandboxState::Ready && !self.adopt_ready(&rec) {
+                        stale.push(rec.id.clone());
+                    }
+                    self.schedule_burst_end(&rec);
                 }
                 None => {
                     info!(sandbox = %rec.id, "gone after restart; cleaning up");
@@ -160,6 +188,12 @@ impl Engine {
                 }
             }
         }
+        for id in stale {
+            let detail = "its pool was removed or changed while the daemon was down".to_owned();
+            if let Err(e) = self.kill(&id, KillReason::PoolRelease { detail }).await {
+                warn!(sandbox = %id, error = %e, "releasing a stale pool sandbox");
+            }
+        }
         let rt = self.runtime.clone();
         let swept = tokio::task::spawn_blocking(move || rt.sweep(&live)).await.unwrap_or_default();
         if !swept.is_empty() {
@@ -168,7 +202,7 @@ impl Engine {
         Ok(())
     }
 
-    fn watch_exit(self: &Arc<Self>, id: SandboxId, w: warren_runtime::ExitWatch) {
+    pub(crate) fn watch_exit(self: &Arc<Self>, id: SandboxId, w: warren_runtime::ExitWatch) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let exit = w.wait().await;
@@ -183,14 +217,28 @@ impl Engine {
         });
     }
 
+    /// Checks a shape against the configured bounds, filling in defaults.
+    pub fn shape(
+        &self,
+        template: &str,
+        cpu_count: Option<u32>,
+        memory_mb: Option<u64>,
+        disk_mb: Option<u64>,
+    ) -> Result<Shape, NodeError> {
+        let lim = &self.cfg.sandbox;
+        Ok(Shape {
+            template_id: TemplateId::parse(template)?,
+            cpu_count: check_range("cpuCount", cpu_count.unwrap_or(lim.default_cpu_count), 1, lim.max_cpu_count)?,
+            memory_mb: check_range("memoryMB", memory_mb.unwrap_or(lim.default_memory_mb), 64, lim.max_memory_mb)?,
+            disk_mb: check_range("diskSizeMB", disk_mb.unwrap_or(lim.default_disk_mb), 16, lim.max_disk_mb)?,
+        })
+    }
+
+    /// Creates a sandbox: claimed from the pool of its shape when there is one, cold otherwise.
     #[instrument(skip_all, fields(template = %req.template_id))]
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxRecord, NodeError> {
         let lim = &self.cfg.sandbox;
-        let template_id = TemplateId::parse(&req.template_id)?;
-        let rootfs = self.templates.ready_rootfs(&template_id)?;
-        let cpu_count = check_range("cpuCount", req.cpu_count.unwrap_or(lim.default_cpu_count), 1, lim.max_cpu_count)?;
-        let memory_mb = check_range("memoryMB", req.memory_mb.unwrap_or(lim.default_memory_mb), 64, lim.max_memory_mb)?;
-        let disk_mb = check_range("diskSizeMB", req.disk_mb.unwrap_or(lim.default_disk_mb), 16, lim.max_disk_mb)?;
+        let shape = self.shape(&req.template_id, req.cpu_count, req.memory_mb, req.disk_mb)?;
         let timeout =
             check_range("timeout", req.timeout_secs.unwrap_or(lim.default_timeout_secs), 1, lim.max_timeout_secs)?;
         for (k, v) in &req.env_vars {
@@ -202,6 +250,80 @@ impl Engine {
                 });
             }
         }
+        if let Some(u) = &req.user {
+            if u.is_empty() || u.len() > 64 || u.contains(['\0', ':', '/']) {
+                return Err(NodeError::OutOfRange { field: "user", value: u.clone(), allowed: "a user name".into() });
+            }
+        }
+        let pool = self.pool_for(&shape);
+        if let Some(name) = &pool {
+            if let Some(rec) = self.claim_from_pool(name, &req, timeout).await? {
+                return Ok(rec);
+            }
+        }
+        self.templates.ready_rootfs(&shape.template_id)?;
+        let (mut rec, watch) = self.boot(&shape, pool).await?;
+        let socket = rec.handle.as_ref().expect("booted").agent_socket.clone();
+        if let Err(e) = self.init_agent(&socket, &req).await {
+            self.agents.forget(&socket);
+            self.abort_create(&rec.id, rec.handle.clone()).await;
+            return Err(e);
+        }
+        let now = now_ms();
+        rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
+        rec.metadata = req.metadata;
+        rec.env_vars = req.env_vars;
+        rec.started_at_ms = now;
+        rec.end_at_ms = now + timeout * 1000;
+        let created = LogEntry::warren(
+            now,
+            Level::Info,
+            "sandbox created",
+            &[
+                ("template", rec.template_id.to_string()),
+                ("cpuCount", rec.cpu_count.to_string()),
+                ("memoryMB", rec.memory_mb.to_string()),
+                ("diskSizeMB", rec.disk_mb.to_string()),
+                ("timeout", timeout.to_string()),
+            ],
+        );
+        let written = self.store.write(vec![
+            Op::put(Kind::Sandbox, rec.id.as_str(), &rec),
+            Op::Log { sandbox: rec.id.as_str(), entry: &created },
+        ]);
+        if let Err(e) = written {
+            self.agents.forget(&socket);
+            self.abort_create(&rec.id, rec.handle.clone()).await;
+            return Err(e.into());
+        }
+        self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
+        self.watch_exit(rec.id.clone(), watch);
+        info!(sandbox = %rec.id, "sandbox running");
+        Ok(rec)
+    }
+
+    /// Hands the caller's settings to a booted sandbox's agent.
+    pub(crate) async fn init_agent(&self, socket: &std::path::Path, req: &CreateRequest) -> Result<(), NodeError> {
+        let mut init = serde_json::json!({ "envVars": req.env_vars });
+        if let Some(u) = &req.user {
+            init["defaultUser"] = serde_json::json!(u);
+        }
+        match self.agents.post_json(socket, "/init", &init).await {
+            Ok(()) => Ok(()),
+            Err(Ok(detail)) => Err(NodeError::Rejected { detail }),
+            Err(Err(detail)) => Err(NodeError::Agent { detail }),
+        }
+    }
+
+    /// Boots a sandbox of `shape` up to a running agent (state `Ready`, not yet persisted). On
+    /// failure nothing is left behind.
+    pub(crate) async fn boot(
+        self: &Arc<Self>,
+        shape: &Shape,
+        pool: Option<String>,
+    ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
+        let lim = &self.cfg.sandbox;
+        let rootfs = self.templates.ready_rootfs(&shape.template_id)?;
         let mut rnd = [0u8; 16];
         getrandom::getrandom(&mut rnd).expect("random source");
         let id = SandboxId::from_random(rnd);
@@ -209,17 +331,19 @@ impl Engine {
         let mut rec = SandboxRecord {
             version: RECORD_VERSION,
             id: id.clone(),
-            template_id,
+            template_id: shape.template_id.clone(),
             state: SandboxState::Creating,
-            cpu_count,
-            memory_mb,
-            disk_mb,
-            metadata: req.metadata,
-            env_vars: req.env_vars,
+            cpu_count: shape.cpu_count,
+            memory_mb: shape.memory_mb,
+            disk_mb: shape.disk_mb,
+            metadata: BTreeMap::new(),
+            env_vars: BTreeMap::new(),
             started_at_ms: now,
-            end_at_ms: now + timeout * 1000,
+            end_at_ms: now,
             access_token: random_hex(16),
             handle: None,
+            pool,
+            burst_until_ms: None,
         };
         {
             let mut map = self.sandboxes.lock().unwrap();
@@ -228,16 +352,14 @@ impl Engine {
             }
             map.insert(id.clone(), rec.clone());
         }
-        // The record is first written once the sandbox runs (below): a crash before that leaves
-        // only leftovers that the next start's sweep removes, and nobody was told of the sandbox.
-        let t_start = std::time::Instant::now();
-
+        // The record is first written once the sandbox runs: a crash before that leaves only
+        // leftovers that the next start's sweep removes, and nobody was told of the sandbox.
         let spec = SandboxSpec {
             id: id.clone(),
             template_rootfs: rootfs,
-            cpu_count,
-            memory_mb,
-            disk_mb,
+            cpu_count: shape.cpu_count,
+            memory_mb: shape.memory_mb,
+            disk_mb: shape.disk_mb,
             pids_max: lim.pids_max,
         };
         let rt = self.runtime.clone();
@@ -259,46 +381,13 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let t_init = std::time::Instant::now();
-        let init = serde_json::json!({ "envVars": rec.env_vars });
         self.agents.register(&handle.agent_socket);
-        if let Err(detail) = self.agents.post_json(&handle.agent_socket, "/init", &init).await {
-            self.agents.forget(&handle.agent_socket);
-            self.abort_create(&id, Some(handle)).await;
-            return Err(NodeError::Agent { detail });
-        }
-        let init_us = t_init.elapsed().as_micros() as u64;
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
-        rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
-        let created = LogEntry::warren(
-            now_ms(),
-            Level::Info,
-            "sandbox created",
-            &[
-                ("template", rec.template_id.to_string()),
-                ("cpuCount", cpu_count.to_string()),
-                ("memoryMB", memory_mb.to_string()),
-                ("diskSizeMB", disk_mb.to_string()),
-                ("timeout", timeout.to_string()),
-            ],
-        );
-        let written = self
-            .store
-            .write(vec![Op::put(Kind::Sandbox, id.as_str(), &rec), Op::Log { sandbox: id.as_str(), entry: &created }]);
-        if let Err(e) = written {
-            self.agents.forget(&rec.handle.as_ref().expect("set above").agent_socket);
-            self.abort_create(&id, rec.handle.clone()).await;
-            return Err(e.into());
-        }
-        self.sandboxes.lock().unwrap().insert(id.clone(), rec.clone());
-        self.watch_exit(id.clone(), watch);
-        tracing::debug!(sandbox = %id, init_us, total_us = t_start.elapsed().as_micros() as u64, "create phases");
-        info!(sandbox = %id, "sandbox running");
-        Ok(rec)
+        Ok((rec, watch))
     }
 
-    async fn abort_create(&self, id: &SandboxId, handle: Option<Handle>) {
+    pub(crate) async fn abort_create(&self, id: &SandboxId, handle: Option<Handle>) {
         let rt = self.runtime.clone();
         let i = id.clone();
         let _ = tokio::task::spawn_blocking(move || rt.destroy(&i, handle.as_ref())).await;
@@ -316,8 +405,7 @@ impl Engine {
     }
 
     pub fn list(&self) -> Vec<SandboxRecord> {
-        let mut v: Vec<_> =
-            self.sandboxes.lock().unwrap().values().filter(|r| r.state != SandboxState::Creating).cloned().collect();
+        let mut v: Vec<_> = self.sandboxes.lock().unwrap().values().filter(|r| r.state.is_claimed()).cloned().collect();
         v.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         v
     }
@@ -360,6 +448,7 @@ impl Engine {
             transition(rec.state, &SandboxEvent::Kill(reason.clone()))?;
             map.remove(id).expect("present")
         };
+        self.forget_ready(&rec);
         if let Some(h) = &rec.handle {
             self.agents.forget(&h.agent_socket);
         }
@@ -412,7 +501,7 @@ impl Engine {
 
     /// Changes a live record, persisting it (with `log`, in the same transaction) before the
     /// in-memory copy changes.
-    fn update(
+    pub(crate) fn update(
         &self,
         id: &str,
         log: Option<LogEntry>,
@@ -491,7 +580,7 @@ impl Engine {
             .unwrap()
             .values()
             // A paused sandbox's clock is stopped: it is kept until resumed or killed.
-            .filter(|r| matches!(r.state, SandboxState::Ready | SandboxState::Running) && r.end_at_ms <= now)
+            .filter(|r| r.state == SandboxState::Running && r.end_at_ms <= now)
             .map(|r| r.id.clone())
             .collect();
         for id in due {

@@ -30,4 +30,14 @@ pub enum NodeError {
     Agent { detail: String },
     #[error("building template {id} failed: {detail}")]
     Build { id: String, detail: String },
+    #[error("the sandbox refused the request: {detail}")]
+    Rejected { detail: String },
+    #[error("pool {name} does not exist; list pools with `warren pool list`")]
+    PoolNotFound { name: String },
+    #[error("{detail}")]
+    PoolConflict { detail: String },
+    #[error("invalid pool: {detail}")]
+    InvalidPool { detail: String },
+    #[error("pool {name} has no ready sandbox (waited {waited_ms} ms) and is set to fail fast; retry shortly or raise its minReady")]
+    PoolEmpty { name: String, waited_ms: u64 },
 }

@@ -11,6 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::events::LogEntry;
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes_v1");
+const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools_v1");
 /// (sandbox id, sequence) → JSON [`LogEntry`]. The sequence is the entry's time in microseconds,
 /// bumped past the previous one, so a range over one sandbox reads its log in order.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sandbox_log_v1");
@@ -51,12 +52,14 @@ impl<'a> Op<'a> {
 #[derive(Clone, Copy)]
 pub enum Kind {
     Sandbox,
+    Pool,
 }
 
 impl Kind {
     fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match self {
             Kind::Sandbox => SANDBOXES,
+            Kind::Pool => POOLS,
         }
     }
 }
@@ -67,6 +70,7 @@ impl Store {
             Database::create(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let w = db.begin_write().map_err(txn)?;
         w.open_table(SANDBOXES).map_err(txn)?;
+        w.open_table(POOLS).map_err(txn)?;
         w.open_table(LOG).map_err(txn)?;
         w.commit().map_err(txn)?;
         Ok(Store { db, last_seq: AtomicU64::new(0) })
@@ -85,16 +89,23 @@ impl Store {
         let w = self.db.begin_write().map_err(txn)?;
         {
             let mut sandboxes = w.open_table(SANDBOXES).map_err(txn)?;
+            let mut pools = w.open_table(POOLS).map_err(txn)?;
             let mut log = w.open_table(LOG).map_err(txn)?;
             for op in ops {
                 match op {
                     Op::Put { kind, key, value } => {
-                        let Kind::Sandbox = kind;
-                        sandboxes.insert(key, value.as_slice()).map_err(txn)?;
+                        let t = match kind {
+                            Kind::Sandbox => &mut sandboxes,
+                            Kind::Pool => &mut pools,
+                        };
+                        t.insert(key, value.as_slice()).map_err(txn)?;
                     }
                     Op::Delete { kind, key } => {
-                        let Kind::Sandbox = kind;
-                        sandboxes.remove(key).map_err(txn)?;
+                        let t = match kind {
+                            Kind::Sandbox => &mut sandboxes,
+                            Kind::Pool => &mut pools,
+                        };
+                        t.remove(key).map_err(txn)?;
                     }
                     Op::Log { sandbox, entry } => {
                         let bytes = serde_json::to_vec(entry).expect("log entries serialize");

@@ -112,6 +112,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Kills every process and frees every resource of the sandbox. Idempotent.
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Changes a live sandbox's CPU quota (in CPUs).
+    fn set_cpu(&self, id: &SandboxId, cpu_count: u32) -> Result<(), RuntimeError>;
     fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     fn stats(&self, id: &SandboxId, handle: &Handle) -> Result<Stats, RuntimeError>;
     /// Finds the sandbox's init again after a daemon restart; `None` when it is gone.

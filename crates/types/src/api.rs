@@ -33,6 +33,9 @@ pub struct NewSandbox {
     /// Warren extension: writable-layer quota in MiB.
     #[serde(default, rename = "diskSizeMB")]
     pub disk_size_mb: Option<u64>,
+    /// Warren extension: the user commands run as when a call names none.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The answer to create and connect.

@@ -20,6 +20,8 @@ pub struct Config {
     pub sandbox: SandboxLimits,
     pub native: NativeConfig,
     pub templates: TemplateConfig,
+    /// Warm pools created (or updated) at every start: `[[pools]]` tables.
+    pub pools: Vec<crate::pool::PoolSpec>,
 }
 
 impl Default for Config {
@@ -32,6 +34,7 @@ impl Default for Config {
             sandbox: SandboxLimits::default(),
             native: NativeConfig::default(),
             templates: TemplateConfig::default(),
+            pools: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod ids;
+pub mod pool;
 pub mod state;
 
 pub use ids::{InvalidId, SandboxId, TemplateId};

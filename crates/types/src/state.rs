@@ -30,6 +30,11 @@ impl SandboxState {
         }
     }
 
+    /// Handed to a caller and not yet killed: what E2B lists.
+    pub fn is_claimed(self) -> bool {
+        matches!(self, SandboxState::Running | SandboxState::Paused | SandboxState::Hibernated)
+    }
+
     pub fn is_terminal(self) -> bool {
         self == SandboxState::Killed
     }
@@ -49,6 +54,8 @@ pub enum KillReason {
     CreateFailed { detail: String },
     /// The daemon restarted and could not find its processes any more.
     LostOnRestart,
+    /// A ready pool member was let go (the pool shrank or was removed, or the claim failed).
+    PoolRelease { detail: String },
 }
 
 impl KillReason {
@@ -60,6 +67,7 @@ impl KillReason {
             KillReason::Exited { .. } => "exited",
             KillReason::CreateFailed { .. } => "create_failed",
             KillReason::LostOnRestart => "lost_on_restart",
+            KillReason::PoolRelease { .. } => "pool_release",
         }
     }
 }

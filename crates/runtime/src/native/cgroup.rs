@@ -213,6 +213,15 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    /// Changes the CPU quota of a live sandbox (burst and back).
+    pub fn set_cpu(&self, cpu_count: u32) -> Result<(), RuntimeError> {
+        let quota = CPU_PERIOD_US * u64::from(cpu_count.max(1));
+        match &self.layout.kind {
+            Kind::V1 { cpu, .. } => write(&self.dir(cpu).join("cpu.cfs_quota_us"), &quota.to_string()),
+            Kind::V2 { root } => write(&self.dir(root).join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}")),
+        }
+    }
+
     /// The `cgroup.procs` files a process writes its pid into to join every controller.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs().into_iter().map(|d| d.join("cgroup.procs")).collect()

@@ -255,6 +255,10 @@ impl Runtime for NativeRuntime {
         Ok(())
     }
 
+    fn set_cpu(&self, id: &SandboxId, cpu_count: u32) -> Result<(), RuntimeError> {
+        self.cgroups.sandbox(id.as_str()).set_cpu(cpu_count)
+    }
+
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.cgroups.sandbox(id.as_str()).freeze()
     }
