@@ -109,4 +109,30 @@ impl AgentClient {
         }
         Ok(())
     }
+
+    /// Runs a command to completion through the agent's `process.Process/Start` stream (JSON
+    /// codec), discarding its output. Used to warm a pool's ready sandbox: the first command in a
+    /// fresh sandbox pays for cold overlay lookups and a fresh agent connection, so a ready
+    /// sandbox pays them before anyone waits.
+    pub async fn run_quietly(&self, socket: &Path, cmd: &str, args: &[&str]) -> Result<(), String> {
+        let msg = serde_json::to_vec(&serde_json::json!({"process": {"cmd": cmd, "args": args}})).expect("serializes");
+        let mut frame = Vec::with_capacity(5 + msg.len());
+        frame.push(0u8);
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        let req = Request::post("http://agent/process.Process/Start")
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/connect+json")
+            .header("connect-protocol-version", "1")
+            .body(http_body_util::Full::new(Bytes::from(frame)).map_err(|e| match e {}).boxed())
+            .expect("valid request");
+        let resp = self.send(socket, req).await?;
+        let status = resp.status();
+        // The stream ends when the process does.
+        let _ = resp.into_body().collect().await;
+        if !status.is_success() {
+            return Err(format!("process.Process/Start answered {status}"));
+        }
+        Ok(())
+    }
 }

@@ -453,25 +453,34 @@ impl Engine {
             self.agents.forget(&h.agent_socket);
         }
         self.cpu_samples.lock().unwrap().remove(id);
-        let rt = self.runtime.clone();
-        let (i, h) = (id.clone(), rec.handle.clone());
+        // Every process gets SIGKILL now; unmounting, the cgroup and the layer go in the background,
+        // so the caller does not wait for the kernel to tear the sandbox down. (A daemon that dies
+        // meanwhile leaves leftovers that the next start sweeps.)
+        let stopped = self.runtime.stop(id, rec.handle.as_ref());
         // The agent's log goes with the sandbox's run directory: keep its tail in the store.
         let tail = self.agent_log_entries(id);
-        let destroyed = tokio::task::spawn_blocking(move || rt.destroy(&i, h.as_ref())).await.expect("runtime task");
-        // Killed is terminal and E2B lists only live sandboxes: the record goes once resources are
-        // freed; its log stays for the retention period.
+        // Killed is terminal and E2B lists only live sandboxes: the record goes; its log stays for
+        // the retention period.
         let (msg, level) = kill_reason_text(&reason);
         let mut fields = vec![("reason", reason.code().to_owned())];
-        if let Err(e) = &destroyed {
-            fields.push(("cleanupError", e.to_string()));
+        if let Err(e) = &stopped {
+            fields.push(("stopError", e.to_string()));
         }
         let killed = LogEntry::warren(now_ms(), level, msg, &fields);
         let mut ops = vec![Op::Delete { kind: Kind::Sandbox, key: id.as_str() }];
         ops.extend(tail.iter().map(|e| Op::Log { sandbox: id.as_str(), entry: e }));
         ops.push(Op::Log { sandbox: id.as_str(), entry: &killed });
-        self.store.write(ops)?;
+        let written = self.store.write(ops);
+        let rt = self.runtime.clone();
+        let (i, h) = (id.clone(), rec.handle.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = rt.destroy(&i, h.as_ref()) {
+                warn!(sandbox = %i, error = %e, "tearing down a killed sandbox; the next start sweeps what is left");
+            }
+        });
         info!(?reason, "sandbox killed");
-        destroyed.map_err(NodeError::from)
+        written?;
+        stopped.map_err(NodeError::from)
     }
 
     pub async fn kill_by_name(&self, id: &str) -> Result<(), NodeError> {

@@ -109,6 +109,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     /// Builds the sandbox and starts its agent; returns once the agent's socket accepts connections.
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError>;
+    /// Sends the sandbox's processes their death (init first; a frozen sandbox is thawed so they
+    /// can die) without waiting for them or freeing anything: `destroy` does that afterwards.
+    fn stop(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     /// Kills every process and frees every resource of the sandbox. Idempotent.
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError>;

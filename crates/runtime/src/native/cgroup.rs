@@ -321,7 +321,8 @@ impl SandboxCgroup {
         Ok(())
     }
 
-    fn thaw_quietly(&self) -> io::Result<()> {
+    /// Thaws without waiting for the state to settle (before killing: frozen tasks cannot die).
+    pub fn thaw_quietly(&self) -> io::Result<()> {
         match &self.layout.kind {
             Kind::V1 { freezer, .. } => fs::write(self.dir(freezer).join("freezer.state"), "THAWED"),
             Kind::V2 { root } => fs::write(self.dir(root).join("cgroup.freeze"), "0"),

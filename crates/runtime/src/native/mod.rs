@@ -237,6 +237,19 @@ impl Runtime for NativeRuntime {
         result
     }
 
+    fn stop(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
+        // Init's death takes its whole pid namespace with it.
+        if let Some(h) = handle {
+            if let Ok(w) = ExitWatch::open(h.pid, h.start_time) {
+                w.kill().map_err(|source| RuntimeError::Signal { id: id.clone(), source })?;
+            }
+        }
+        let cg = self.cgroups.sandbox(id.as_str());
+        // Frozen tasks do not die until thawed; a sandbox that was never frozen has nothing to thaw.
+        let _ = cg.thaw_quietly();
+        Ok(())
+    }
+
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
         if let Some(h) = handle {
             if let Ok(w) = ExitWatch::open(h.pid, h.start_time) {
