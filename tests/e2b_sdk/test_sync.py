@@ -213,3 +213,19 @@ def test_calls_not_implemented_yet_fail_clearly_and_are_not_retried(sb, warren):
     assert status == 501 and headers.get("should-retry", headers.get("Should-Retry")) == "false"
     assert _api(warren, "POST", "/sandboxes/inovalidid0000000000/fork")[0] == 404
     assert sb.is_running()
+
+
+def test_lifecycle_pause_on_timeout_and_resume_on_traffic():
+    s = Sandbox.create(timeout=1, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        assert s.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
+        s.commands.run("echo z > /tmp/z")
+        deadline = time.monotonic() + 10
+        while Sandbox.get_info(s.sandbox_id).state.value != "paused":
+            assert time.monotonic() < deadline, "the timeout did not pause the sandbox"
+            time.sleep(0.05)
+        # Traffic wakes it, with its files.
+        assert s.commands.run("cat /tmp/z").stdout == "z\n"
+        assert Sandbox.get_info(s.sandbox_id).state.value == "running"
+    finally:
+        s.kill()

@@ -78,7 +78,8 @@ pub async fn forward(state: Arc<AppState>, target: Target, req: Request<Incoming
 }
 
 async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>) -> Result<Response, ApiError> {
-    let (socket, token) = state.engine.agent_socket(&target.sandbox)?;
+    // Authenticate first (whatever the sandbox's state): nothing wakes for a stranger.
+    let (token, sandbox_state, auto_resume) = state.engine.traffic_credentials(&target.sandbox)?;
     let headers = req.headers();
     let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &token));
     let by_key = api_key_of(headers).is_some_and(|k| key_matches(k, &state.api_key));
@@ -104,6 +105,12 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     if req.uri().path() == "/init" {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "/init is reserved for the Warren daemon"));
     }
+    if sandbox_state == warren_types::SandboxState::Paused && auto_resume {
+        state.engine.resume_for_traffic(&target.sandbox).await?;
+    }
+    let (socket, _) = state.engine.agent_socket(&target.sandbox)?;
+    // Counts as activity for the idle policy until the response body ends.
+    let guard = state.engine.begin_traffic(&target.sandbox);
     // The agent sees neither its cgroup nor its disk quota; the daemon answers for it.
     if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
         return Ok(axum::Json(state.engine.metrics(&target.sandbox)?).into_response());
@@ -121,6 +128,10 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     let (parts, body) = resp.into_parts();
     let mut r = Response::builder().status(parts.status);
     copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));
+    let body = body.map_frame(move |f| {
+        let _busy = &guard;
+        f
+    });
     Ok(r.body(Body::new(body)).expect("valid response"))
 }
 

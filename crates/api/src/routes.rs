@@ -19,7 +19,9 @@ use warren_node::engine::SandboxRecord;
 use warren_node::events::{Level, LogEntry, LogQuery};
 use warren_node::templates::TemplateRecord;
 use warren_node::{rfc3339, CreateRequest};
-use warren_types::api::{NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo};
+use warren_types::api::{
+    LifecycleInfo, NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo,
+};
 use warren_types::pool::{PoolInfo, PoolResize, PoolSpec};
 use warren_types::{TemplateId, ENVD_VERSION};
 
@@ -150,6 +152,11 @@ fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
         metadata: r.metadata.clone(),
         domain: Some(st.domain.clone()),
         warren_state: r.state,
+        lifecycle: LifecycleInfo {
+            auto_resume: r.lifecycle.auto_resume,
+            on_timeout: if r.lifecycle.pause_on_timeout { "pause" } else { "kill" }.into(),
+            idle_timeout: r.lifecycle.idle_timeout_secs,
+        },
     }
 }
 
@@ -204,6 +211,9 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
             memory_mb: req.memory_mb,
             disk_mb: req.disk_size_mb,
             user: req.user,
+            pause_on_timeout: req.auto_pause.unwrap_or(false),
+            auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
+            idle_timeout_secs: req.idle_timeout,
         })
         .await?;
     Ok(sandbox_answer(st, &rec))
@@ -279,6 +289,7 @@ async fn kill(State(st): S, Path(id): Path<String>) -> Result<StatusCode, ApiErr
 
 async fn set_timeout(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
     let req: SetTimeout = json_body(body, false).await?;
+    st.engine.touch(&id);
     st.engine.set_timeout(&id, req.timeout)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -293,6 +304,7 @@ struct ConnectBody {
 async fn connect(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
     let req: ConnectBody = json_body(body, true).await?;
     let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
+    st.engine.touch(&id);
     let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(sandbox_answer(&st, &rec))).into_response())
 }
@@ -325,6 +337,7 @@ async fn resume(State(st): S, Path(id): Path<String>, body: Body) -> Result<Resp
 
 async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
     let req: Refresh = json_body(body, true).await?;
+    st.engine.touch(&id);
     st.engine.refresh(&id, req.duration.unwrap_or(60))?;
     Ok(StatusCode::NO_CONTENT)
 }

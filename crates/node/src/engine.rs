@@ -57,6 +57,26 @@ pub struct SandboxRecord {
     /// Until when (Unix ms) its CPU quota is raised by its pool's burst.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_until_ms: Option<u64>,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// What happens to a sandbox when its time is up or nobody uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    /// Pause instead of kill when the end time passes (E2B's `autoPause`).
+    #[serde(default)]
+    pub pause_on_timeout: bool,
+    /// Traffic through the proxy resumes the sandbox when it is paused (E2B's `autoResume`).
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// Pause after this many seconds without traffic and with no process but the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// The sandbox's timeout length: the end time an automatic resume sets.
+    #[serde(default)]
+    pub timeout_secs: u64,
 }
 
 /// What a sandbox is made of; pools are keyed by it.
@@ -80,6 +100,9 @@ pub struct CreateRequest {
     pub disk_mb: Option<u64>,
     /// The user commands run as when a call names none (the template's default otherwise).
     pub user: Option<String>,
+    pub pause_on_timeout: bool,
+    pub auto_resume: bool,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 pub struct Engine {
@@ -93,6 +116,10 @@ pub struct Engine {
     cpu_samples: Mutex<HashMap<SandboxId, (std::time::Instant, u64)>>,
     pub(crate) sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
     pub(crate) pools: Mutex<HashMap<String, crate::pools::PoolState>>,
+    /// Serializes pause and resume per sandbox (so concurrent wakes merge into one).
+    op_locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each sandbox last saw traffic, and how many requests are in flight to it.
+    pub(crate) activity: Mutex<HashMap<SandboxId, crate::lifecycle::Activity>>,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -121,6 +148,8 @@ impl Engine {
             cpu_samples: Mutex::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
+            op_locks: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
         });
         engine.load_pools()?;
         engine.recover().await?;
@@ -133,6 +162,7 @@ impl Engine {
                 tick.tick().await;
                 let Some(e) = clock.upgrade() else { return };
                 e.expire().await;
+                e.pause_idle().await;
                 if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
                     last_prune = Some(std::time::Instant::now());
                     e.prune_logs().await;
@@ -255,6 +285,9 @@ impl Engine {
                 return Err(NodeError::OutOfRange { field: "user", value: u.clone(), allowed: "a user name".into() });
             }
         }
+        if let Some(idle) = req.idle_timeout_secs {
+            check_range("idleTimeout", idle, 1, lim.max_timeout_secs)?;
+        }
         let pool = self.pool_for(&shape);
         if let Some(name) = &pool {
             if let Some(rec) = self.claim_from_pool(name, &req, timeout).await? {
@@ -271,10 +304,13 @@ impl Engine {
         }
         let now = now_ms();
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
+        let pool_idle = rec.pool.as_deref().and_then(|p| self.pool_idle_timeout(p));
+        rec.lifecycle = req.lifecycle(timeout, pool_idle);
         rec.metadata = req.metadata;
         rec.env_vars = req.env_vars;
         rec.started_at_ms = now;
         rec.end_at_ms = now + timeout * 1000;
+
         let created = LogEntry::warren(
             now,
             Level::Info,
@@ -344,6 +380,7 @@ impl Engine {
             handle: None,
             pool,
             burst_until_ms: None,
+            lifecycle: Lifecycle::default(),
         };
         {
             let mut map = self.sandboxes.lock().unwrap();
@@ -449,6 +486,8 @@ impl Engine {
             map.remove(id).expect("present")
         };
         self.forget_ready(&rec);
+        self.op_locks.lock().unwrap().remove(id);
+        self.activity.lock().unwrap().remove(id);
         if let Some(h) = &rec.handle {
             self.agents.forget(&h.agent_socket);
         }
@@ -532,8 +571,15 @@ impl Engine {
 
     /// Freezes every process of a running sandbox (memory, files and sockets stay). Returns
     /// `Conflict` when it is already paused.
-    #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn pause(&self, id: &str) -> Result<SandboxRecord, NodeError> {
+        self.pause_because(id, "requested").await
+    }
+
+    /// [`Engine::pause`], logging why (`requested`, `timeout`, `idle`).
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn pause_because(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
         let rec = self.get(id)?;
         if rec.state == SandboxState::Paused {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
@@ -542,8 +588,8 @@ impl Engine {
         let rt = self.runtime.clone();
         let sid = rec.id.clone();
         tokio::task::spawn_blocking(move || rt.freeze(&sid)).await.expect("runtime task")?;
-        let r =
-            self.update(id, Some(LogEntry::warren(now_ms(), Level::Info, "sandbox paused", &[])), |r| r.state = next);
+        let entry = LogEntry::warren(now_ms(), Level::Info, "sandbox paused", &[("reason", reason.to_owned())]);
+        let r = self.update(id, Some(entry), |r| r.state = next);
         if r.is_err() {
             // Gone meanwhile (killed) or not persisted: do not leave it frozen behind our back.
             let rt = self.runtime.clone();
@@ -556,8 +602,21 @@ impl Engine {
 
     /// Thaws a paused sandbox; its end time becomes `timeout_secs` from now. Returns whether it
     /// was paused (`false`: it was already running and only the end time moved).
-    #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn resume(&self, id: &str, timeout_secs: Option<u64>) -> Result<(SandboxRecord, bool), NodeError> {
+        self.resume_because(id, timeout_secs, "requested").await
+    }
+
+    /// [`Engine::resume`], logging why. Concurrent resumes of one sandbox merge: the first thaws
+    /// it, the others find it running.
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn resume_because(
+        &self,
+        id: &str,
+        timeout_secs: Option<u64>,
+        reason: &str,
+    ) -> Result<(SandboxRecord, bool), NodeError> {
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
         let rec = self.get(id)?;
         let max = self.cfg.sandbox.max_timeout_secs;
         if rec.state != SandboxState::Paused {
@@ -572,7 +631,12 @@ impl Engine {
         let sid = rec.id.clone();
         tokio::task::spawn_blocking(move || rt.thaw(&sid)).await.expect("runtime task")?;
         let secs = timeout_secs.unwrap_or(self.cfg.sandbox.default_timeout_secs).min(max);
-        let entry = LogEntry::warren(now_ms(), Level::Info, "sandbox resumed", &[("timeout", secs.to_string())]);
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            "sandbox resumed",
+            &[("timeout", secs.to_string()), ("reason", reason.to_owned())],
+        );
         let rec = self.update(id, Some(entry), |r| {
             r.state = next;
             r.end_at_ms = now_ms() + secs * 1000;
@@ -581,18 +645,33 @@ impl Engine {
         Ok((rec, true))
     }
 
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(sid) = SandboxId::parse(id) else { return Arc::default() };
+        // Only live sandboxes get a lock (and an entry that kill removes): no growth from bad ids.
+        if !self.sandboxes.lock().unwrap().contains_key(&sid) {
+            return Arc::default();
+        }
+        self.op_locks.lock().unwrap().entry(sid).or_default().clone()
+    }
+
     async fn expire(&self) {
         let now = now_ms();
-        let due: Vec<SandboxId> = self
+        let due: Vec<(SandboxId, bool)> = self
             .sandboxes
             .lock()
             .unwrap()
             .values()
             // A paused sandbox's clock is stopped: it is kept until resumed or killed.
             .filter(|r| r.state == SandboxState::Running && r.end_at_ms <= now)
-            .map(|r| r.id.clone())
+            .map(|r| (r.id.clone(), r.lifecycle.pause_on_timeout))
             .collect();
-        for id in due {
+        for (id, pause) in due {
+            if pause {
+                match self.pause_because(id.as_str(), "timeout").await {
+                    Ok(_) => continue,
+                    Err(e) => warn!(sandbox = %id, error = %e, "pausing an expired sandbox failed; killing it"),
+                }
+            }
             if let Err(e) = self.kill(&id, KillReason::Timeout).await {
                 warn!(sandbox = %id, error = %e, "killing an expired sandbox");
             }

@@ -179,6 +179,14 @@ impl Engine {
                 return Err(invalid(format!("burst.secs ({}) must be between 1 and 3600", b.secs)));
             }
         }
+        if let Some(idle) = spec.idle_timeout {
+            if idle == 0 || idle > self.cfg.sandbox.max_timeout_secs {
+                return Err(invalid(format!(
+                    "idleTimeout ({idle}) must be between 1 and sandbox.max_timeout_secs ({})",
+                    self.cfg.sandbox.max_timeout_secs
+                )));
+            }
+        }
         Ok((spec, shape))
     }
 
@@ -355,6 +363,11 @@ impl Engine {
         v
     }
 
+    /// The idle policy a pool gives the sandboxes claimed from it.
+    pub(crate) fn pool_idle_timeout(&self, name: &str) -> Option<u64> {
+        self.pools.lock().unwrap().get(name).and_then(|p| p.spec.idle_timeout)
+    }
+
     /// The pool serving `shape`, if any.
     pub(crate) fn pool_for(&self, shape: &Shape) -> Option<String> {
         self.pools.lock().unwrap().iter().find(|(_, p)| &p.shape == shape).map(|(n, _)| n.clone())
@@ -450,6 +463,7 @@ impl Engine {
             &[("pool", pool.to_owned()), ("timeout", timeout_secs.to_string())],
         );
         let burst = self.pools.lock().unwrap().get(pool).and_then(|p| p.spec.burst);
+        let pool_idle = self.pool_idle_timeout(pool);
         if let Some(b) = burst {
             if let Err(e) = self.runtime.set_cpu(id, b.cpu_count) {
                 warn!(sandbox = %id, error = %e, "raising the CPU quota for the burst");
@@ -462,6 +476,7 @@ impl Engine {
             r.started_at_ms = now;
             r.end_at_ms = now + timeout_secs * 1000;
             r.burst_until_ms = burst.map(|b| now + b.secs * 1000);
+            r.lifecycle = req.lifecycle(timeout_secs, pool_idle);
         })?;
         if rec.burst_until_ms.is_some() {
             self.schedule_burst_end(&rec);
@@ -685,6 +700,7 @@ mod tests {
             empty_wait_ms: 0,
             on_empty: OnEmpty::Cold,
             burst: None,
+            idle_timeout: None,
         };
         let shape =
             Shape { template_id: TemplateId::parse("base").unwrap(), cpu_count: 1, memory_mb: 512, disk_mb: 1024 };

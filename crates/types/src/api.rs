@@ -18,8 +18,18 @@ pub struct NewSandbox {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub env_vars: BTreeMap<String, String>,
+    /// Pause instead of kill when the timeout passes.
     #[serde(default)]
     pub auto_pause: Option<bool>,
+    /// Accepted for E2B compatibility; a pause always keeps memory here.
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
+    #[serde(default)]
+    pub auto_resume: Option<AutoResume>,
+    /// Warren extension: pause after this many seconds without traffic and with no process but
+    /// the agent.
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
     #[serde(default)]
     pub secure: Option<bool>,
     #[serde(default, rename = "allow_internet_access")]
@@ -36,6 +46,24 @@ pub struct NewSandbox {
     /// Warren extension: the user commands run as when a call names none.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// `autoResume` of a create request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AutoResume {
+    pub enabled: bool,
+}
+
+/// `lifecycle` of a sandbox's details (E2B's shape).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleInfo {
+    pub auto_resume: bool,
+    /// `kill` or `pause`.
+    pub on_timeout: String,
+    /// Warren extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
 }
 
 /// The answer to create and connect.
@@ -87,6 +115,7 @@ pub struct SandboxDetail {
     pub domain: Option<String>,
     /// Warren extension: the exact lifecycle state (`creating`, `ready`, `running`, …).
     pub warren_state: crate::SandboxState,
+    pub lifecycle: LifecycleInfo,
 }
 
 /// `POST /sandboxes/{id}/timeout`.

@@ -63,6 +63,10 @@ pub struct PoolSpec {
     pub on_empty: OnEmpty,
     #[serde(default)]
     pub burst: Option<Burst>,
+    /// Claimed sandboxes pause after this many seconds without traffic and with no process but
+    /// the agent (unless the create request sets its own).
+    #[serde(default, alias = "idle_timeout")]
+    pub idle_timeout: Option<u64>,
 }
 
 /// `PATCH /pools/{name}` (`warren pool resize`): the sizing fields; the shape cannot change.
