@@ -211,3 +211,43 @@ fn cli_manages_pools() {
     let out = d.cli(&["pool", "info", "viacli"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn prometheus_and_the_resource_timeline_report_what_happens() {
+    let d = daemon();
+    create_pool(d, json!({"name": "observed", "templateID": "base", "memoryMB": 370, "minReady": 1}));
+    wait_ready(d, "observed", 1);
+    let sb = d.create(json!({"templateID": "base", "memoryMB": 370}));
+    let (status, text) = d.raw("GET", "/metrics", &[("Authorization", &format!("Bearer {}", d.key()))], b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(text).unwrap();
+    for want in [
+        "warren_sandboxes{state=\"running\"}",
+        "warren_pool_ready{pool=\"observed\"}",
+        "warren_pool_claims_total{pool=\"observed\"} 1",
+        "warren_claim_duration_seconds_count",
+        "warren_cold_create_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    assert_eq!(d.raw("GET", "/metrics", &[], b"").0, 401, "metrics need the API key");
+
+    // One sample a second: wait for a few, with memory and disk figures in them.
+    assert_eq!(sb.sh("head -c 3000000 /dev/urandom > /home/user/blob && echo ok").stdout, "ok\n");
+    let points = wait_for("three timeline samples", Duration::from_secs(20), || {
+        let (_, v) = d.api("GET", &format!("/sandboxes/{}/metrics", sb.id), None);
+        let pts = v.as_array().cloned().unwrap_or_default();
+        (pts.len() >= 3 && pts.last().unwrap()["diskUsed"].as_u64() > Some(2_900_000)).then_some(pts)
+    });
+    let last = points.last().unwrap();
+    assert_eq!(last["memTotal"], 370u64 * 1024 * 1024);
+    assert!(last["memUsed"].as_u64() > Some(0), "{last}");
+    let t0 = points[0]["timestampUnix"].as_u64().unwrap();
+    let (_, later) = d.api("GET", &format!("/sandboxes/{}/metrics?start={}", sb.id, t0 + 1), None);
+    assert!(later.as_array().unwrap().iter().all(|p| p["timestampUnix"].as_u64() > Some(t0)));
+    assert_eq!(d.api("GET", &format!("/sandboxes/{}/metrics?start=10&end=5", sb.id), None).0, 400);
+    let (_, many) = d.api("GET", &format!("/sandboxes/metrics?sandbox_ids={},inope", sb.id), None);
+    assert!(many["sandboxes"][&sb.id]["memUsed"].as_u64() > Some(0), "{many}");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    assert_eq!(d.api("DELETE", "/pools/observed", None).0, 204);
+}

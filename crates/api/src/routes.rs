@@ -52,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sandboxes/{id}/fork", post(fork))
         .route("/sandboxes/{id}/snapshots", post(snapshot))
         .route("/snapshots", get(list_snapshots))
+        .route("/metrics", get(prometheus))
         .route("/pools", get(list_pools).post(create_pool))
         .route("/pools/{name}", get(pool_info).patch(resize_pool).delete(remove_pool))
         .route("/templates", get(list_templates).post(build_template))
@@ -342,26 +343,22 @@ async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// One E2B `SandboxMetric` from the engine's envd-shaped sample.
-fn sandbox_metric(m: &serde_json::Value) -> serde_json::Value {
-    let ts = m["ts"].as_u64().unwrap_or(0);
-    serde_json::json!({
-        "timestamp": rfc3339(ts * 1000),
-        "timestampUnix": ts,
-        "cpuCount": m["cpu_count"],
-        "cpuUsedPct": m["cpu_used_pct"],
-        "memUsed": m["mem_used"],
-        "memTotal": m["mem_total"],
-        "memCache": m["mem_cache"],
-        "diskUsed": m["disk_used"],
-        "diskTotal": m["disk_total"],
-    })
+#[derive(Deserialize)]
+struct RangeQuery {
+    /// Unix seconds.
+    start: Option<u64>,
+    end: Option<u64>,
 }
 
-/// E2B's `SandboxMetric` list. Until the resource timeline exists this is the current sample only.
-async fn metrics(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let m = st.engine.metrics(&id)?;
-    Ok(Json(serde_json::json!([sandbox_metric(&m)])).into_response())
+/// E2B's `SandboxMetric` list from the sandbox's timeline (one sample a second, an hour back).
+async fn metrics(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+    let q: RangeQuery = query(&uri)?;
+    if let (Some(a), Some(b)) = (q.start, q.end) {
+        if a > b {
+            return Err(ApiError::bad_request("start is after end"));
+        }
+    }
+    Ok(Json(st.engine.timeline(&id, q.start, q.end)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -378,17 +375,7 @@ async fn metrics_many(State(st): S, Query(q): Query<ManyQuery>) -> Result<Respon
     if ids.len() > 1000 {
         return Err(ApiError::bad_request("at most 1000 sandbox ids per call"));
     }
-    let mut out = serde_json::Map::new();
-    for id in ids {
-        match st.engine.metrics(id) {
-            Ok(m) => {
-                out.insert(id.to_owned(), sandbox_metric(&m));
-            }
-            Err(warren_node::NodeError::SandboxNotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Json(serde_json::json!({ "sandboxes": out })).into_response())
+    Ok(Json(serde_json::json!({ "sandboxes": st.engine.latest_metrics(&ids) })).into_response())
 }
 
 /// Parses a query string into `T`, with an error that names the bad parameter.
@@ -523,6 +510,15 @@ async fn list_snapshots(State(st): S) -> Result<Response, ApiError> {
 
 async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(st.engine.stats(&id)?).into_response())
+}
+
+/// Prometheus scrape target (the API key as `Authorization: Bearer`).
+async fn prometheus(State(st): S) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        st.engine.prometheus(),
+    )
+        .into_response()
 }
 
 async fn list_pools(State(st): S) -> Json<Vec<PoolInfo>> {

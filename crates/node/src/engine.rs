@@ -120,6 +120,8 @@ pub struct Engine {
     op_locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each sandbox last saw traffic, and how many requests are in flight to it.
     pub(crate) activity: Mutex<HashMap<SandboxId, crate::lifecycle::Activity>>,
+    pub(crate) telemetry: crate::telemetry::Telemetry,
+    pub(crate) timelines: Mutex<HashMap<SandboxId, crate::timeline::Timeline>>,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -150,10 +152,13 @@ impl Engine {
             pools: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
+            telemetry: Default::default(),
+            timelines: Mutex::new(HashMap::new()),
         });
         engine.load_pools()?;
         engine.recover().await?;
         engine.start_pools();
+        engine.start_sampler();
         let clock = Arc::downgrade(&engine);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -295,6 +300,7 @@ impl Engine {
             }
         }
         self.templates.ready_rootfs(&shape.template_id)?;
+        let t_cold = std::time::Instant::now();
         let (mut rec, watch) = self.boot(&shape, pool).await?;
         let socket = rec.handle.as_ref().expect("booted").agent_socket.clone();
         if let Err(e) = self.init_agent(&socket, &req).await {
@@ -334,6 +340,7 @@ impl Engine {
         }
         self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
         self.watch_exit(rec.id.clone(), watch);
+        self.telemetry.cold_create_seconds.observe(t_cold.elapsed().as_secs_f64());
         info!(sandbox = %rec.id, "sandbox running");
         Ok(rec)
     }
@@ -488,6 +495,7 @@ impl Engine {
         self.forget_ready(&rec);
         self.op_locks.lock().unwrap().remove(id);
         self.activity.lock().unwrap().remove(id);
+        self.timelines.lock().unwrap().remove(id);
         if let Some(h) = &rec.handle {
             self.agents.forget(&h.agent_socket);
         }
@@ -506,6 +514,7 @@ impl Engine {
             fields.push(("stopError", e.to_string()));
         }
         let killed = LogEntry::warren(now_ms(), level, msg, &fields);
+        self.telemetry.kills.get_or_create(&crate::telemetry::ReasonLabel { reason: reason.code().into() }).inc();
         let mut ops = vec![Op::Delete { kind: Kind::Sandbox, key: id.as_str() }];
         ops.extend(tail.iter().map(|e| Op::Log { sandbox: id.as_str(), entry: e }));
         ops.push(Op::Log { sandbox: id.as_str(), entry: &killed });
@@ -580,6 +589,7 @@ impl Engine {
     pub async fn pause_because(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
+        let t0 = std::time::Instant::now();
         let rec = self.get(id)?;
         if rec.state == SandboxState::Paused {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
@@ -595,6 +605,9 @@ impl Engine {
             let rt = self.runtime.clone();
             let sid = rec.id.clone();
             let _ = tokio::task::spawn_blocking(move || rt.thaw(&sid)).await;
+        }
+        if r.is_ok() {
+            self.telemetry.pause_seconds.observe(t0.elapsed().as_secs_f64());
         }
         info!("sandbox paused");
         r
@@ -617,6 +630,7 @@ impl Engine {
     ) -> Result<(SandboxRecord, bool), NodeError> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
+        let t0 = std::time::Instant::now();
         let rec = self.get(id)?;
         let max = self.cfg.sandbox.max_timeout_secs;
         if rec.state != SandboxState::Paused {
@@ -641,6 +655,7 @@ impl Engine {
             r.state = next;
             r.end_at_ms = now_ms() + secs * 1000;
         })?;
+        self.telemetry.resume_seconds.observe(t0.elapsed().as_secs_f64());
         info!("sandbox resumed");
         Ok((rec, true))
     }
@@ -765,6 +780,40 @@ impl Engine {
             Ok(n) => info!(count = n, "removed the logs of sandboxes that ended before the retention period"),
             Err(e) => warn!(error = %e, "pruning sandbox logs"),
         }
+    }
+
+    /// The Prometheus text exposition of the daemon's metrics, gauges read now.
+    pub fn prometheus(&self) -> String {
+        use crate::telemetry::{PoolLabel, StateLabel};
+        let t = &self.telemetry;
+        let mut by_state: HashMap<&'static str, i64> =
+            ["creating", "ready", "running", "paused"].iter().map(|s| (*s, 0)).collect();
+        for r in self.sandboxes.lock().unwrap().values() {
+            let name = match r.state {
+                SandboxState::Creating => "creating",
+                SandboxState::Ready => "ready",
+                SandboxState::Running => "running",
+                SandboxState::Paused => "paused",
+                SandboxState::Hibernated => "hibernated",
+                SandboxState::Killed => continue,
+            };
+            *by_state.entry(name).or_insert(0) += 1;
+        }
+        t.sandboxes.clear();
+        for (state, n) in by_state {
+            t.sandboxes.get_or_create(&StateLabel { state: state.into() }).set(n);
+        }
+        for f in [&t.pool_ready, &t.pool_creating, &t.pool_in_use, &t.pool_target] {
+            f.clear();
+        }
+        for p in self.list_pools() {
+            let l = PoolLabel { pool: p.spec.name.clone() };
+            t.pool_ready.get_or_create(&l).set(i64::from(p.ready));
+            t.pool_creating.get_or_create(&l).set(i64::from(p.creating));
+            t.pool_in_use.get_or_create(&l).set(i64::from(p.in_use));
+            t.pool_target.get_or_create(&l).set(i64::from(p.target));
+        }
+        t.encode()
     }
 
     pub fn stats(&self, id: &str) -> Result<warren_runtime::Stats, NodeError> {

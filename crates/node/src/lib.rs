@@ -9,7 +9,9 @@ pub mod events;
 pub mod lifecycle;
 pub mod pools;
 pub mod store;
+pub mod telemetry;
 pub mod templates;
+pub mod timeline;
 
 pub use engine::{CreateRequest, Engine};
 pub use error::NodeError;

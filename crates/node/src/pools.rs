@@ -383,6 +383,7 @@ impl Engine {
     ) -> Result<Option<SandboxRecord>, NodeError> {
         let started = Instant::now();
         let mut counted_empty = false;
+        let label = crate::telemetry::PoolLabel { pool: name.to_owned() };
         loop {
             let (next, available, wait, on_empty) = {
                 let mut pools = self.pools.lock().unwrap();
@@ -394,14 +395,20 @@ impl Engine {
                 } else if !counted_empty {
                     counted_empty = true;
                     p.empty_claims += 1;
+                    self.telemetry.pool_empty_claims.get_or_create(&label).inc();
                 }
                 // Either way the pool may want to grow.
                 p.wake.notify_one();
                 (next, p.available.clone(), Duration::from_millis(p.spec.empty_wait_ms), p.spec.on_empty)
             };
             if let Some(id) = next {
+                let t0 = Instant::now();
                 match self.claim(&id, name, req, timeout_secs).await {
-                    Ok(rec) => return Ok(Some(rec)),
+                    Ok(rec) => {
+                        self.telemetry.claim_seconds.observe(t0.elapsed().as_secs_f64());
+                        self.telemetry.pool_claims.get_or_create(&label).inc();
+                        return Ok(Some(rec));
+                    }
                     Err(NodeError::Rejected { detail }) => {
                         // The caller's settings are wrong, not the sandbox: give it back.
                         self.return_to_pool(name, id);
@@ -602,6 +609,8 @@ impl Engine {
                         }
                         Err(e) => {
                             p.refill_failures += 1;
+                            let l = crate::telemetry::PoolLabel { pool: name.to_owned() };
+                            self.telemetry.pool_refill_failures.get_or_create(&l).inc();
                             p.consecutive_failures += 1;
                             let backoff = Duration::from_millis(500)
                                 .saturating_mul(1 << p.consecutive_failures.min(7))

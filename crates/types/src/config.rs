@@ -64,6 +64,10 @@ pub struct SandboxLimits {
     pub max_sandboxes: usize,
     /// How long a sandbox's log stays readable after it ends.
     pub log_retention_secs: u64,
+    /// How often each sandbox's CPU, memory and disk are sampled for its timeline (0: never).
+    pub sample_interval_ms: u64,
+    /// How much history a sandbox's timeline keeps.
+    pub timeline_secs: u64,
 }
 
 impl Default for SandboxLimits {
@@ -80,6 +84,8 @@ impl Default for SandboxLimits {
             pids_max: 1024,
             max_sandboxes: 4096,
             log_retention_secs: 24 * 3600,
+            sample_interval_ms: 1000,
+            timeline_secs: 3600,
         }
     }
 }

@@ -283,8 +283,8 @@ impl Runtime for NativeRuntime {
     fn stats(&self, id: &SandboxId, handle: &Handle) -> Result<Stats, RuntimeError> {
         let mut s = Stats::default();
         self.cgroups.sandbox(id.as_str()).stats(&mut s);
-        s.disk_used_bytes = self.layers.used(id.as_str());
-        let _ = handle;
+        s.disk_used_bytes =
+            self.layers.used_by_subvolume(handle.project_id).unwrap_or_else(|| self.layers.used(id.as_str()));
         Ok(s)
     }
 

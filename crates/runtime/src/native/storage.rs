@@ -19,6 +19,7 @@ const BTRFS_IOC_SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
 const BTRFS_IOC_QUOTA_CTL: libc::c_ulong = 0xc010_9428;
 const BTRFS_IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
 const BTRFS_IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
+const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
 const BTRFS_QUOTA_CTL_ENABLE: u64 = 1;
 const BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA: u64 = 4;
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
@@ -55,11 +56,22 @@ struct InoLookupArgs {
     name: [u8; 4080],
 }
 
+#[repr(C)]
+struct FsInfoArgs {
+    max_id: u64,
+    num_devices: u64,
+    fsid: [u8; 16],
+    rest: [u8; 992],
+}
+
 /// The quota-enforcing filesystem that holds every writable layer.
 #[derive(Debug)]
 pub struct LayerStore {
     root: PathBuf,
     root_fd: File,
+    /// `/sys/fs/btrfs/<fsid>/qgroups`: each subvolume's usage as one small file (sampling every
+    /// sandbox every second must not walk their trees).
+    qgroups: Option<PathBuf>,
 }
 
 fn qerr(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -95,8 +107,9 @@ impl LayerStore {
             )?;
         }
         let root_fd = File::open(&root).map_err(qerr(&root, "open"))?;
-        let store = LayerStore { root, root_fd };
+        let mut store = LayerStore { root, root_fd, qgroups: None };
         store.enable_quotas()?;
+        store.qgroups = store.qgroup_sysfs();
         Ok(store)
     }
 
@@ -112,6 +125,22 @@ impl LayerStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn qgroup_sysfs(&self) -> Option<PathBuf> {
+        let mut args = FsInfoArgs { max_id: 0, num_devices: 0, fsid: [0; 16], rest: [0; 992] };
+        ioctl(&self.root_fd, BTRFS_IOC_FS_INFO, &mut args).ok()?;
+        let _ = (args.max_id, args.num_devices, args.rest);
+        let h: String = args.fsid.iter().map(|b| format!("{b:02x}")).collect();
+        let uuid = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+        let dir = PathBuf::from(format!("/sys/fs/btrfs/{uuid}/qgroups"));
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Bytes the subvolume `subvol` holds, from its qgroup (`None` when the kernel does not say).
+    pub fn used_by_subvolume(&self, subvol: u32) -> Option<u64> {
+        let p = self.qgroups.as_ref()?.join(format!("0_{subvol}")).join("referenced");
+        fs::read_to_string(p).ok()?.trim().parse().ok()
     }
 
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
