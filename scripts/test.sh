@@ -25,4 +25,4 @@ WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest 
 echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
 cargo build --release --locked -p warren-bench
 target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json \
-    --sdk-python target/e2b-venv/bin/python
+    --sdk-python target/e2b-venv/bin/python --sustain-secs 3 --density 50 --claims-per-client 2

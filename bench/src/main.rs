@@ -8,7 +8,12 @@
 //! * idle footprint: RSS/PSS of an idle sandbox's agent and the daemon's memory per sandbox;
 //! * the E2B Python SDK end to end (`Sandbox.create()` + `commands.run("echo hi")` + `kill()`,
 //!   `bench/e2b_sdk_bench.py`) beside the same three calls made directly over HTTP, when
-//!   `--sdk-python` names an interpreter with the `e2b` package.
+//!   `--sdk-python` names an interpreter with the `e2b` package (creates claim from a warm pool);
+//! * warm pools: time to interactive (claim → first output of `echo` through the API) at 1, 16
+//!   and 64 concurrent clients; sustained claim + exec + kill throughput while pools refill;
+//! * pause and resume latency;
+//! * density (`--density N`): N idle sandboxes, host memory per sandbox running and paused, and
+//!   the time to start them all.
 //!
 //! Prints a table (p50, p99, ratio) and writes JSON.
 
@@ -37,6 +42,15 @@ struct Args {
     /// measurement when not given.
     #[arg(long)]
     sdk_python: Option<PathBuf>,
+    /// Seconds of the sustained claim + exec + kill run.
+    #[arg(long, default_value_t = 60)]
+    sustain_secs: u64,
+    /// Sandboxes started for the density measurement (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    density: usize,
+    /// Claims per client in the time-to-interactive runs.
+    #[arg(long, default_value_t = 10)]
+    claims_per_client: usize,
 }
 
 #[derive(Serialize)]
@@ -63,7 +77,12 @@ fn series(name: &str, mut d: Vec<Duration>) -> Series {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let daemon = Daemon::start_in(&args.root, "bench");
+    // Room for the density run and the pools beside it.
+    let daemon = Daemon::start_with(
+        &args.root,
+        "bench",
+        &format!("[sandbox]\nmax_sandboxes = {}\n", (args.density + 1000).max(4096)),
+    );
     let rootfs = args.root.join("templates/base/rootfs");
     let n = args.iterations.max(3);
 
@@ -71,9 +90,22 @@ fn main() -> Result<()> {
     let exec = warren_exec(&daemon, n * 5)?;
     let idle = idle_footprint(&daemon, 10)?;
     let sdk = match &args.sdk_python {
-        Some(py) => Some((e2b_sdk(&daemon, py, n)?, direct_create_run_kill(&daemon, n)?)),
+        Some(py) => {
+            // The SDK creates with the default shape: a pool of that shape makes its creates claims.
+            let pool = WarmPool::new(&daemon, "bench-sdk", None, 8, 32)?;
+            let r = (e2b_sdk(&daemon, py, n)?, direct_create_run_kill(&daemon, n)?);
+            pool.remove();
+            Some(r)
+        }
         None => None,
     };
+    let tti: Vec<Series> = [1usize, 16, 64]
+        .iter()
+        .map(|c| time_to_interactive(&daemon, *c, args.claims_per_client))
+        .collect::<Result<_>>()?;
+    let sustained = sustained_claims(&daemon, Duration::from_secs(args.sustain_secs))?;
+    let (pause, resume) = pause_resume(&daemon, n * 5)?;
+    let density = if args.density > 0 { Some(density(&daemon, args.density)?) } else { None };
 
     let bundle = crun_bundle(&args.root, &rootfs)?;
     let crun_cold = crun_run(&bundle, n)?;
@@ -90,6 +122,11 @@ fn main() -> Result<()> {
         "e2b_python_sdk_create_run_kill": sdk.as_ref().map(|s| &s.0.total),
         "e2b_python_sdk_phases": sdk.as_ref().map(|s| [&s.0.create, &s.0.run, &s.0.kill]),
         "direct_http_create_run_kill": sdk.as_ref().map(|s| &s.1),
+        "pool_time_to_interactive": tti,
+        "sustained_claim_exec_kill": sustained,
+        "pause": pause,
+        "resume": resume,
+        "density": density,
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
@@ -97,8 +134,20 @@ fn main() -> Result<()> {
     if let Some((s, direct)) = &sdk {
         rows.extend([&s.total, &s.create, &s.run, &s.kill, direct]);
     }
+    rows.extend(tti.iter());
+    rows.extend([&pause, &resume]);
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
+    }
+    println!(
+        "sustained claim+exec+kill: {:.0}/s over {:.0} s with {} clients ({} done, {} errors)",
+        sustained.per_sec, sustained.secs, sustained.clients, sustained.completed, sustained.errors
+    );
+    if let Some(dn) = &density {
+        println!(
+            "density: {} sandboxes started in {:.1} s ({:.1}/s); host memory {:.2} MiB/sandbox running, {:.2} MiB/sandbox with half paused",
+            dn.sandboxes, dn.start_secs, dn.sandboxes as f64 / dn.start_secs, dn.host_mib_per_sandbox, dn.host_mib_per_sandbox_half_paused
+        );
     }
     println!("ratio cold p50 (warren / crun run):  {:.2}", cold.p50_ms / crun_cold.p50_ms);
     println!("ratio exec p50 (warren / crun exec): {:.2}", exec.p50_ms / crun_exec.p50_ms);
@@ -185,6 +234,221 @@ fn direct_create_run_kill(d: &Daemon, n: usize) -> Result<Series> {
     }
     samples.drain(..2);
     Ok(series("direct HTTP: create+run+kill", samples))
+}
+
+/// A pool created for one measurement and removed after it.
+struct WarmPool<'a> {
+    d: &'a Daemon,
+    name: String,
+}
+
+impl<'a> WarmPool<'a> {
+    /// Creates the pool (shape: base, default CPU and disk, `memory_mb` or the default) and waits
+    /// until `min_ready` sandboxes are ready.
+    fn new(d: &'a Daemon, name: &str, memory_mb: Option<u64>, min_ready: u32, max_size: u32) -> Result<Self> {
+        d.api("DELETE", &format!("/pools/{name}"), None);
+        let mut spec = json!({"name": name, "templateID": "base", "minReady": min_ready, "maxSize": max_size,
+                              "refillConcurrency": 2, "emptyWaitMs": 2000});
+        if let Some(m) = memory_mb {
+            spec["memoryMB"] = json!(m);
+        }
+        let (status, v) = d.api("POST", "/pools", Some(spec));
+        if status != 201 {
+            bail!("creating pool {name}: {v}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while d.api("GET", &format!("/pools/{name}"), None).1["ready"].as_u64() < Some(u64::from(min_ready)) {
+            if Instant::now() > deadline {
+                bail!("pool {name} did not fill");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(WarmPool { d, name: name.into() })
+    }
+
+    fn remove(self) {
+        self.d.api("DELETE", &format!("/pools/{}", self.name), None);
+    }
+}
+
+/// Claim → first stdout byte of `echo hi` through the HTTP API, `clients` at once.
+fn time_to_interactive(d: &Daemon, clients: usize, per_client: usize) -> Result<Series> {
+    let size = (clients * 2).max(8) as u32;
+    let pool = WarmPool::new(d, "bench-tti", Some(256), size, size * 2)?;
+    let samples = std::sync::Mutex::new(Vec::new());
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "memoryMB": 256})));
+                    if status != 201 {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    let sb = warren_e2e::Sandbox {
+                        id: v["sandboxID"].as_str().unwrap_or_default().to_owned(),
+                        token: v["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+                        url: d.url(),
+                        http: d.http.clone(),
+                    };
+                    let mut frames = sb.stream(
+                        "process.Process/Start",
+                        json!({"process": {"cmd": "/bin/echo", "args": ["hi"]}}),
+                        &[],
+                    );
+                    while let Some((_, msg)) = frames.next_frame() {
+                        if msg["event"]["data"]["stdout"].is_string() {
+                            samples.lock().unwrap().push(t.elapsed());
+                            break;
+                        }
+                    }
+                    drop(frames);
+                    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+                }
+            });
+        }
+    });
+    pool.remove();
+    let samples = samples.into_inner().unwrap();
+    let failed = failed.into_inner();
+    if samples.is_empty() || failed > 0 {
+        bail!("time to interactive at {clients} clients: {failed} creates failed");
+    }
+    Ok(series(&format!("pool claim -> first output, {clients} clients"), samples))
+}
+
+#[derive(Serialize)]
+struct Sustained {
+    clients: usize,
+    secs: f64,
+    completed: usize,
+    errors: usize,
+    per_sec: f64,
+}
+
+/// Claim + exec `true` + kill in a loop from several clients while the pool refills.
+fn sustained_claims(d: &Daemon, length: Duration) -> Result<Sustained> {
+    let clients = 8;
+    let pool = WarmPool::new(d, "bench-sustain", Some(258), 32, 256)?;
+    d.api("PATCH", "/pools/bench-sustain", Some(json!({"refillConcurrency": 4, "targetFreeFraction": 0.5})));
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let errors = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                while started.elapsed() < length {
+                    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "memoryMB": 258})));
+                    if status != 201 {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    let sb = warren_e2e::Sandbox {
+                        id: v["sandboxID"].as_str().unwrap_or_default().to_owned(),
+                        token: v["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+                        url: d.url(),
+                        http: d.http.clone(),
+                    };
+                    let r = sb.run(json!({"process": {"cmd": "/bin/true"}}), &[]);
+                    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+                    if r.exit_code == Some(0) {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    pool.remove();
+    let completed = done.into_inner();
+    Ok(Sustained { clients, secs, completed, errors: errors.into_inner(), per_sec: completed as f64 / secs })
+}
+
+fn pause_resume(d: &Daemon, n: usize) -> Result<(Series, Series)> {
+    let sb = d.create(json!({"templateID": "base"}));
+    sb.sh("sleep 600 >/dev/null 2>&1 &");
+    let (mut p, mut r) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 5 {
+        let t = Instant::now();
+        let (s1, v1) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({})));
+        let tp = t.elapsed();
+        let t = Instant::now();
+        let (s2, v2) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 300})));
+        let tr = t.elapsed();
+        if s1 != 204 || s2 != 201 {
+            bail!("pause {s1} {v1} / resume {s2} {v2}");
+        }
+        if i >= 5 {
+            p.push(tp);
+            r.push(tr);
+        }
+    }
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    Ok((series("pause (POST /pause)", p), series("resume (POST /connect)", r)))
+}
+
+#[derive(Serialize)]
+struct Density {
+    sandboxes: usize,
+    start_secs: f64,
+    host_mib_per_sandbox: f64,
+    host_mib_per_sandbox_half_paused: f64,
+}
+
+fn mem_available_kib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo").map(|s| kib(&s, "MemAvailable:")).unwrap_or(0.0)
+}
+
+/// Starts `n` sandboxes (4 clients at once), lets them go idle, and reads the host's available
+/// memory before and after, then with half of them paused.
+fn density(d: &Daemon, n: usize) -> Result<Density> {
+    let before = mem_available_kib();
+    let ids = std::sync::Mutex::new(Vec::with_capacity(n));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "timeout": 3600})));
+                    if status != 201 {
+                        *failure.lock().unwrap() = Some(format!("create {status}: {v}"));
+                        return;
+                    }
+                    ids.lock().unwrap().push(v["sandboxID"].as_str().unwrap_or_default().to_owned());
+                }
+            });
+        }
+    });
+    let start_secs = started.elapsed().as_secs_f64();
+    let ids = ids.into_inner().unwrap();
+    let result = (|| {
+        if let Some(f) = failure.lock().unwrap().take() {
+            bail!("density run stopped after {} sandboxes: {f}", ids.len());
+        }
+        // Agents hand back their start-up memory after a second idle.
+        std::thread::sleep(Duration::from_millis(2000));
+        let running = (before - mem_available_kib()) / 1024.0 / ids.len() as f64;
+        for id in ids.iter().step_by(2) {
+            d.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({})));
+        }
+        let half = (before - mem_available_kib()) / 1024.0 / ids.len() as f64;
+        Ok(Density {
+            sandboxes: ids.len(),
+            start_secs,
+            host_mib_per_sandbox: running,
+            host_mib_per_sandbox_half_paused: half,
+        })
+    })();
+    for id in &ids {
+        d.api("DELETE", &format!("/sandboxes/{id}"), None);
+    }
+    result
 }
 
 fn warren_exec(d: &Daemon, n: usize) -> Result<Series> {

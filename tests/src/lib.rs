@@ -57,6 +57,12 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with state under `root` (templates in `root/templates`).
     pub fn start_in(root: &Path, name: &str) -> Daemon {
+        Self::start_with(root, name, "")
+    }
+
+    /// Like [`Daemon::start_in`], with `extra` TOML appended to the config (whole tables, e.g.
+    /// `"[sandbox]\nmax_sandboxes = 6000\n"`).
+    pub fn start_with(root: &Path, name: &str, extra: &str) -> Daemon {
         let data_dir = root.join(name);
         std::fs::create_dir_all(&data_dir).unwrap();
         let port = free_port();
@@ -66,7 +72,7 @@ impl Daemon {
             format!(
                 "data_dir = {data:?}\nrun_dir = {run:?}\nlisten = \"127.0.0.1:{port}\"\n\
                  [native]\ncgroup_parent = \"warren-e2e-{name}\"\nstorage_size_gb = 64\n\
-                 [templates]\ndir = {tpl:?}\n",
+                 [templates]\ndir = {tpl:?}\n{extra}",
                 data = data_dir.display().to_string(),
                 run = format!("/run/warren-e2e/{name}"),
                 tpl = root.join("templates").display().to_string(),
@@ -157,6 +163,33 @@ impl Daemon {
             None => req.call(),
         };
         into_json(r)
+    }
+
+    /// Like [`Daemon::api`], with the answer's headers (names lowercased).
+    pub fn api_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, std::collections::HashMap<String, String>, Value) {
+        let req = self.http.request(method, &format!("{}{}", self.url(), path)).set("X-API-KEY", &self.key());
+        let r = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match r {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
+                let headers = resp
+                    .headers_names()
+                    .into_iter()
+                    .filter_map(|n| resp.header(&n).map(|v| (n.to_ascii_lowercase(), v.to_owned())))
+                    .collect();
+                let status = resp.status();
+                let text = resp.into_string().unwrap_or_default();
+                (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(e) => panic!("request failed: {e}"),
+        }
     }
 
     pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {

@@ -38,7 +38,7 @@ impl From<NodeError> for ApiError {
             | NodeError::Conflict { .. }
             | NodeError::PoolConflict { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
-            NodeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Capacity { .. } | NodeError::HostFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // Empty for now: a retry a moment later is likely to find a refilled pool.
             NodeError::PoolEmpty { .. } => {
                 return ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), retry: true }

@@ -122,6 +122,7 @@ pub struct Engine {
     pub(crate) activity: Mutex<HashMap<SandboxId, crate::lifecycle::Activity>>,
     pub(crate) telemetry: crate::telemetry::Telemetry,
     pub(crate) timelines: Mutex<HashMap<SandboxId, crate::timeline::Timeline>>,
+    boot_permits: tokio::sync::Semaphore,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -140,6 +141,7 @@ impl Engine {
     /// Opens the store and templates, recovers the sandboxes of a previous run and starts the clock.
     pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Engine>, NodeError> {
         let store = Arc::new(Store::open(&cfg.data_dir.join("state.redb"))?);
+        let cfg_boots = cfg.sandbox.max_concurrent_boots;
         let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
         let engine = Arc::new(Engine {
             cfg,
@@ -154,6 +156,7 @@ impl Engine {
             activity: Mutex::new(HashMap::new()),
             telemetry: Default::default(),
             timelines: Mutex::new(HashMap::new()),
+            boot_permits: tokio::sync::Semaphore::new(cfg_boots.max(1)),
         });
         engine.load_pools()?;
         engine.recover().await?;
@@ -367,6 +370,7 @@ impl Engine {
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         let lim = &self.cfg.sandbox;
         let rootfs = self.templates.ready_rootfs(&shape.template_id)?;
+        self.check_host_room()?;
         let mut rnd = [0u8; 16];
         getrandom::getrandom(&mut rnd).expect("random source");
         let id = SandboxId::from_random(rnd);
@@ -396,6 +400,8 @@ impl Engine {
             }
             map.insert(id.clone(), rec.clone());
         }
+        // Bounded boots: the rest of a storm waits here (without holding anything a claim needs).
+        let _permit = self.boot_permits.acquire().await.expect("never closed");
         // The record is first written once the sandbox runs: a crash before that leaves only
         // leftovers that the next start's sweep removes, and nobody was told of the sandbox.
         let spec = SandboxSpec {
@@ -658,6 +664,32 @@ impl Engine {
         self.telemetry.resume_seconds.observe(t0.elapsed().as_secs_f64());
         info!("sandbox resumed");
         Ok((rec, true))
+    }
+
+    /// Refuses a new sandbox while the host is short of memory or disk (the reserves are config).
+    fn check_host_room(&self) -> Result<(), NodeError> {
+        let lim = &self.cfg.sandbox;
+        if let Some(avail) = crate::host::mem_available_mb() {
+            if avail < lim.min_free_memory_mb {
+                return Err(NodeError::HostFull {
+                    resource: "memory",
+                    available_mb: avail,
+                    reserve_mb: lim.min_free_memory_mb,
+                    setting: "sandbox.min_free_memory_mb",
+                });
+            }
+        }
+        if let Some(free) = crate::host::disk_free_mb(&self.cfg.data_dir) {
+            if free < lim.min_free_disk_mb {
+                return Err(NodeError::HostFull {
+                    resource: "disk",
+                    available_mb: free,
+                    reserve_mb: lim.min_free_disk_mb,
+                    setting: "sandbox.min_free_disk_mb",
+                });
+            }
+        }
+        Ok(())
     }
 
     fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod lifecycle;
 pub mod pools;
 pub mod store;

@@ -62,6 +62,12 @@ pub struct SandboxLimits {
     pub pids_max: u32,
     /// Upper bound on live sandboxes on this node.
     pub max_sandboxes: usize,
+    /// New sandboxes are refused while the host has less memory available than this.
+    pub min_free_memory_mb: u64,
+    /// New sandboxes are refused while the data directory's filesystem has less space than this.
+    pub min_free_disk_mb: u64,
+    /// Sandboxes booted at once (creates beyond wait their turn, so a storm cannot fork-bomb the host).
+    pub max_concurrent_boots: usize,
     /// How long a sandbox's log stays readable after it ends.
     pub log_retention_secs: u64,
     /// How often each sandbox's CPU, memory and disk are sampled for its timeline (0: never).
@@ -83,6 +89,9 @@ impl Default for SandboxLimits {
             max_timeout_secs: 24 * 3600,
             pids_max: 1024,
             max_sandboxes: 4096,
+            min_free_memory_mb: 512,
+            min_free_disk_mb: 2048,
+            max_concurrent_boots: 8,
             log_retention_secs: 24 * 3600,
             sample_interval_ms: 1000,
             timeline_secs: 3600,
