@@ -28,6 +28,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Seconds of claims at the recent rate the pool should be able to absorb.
 const RATE_COVER_SECS: f64 = 2.0;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a refill waits after a claim while the pool has a cushion.
+const REFILL_DEBOUNCE: Duration = Duration::from_millis(30);
 
 /// A pool as persisted: the resolved spec (every optional field filled in).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,6 +365,14 @@ impl Engine {
         v
     }
 
+    /// Whether the pool holds enough ready sandboxes that its refill can wait a moment.
+    fn pool_has_cushion(&self, name: &str) -> bool {
+        self.pools.lock().unwrap().get(name).is_some_and(|p| {
+            let ready = p.ready.len() as u32;
+            ready >= 2 && ready * 4 >= p.target
+        })
+    }
+
     /// The idle policy a pool gives the sandboxes claimed from it.
     pub(crate) fn pool_idle_timeout(&self, name: &str) -> Option<u64> {
         self.pools.lock().unwrap().get(name).and_then(|p| p.spec.idle_timeout)
@@ -544,7 +554,14 @@ impl Engine {
                     Step::Idle => {}
                 }
                 drop(e);
-                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                if tokio::time::timeout(Duration::from_secs(1), wake.notified()).await.is_ok() {
+                    // Woken by a claim: while the pool still has a cushion, refill a moment later,
+                    // so the boot does not compete with the claimer's first command for the CPU.
+                    let cushion = me.upgrade().is_some_and(|e| e.pool_has_cushion(&name));
+                    if cushion {
+                        tokio::time::sleep(REFILL_DEBOUNCE).await;
+                    }
+                }
             }
         });
     }

@@ -52,6 +52,9 @@ pub struct MetricPoint {
     pub disk_total: u64,
 }
 
+/// Cached memory is read every this many samples.
+const CACHE_EVERY: u64 = 10;
+
 fn kib(bytes: u64) -> u32 {
     (bytes / 1024).min(u64::from(u32::MAX)) as u32
 }
@@ -86,6 +89,7 @@ impl Engine {
     }
 
     fn sample_all(&self) {
+        let started = Instant::now();
         let cap = (self.cfg.sandbox.timeline_secs * 1000 / self.cfg.sandbox.sample_interval_ms.max(1)) as usize;
         let live: Vec<(SandboxId, SandboxState, u32, Option<warren_runtime::Handle>)> = self
             .sandboxes
@@ -104,9 +108,17 @@ impl Engine {
                 continue;
             }
             let Some(h) = handle else { continue };
-            let Ok(st) = self.runtime.stats(&id, &h) else { continue };
+            // Cached memory costs the kernel a whole memory.stat: read it every tenth sample
+            // (staggered across sandboxes) and repeat it in between.
+            let (prev, prev_cache) = {
+                let t = self.timelines.lock().unwrap();
+                let t = t.get(&id);
+                (t.and_then(|t| t.last_cpu), t.and_then(|t| t.samples.back().map(|s| s.mem_cache_kib)))
+            };
+            let stagger = id.as_str().bytes().fold(0u64, |a, b| a.wrapping_add(u64::from(b)));
+            let with_cache = prev_cache.is_none() || (u64::from(at) + stagger) % CACHE_EVERY == 0;
+            let Ok(st) = self.runtime.sample(&id, &h, with_cache) else { continue };
             let now = Instant::now();
-            let prev = self.timelines.lock().unwrap().get(&id).and_then(|t| t.last_cpu);
             let pct = match prev {
                 Some((t, ns)) => {
                     let wall = now.duration_since(t).as_nanos() as f64 * f64::from(cpus.max(1));
@@ -122,7 +134,7 @@ impl Engine {
                 at,
                 cpu_centi_pct: (pct * 100.0).round() as u16,
                 mem_used_kib: kib(st.memory_used_bytes),
-                mem_cache_kib: kib(st.memory_cache_bytes),
+                mem_cache_kib: if with_cache { kib(st.memory_cache_bytes) } else { prev_cache.unwrap_or(0) },
                 disk_used_kib: kib(st.disk_used_bytes),
             };
             fresh.push((id, Some(Reading { cpu: (now, st.cpu_usage_ns), sample })));
@@ -144,6 +156,7 @@ impl Engine {
                 }
             }
         }
+        tracing::debug!(sandboxes = timelines.len(), elapsed_us = started.elapsed().as_micros() as u64, "sampled");
     }
 
     /// The sandbox's samples between `start` and `end` (Unix seconds, inclusive), oldest first.

@@ -119,6 +119,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn set_cpu(&self, id: &SandboxId, cpu_count: u32) -> Result<(), RuntimeError>;
     fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     fn stats(&self, id: &SandboxId, handle: &Handle) -> Result<Stats, RuntimeError>;
+    /// The figures of a timeline sample only (CPU time, memory used, disk used, and memory cached
+    /// when `with_cache`, the costly one): read every second for every sandbox, so it skips what
+    /// [`Runtime::stats`] adds (limits, pids).
+    fn sample(&self, id: &SandboxId, handle: &Handle, with_cache: bool) -> Result<Stats, RuntimeError>;
     /// Finds the sandbox's init again after a daemon restart; `None` when it is gone.
     fn reattach(&self, id: &SandboxId, handle: &Handle) -> Option<ExitWatch>;
     /// Watches a freshly created sandbox's init.

@@ -351,6 +351,29 @@ impl SandboxCgroup {
         }
     }
 
+    /// Fills only CPU time and memory used (two reads), and cached memory when `with_cache` (the
+    /// kernel builds the whole memory.stat for it).
+    pub fn sample(&self, stats: &mut Stats, with_cache: bool) {
+        match &self.layout.kind {
+            Kind::V1 { cpuacct, memory, .. } => {
+                stats.cpu_usage_ns = read_u64(&self.dir(cpuacct).join("cpuacct.usage")).unwrap_or(0);
+                let mem = self.dir(memory);
+                stats.memory_used_bytes = read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0);
+                if with_cache {
+                    stats.memory_cache_bytes = stat_field(&mem.join("memory.stat"), "total_cache").unwrap_or(0);
+                }
+            }
+            Kind::V2 { root } => {
+                let dir = self.dir(root);
+                stats.cpu_usage_ns = stat_field(&dir.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000;
+                stats.memory_used_bytes = read_u64(&dir.join("memory.current")).unwrap_or(0);
+                if with_cache {
+                    stats.memory_cache_bytes = stat_field(&dir.join("memory.stat"), "file").unwrap_or(0);
+                }
+            }
+        }
+    }
+
     /// Whether the kernel's OOM killer fired in this cgroup.
     pub fn oom_killed(&self) -> bool {
         match &self.layout.kind {

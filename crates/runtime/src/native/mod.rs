@@ -288,6 +288,14 @@ impl Runtime for NativeRuntime {
         Ok(s)
     }
 
+    fn sample(&self, id: &SandboxId, handle: &Handle, with_cache: bool) -> Result<Stats, RuntimeError> {
+        let mut s = Stats::default();
+        self.cgroups.sandbox(id.as_str()).sample(&mut s, with_cache);
+        s.disk_used_bytes =
+            self.layers.used_by_subvolume(handle.project_id).unwrap_or_else(|| self.layers.used(id.as_str()));
+        Ok(s)
+    }
+
     fn reattach(&self, _id: &SandboxId, handle: &Handle) -> Option<ExitWatch> {
         if handle.version != HANDLE_VERSION {
             return None;
