@@ -81,7 +81,10 @@ fn main() -> Result<()> {
     let daemon = Daemon::start_with(
         &args.root,
         "bench",
-        &format!("[sandbox]\nmax_sandboxes = {}\n", (args.density + 1000).max(4096)),
+        &format!(
+            "[sandbox]\nmax_sandboxes = {}\n[network]\nbridge = \"wtbench\"\ncidr = \"10.248.0.0/16\"\n",
+            (args.density + 1000).max(4096)
+        ),
     );
     let rootfs = args.root.join("templates/base/rootfs");
     let n = args.iterations.max(3);

@@ -56,6 +56,7 @@ def warren():
             f'data_dir = "{data}"\nrun_dir = "/run/warren-e2e/e2b-sdk"\nlisten = "127.0.0.1:{port}"\n'
             f'[native]\ncgroup_parent = "warren-e2e-e2b-sdk"\nstorage_size_gb = 64\n'
             f'[templates]\ndir = "{ROOT}/templates"\n'
+            f'[network]\nbridge = "wtsdk"\ncidr = "10.249.0.0/24"\n'
         )
     log = open(os.path.join(data, "daemon.log"), "w")
     proc = subprocess.Popen([binary, "serve", "--config", config], stdout=subprocess.DEVNULL, stderr=log)

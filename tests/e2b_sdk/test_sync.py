@@ -229,3 +229,20 @@ def test_lifecycle_pause_on_timeout_and_resume_on_traffic():
         assert Sandbox.get_info(s.sandbox_id).state.value == "running"
     finally:
         s.kill()
+
+
+def test_get_host_reaches_a_server_inside(sb, warren):
+    sb.commands.run("cd /tmp && echo inside > hi.txt && nohup python3 -m http.server 8080 >/dev/null 2>&1 &")
+    host = sb.get_host(8080)
+    assert host == f"8080-{sb.sandbox_id}.localhost:{warren['port']}"
+    # `*.localhost` names need a resolver that knows them; send the Host to the daemon's address.
+    req = urllib.request.Request(f"{warren['url']}/hi.txt", headers={"Host": host})
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert r.read() == b"inside\n"
+                break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline, "the server inside never answered"
+            time.sleep(0.1)

@@ -45,6 +45,12 @@ pub struct Daemon {
     key: Mutex<String>,
 }
 
+/// A bridge name and a /24 for the daemon `name`, the same on every run.
+pub fn test_network(name: &str) -> (String, String) {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (format!("wt{:08x}", h as u32), format!("10.{}.{}.0/24", 100 + (h >> 32) % 100, (h >> 40) % 256))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -64,6 +70,14 @@ impl Daemon {
     /// `"[sandbox]\nmax_sandboxes = 6000\n"`).
     pub fn start_with(root: &Path, name: &str, extra: &str) -> Daemon {
         let data_dir = root.join(name);
+        // Each test daemon gets its own bridge and subnet (several run at once).
+        let network = if extra.contains("[network]") {
+            String::new()
+        } else {
+            let (bridge, cidr) = test_network(name);
+            format!("[network]\nbridge = \"{bridge}\"\ncidr = \"{cidr}\"\n")
+        };
+        let extra = format!("{extra}{network}");
         std::fs::create_dir_all(&data_dir).unwrap();
         let port = free_port();
         let config = data_dir.join("config.toml");

@@ -38,12 +38,18 @@ impl From<NodeError> for ApiError {
             | NodeError::Conflict { .. }
             | NodeError::PoolConflict { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
-            NodeError::Capacity { .. } | NodeError::HostFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Capacity { .. } | NodeError::HostFull { .. } | NodeError::AddressesExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             // Empty for now: a retry a moment later is likely to find a refilled pool.
             NodeError::PoolEmpty { .. } => {
                 return ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), retry: true }
             }
-            NodeError::Runtime(_) | NodeError::Store(_) | NodeError::Agent { .. } | NodeError::Build { .. } => {
+            NodeError::Runtime(_)
+            | NodeError::Store(_)
+            | NodeError::Agent { .. }
+            | NodeError::Build { .. }
+            | NodeError::InvalidConfig { .. } => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -23,6 +23,8 @@ pub struct AppState {
     pub domain: String,
     /// Creates by `Idempotency-Key`: a retried create gets the sandbox of the first attempt.
     pub idempotency: routes::IdempotencyCache,
+    /// Keep-alive connections to servers inside sandboxes (ports other than the agent's).
+    pub ports: proxy::PortClient,
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, Request, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use warren_types::AGENT_PORT;
 
 use crate::error::ApiError;
@@ -77,9 +78,27 @@ pub async fn forward(state: Arc<AppState>, target: Target, req: Request<Incoming
     }
 }
 
+/// The client that reaches servers inside sandboxes, keeping connections alive between requests.
+pub type PortClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    warren_node::agent_client::Body,
+>;
+
+pub fn port_client() -> PortClient {
+    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(c)
+}
+
 async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>) -> Result<Response, ApiError> {
     // Authenticate first (whatever the sandbox's state): nothing wakes for a stranger.
     let (token, sandbox_state, auto_resume) = state.engine.traffic_credentials(&target.sandbox)?;
+    if target.port != AGENT_PORT {
+        return forward_port(state, target, req, sandbox_state, auto_resume).await;
+    }
     let headers = req.headers();
     let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &token));
     let by_key = api_key_of(headers).is_some_and(|k| key_matches(k, &state.api_key));
@@ -90,15 +109,6 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
             format!(
                 "sandbox {} needs its access token (X-Access-Token, from the create answer) or the API key (X-API-KEY)",
                 target.sandbox
-            ),
-        ));
-    }
-    if target.port != AGENT_PORT {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "port {} of sandbox {}: sandboxes have no network yet on this Warren version; only the sandbox protocol port {AGENT_PORT} is served",
-                target.port, target.sandbox
             ),
         ));
     }
@@ -125,6 +135,87 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     let resp = state.engine.agents.send(&socket, out).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox {} did not answer: {e}", target.sandbox))
     })?;
+    let (parts, body) = resp.into_parts();
+    let mut r = Response::builder().status(parts.status);
+    copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));
+    let body = body.map_frame(move |f| {
+        let _busy = &guard;
+        f
+    });
+    Ok(r.body(Body::new(body)).expect("valid response"))
+}
+
+/// Traffic to a server inside the sandbox (`{port}-{id}.{domain}` or `E2b-Sandbox-Port`): public
+/// unless the sandbox was created with `allowPublicTraffic: false`, then it needs the sandbox's
+/// `e2b-traffic-access-token` (or the API key). WebSocket and other upgrades are spliced through.
+async fn forward_port(
+    state: &AppState,
+    target: &Target,
+    mut req: Request<Incoming>,
+    sandbox_state: warren_types::SandboxState,
+    auto_resume: bool,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = state.engine.traffic_token(&target.sandbox)? {
+        let h = req.headers();
+        let ok =
+            h.get("e2b-traffic-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &expected))
+                || api_key_of(h).is_some_and(|k| key_matches(k, &state.api_key));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "sandbox {} does not allow public traffic: send its trafficAccessToken in e2b-traffic-access-token",
+                    target.sandbox
+                ),
+            ));
+        }
+    }
+    if sandbox_state == warren_types::SandboxState::Paused && auto_resume {
+        state.engine.resume_for_traffic(&target.sandbox).await?;
+    }
+    // Only a running sandbox is reached (a paused one answers 409 like the agent port).
+    state.engine.agent_socket(&target.sandbox)?;
+    let addr = state.engine.sandbox_address(&target.sandbox)?;
+    let guard = state.engine.begin_traffic(&target.sandbox);
+    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let upgrade = req.headers().get(http::header::UPGRADE).cloned();
+    let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let mut out = Request::builder().method(req.method().clone()).uri(format!("http://{addr}:{}{path_q}", target.port));
+    {
+        let h = out.headers_mut().expect("builder is valid");
+        copy_headers(req.headers(), h);
+        if let Some(u) = &upgrade {
+            h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            h.insert(http::header::UPGRADE, u.clone());
+        }
+    }
+    use http_body_util::BodyExt;
+    let body = req.into_body().map_err(|e| Box::new(e) as warren_node::agent_client::BoxError).boxed();
+    let out = out.body(body).map_err(|e| ApiError::bad_request(format!("cannot forward request: {e}")))?;
+    let mut resp = state.ports.request(out).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("nothing answered on port {} of sandbox {}: {e}", target.port, target.sandbox),
+        )
+    })?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let backend_side = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        if let Some(client_side) = client_side {
+            tokio::spawn(async move {
+                let _busy = guard;
+                if let (Ok(c), Ok(b)) = (client_side.await, backend_side.await) {
+                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                }
+            });
+        }
+        let mut r = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (k, v) in &parts.headers {
+            r = r.header(k, v);
+        }
+        return Ok(r.body(Body::empty()).expect("valid response"));
+    }
     let (parts, body) = resp.into_parts();
     let mut r = Response::builder().status(parts.status);
     copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));

@@ -133,6 +133,7 @@ fn sandbox_answer(st: &AppState, r: &SandboxRecord) -> Sandbox {
         envd_version: ENVD_VERSION.into(),
         alias: Some(r.template_id.to_string()),
         envd_access_token: Some(r.access_token.clone()),
+        traffic_access_token: r.traffic_token.clone(),
         domain: Some(st.domain.clone()),
     }
 }
@@ -201,6 +202,27 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID is required (for example \"base\")"));
     }
+    // Egress policy is not enforced yet: refuse it rather than pretend.
+    let net = req.network.clone().unwrap_or_default();
+    let unsupported: Vec<&str> = [
+        (req.allow_internet_access == Some(false), "allow_internet_access: false"),
+        (!net.allow_out.is_empty(), "network.allowOut"),
+        (!net.deny_out.is_empty(), "network.denyOut"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .chain(net.other.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.as_str()))
+    .collect();
+    if !unsupported.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "{} cannot be enforced by this Warren version (sandboxes get open egress except to the host, \
+                 other sandboxes and link-local addresses); create the sandbox without it",
+                unsupported.join(", ")
+            ),
+        ));
+    }
     let rec = st
         .engine
         .create(CreateRequest {
@@ -215,6 +237,7 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
             pause_on_timeout: req.auto_pause.unwrap_or(false),
             auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
             idle_timeout_secs: req.idle_timeout,
+            private_ports: net.allow_public_traffic == Some(false),
         })
         .await?;
     Ok(sandbox_answer(st, &rec))

@@ -78,6 +78,22 @@ fn agent_binary(cfg: &Config) -> Result<PathBuf> {
     Ok(exe.with_file_name("warren-agent"))
 }
 
+fn network_settings(
+    cfg: &warren_types::config::Config,
+) -> Result<Option<warren_runtime::native::network::NetworkSettings>> {
+    if !cfg.network.enabled {
+        return Ok(None);
+    }
+    let (subnet, prefix) = cfg.network.subnet().map_err(anyhow::Error::msg)?;
+    let dns = cfg.network.dns.clone().unwrap_or_else(warren_runtime::native::network::host_nameservers);
+    Ok(Some(warren_runtime::native::network::NetworkSettings {
+        bridge: cfg.network.bridge.clone(),
+        subnet,
+        prefix,
+        dns,
+    }))
+}
+
 pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
@@ -97,6 +113,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         agent_binary: agent_binary(&cfg)?,
         spawner_exe: std::env::current_exe().context("locating the warren executable")?,
         cgroup_parent: cfg.native.cgroup_parent.clone(),
+        network: network_settings(&cfg)?,
     })
     .context("starting the native runtime")?;
     info!(cgroup = runtime.cgroup_version(), "native runtime ready");
@@ -121,7 +138,13 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
                 engine.templates.build(base, vec![])?;
             }
         }
-        let state = Arc::new(warren_api::AppState { engine, api_key: key, domain, idempotency: Default::default() });
+        let state = Arc::new(warren_api::AppState {
+            engine,
+            api_key: key,
+            domain,
+            idempotency: Default::default(),
+            ports: warren_api::proxy::port_client(),
+        });
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

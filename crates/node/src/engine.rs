@@ -59,6 +59,12 @@ pub struct SandboxRecord {
     pub burst_until_ms: Option<u64>,
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// Its address on the sandbox network (none when the runtime gives it loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Set when its ports are not public: requests to them must carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_token: Option<String>,
 }
 
 /// What happens to a sandbox when its time is up or nobody uses it.
@@ -103,6 +109,8 @@ pub struct CreateRequest {
     pub pause_on_timeout: bool,
     pub auto_resume: bool,
     pub idle_timeout_secs: Option<u64>,
+    /// Ports reachable only with the sandbox's traffic token.
+    pub private_ports: bool,
 }
 
 pub struct Engine {
@@ -123,6 +131,8 @@ pub struct Engine {
     pub(crate) telemetry: crate::telemetry::Telemetry,
     pub(crate) timelines: Mutex<HashMap<SandboxId, crate::timeline::Timeline>>,
     boot_permits: tokio::sync::Semaphore,
+    /// `None` when sandboxes have no network.
+    addresses: Option<Mutex<crate::addresses::AddressPool>>,
 }
 
 fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -142,6 +152,12 @@ impl Engine {
     pub async fn start(cfg: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<Engine>, NodeError> {
         let store = Arc::new(Store::open(&cfg.data_dir.join("state.redb"))?);
         let cfg_boots = cfg.sandbox.max_concurrent_boots;
+        let addresses = if cfg.network.enabled && runtime.capabilities().network {
+            let (subnet, prefix) = cfg.network.subnet().map_err(|detail| NodeError::InvalidConfig { detail })?;
+            Some(Mutex::new(crate::addresses::AddressPool::new(subnet, prefix)))
+        } else {
+            None
+        };
         let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
         let engine = Arc::new(Engine {
             cfg,
@@ -157,6 +173,7 @@ impl Engine {
             telemetry: Default::default(),
             timelines: Mutex::new(HashMap::new()),
             boot_permits: tokio::sync::Semaphore::new(cfg_boots.max(1)),
+            addresses,
         });
         engine.load_pools()?;
         engine.recover().await?;
@@ -204,6 +221,9 @@ impl Engine {
                         self.agents.register(&h.agent_socket);
                     }
                     live.push(rec.id.clone());
+                    if let (Some(pool), Some(a)) = (&self.addresses, rec.address) {
+                        pool.lock().unwrap().claim(a);
+                    }
                     self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
                     self.watch_exit(rec.id.clone(), w);
                     if rec.state == SandboxState::Ready && !self.adopt_ready(&rec) {
@@ -315,6 +335,7 @@ impl Engine {
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
         let pool_idle = rec.pool.as_deref().and_then(|p| self.pool_idle_timeout(p));
         rec.lifecycle = req.lifecycle(timeout, pool_idle);
+        rec.traffic_token = req.private_ports.then(|| random_hex(16));
         rec.metadata = req.metadata;
         rec.env_vars = req.env_vars;
         rec.started_at_ms = now;
@@ -392,6 +413,8 @@ impl Engine {
             pool,
             burst_until_ms: None,
             lifecycle: Lifecycle::default(),
+            address: None,
+            traffic_token: None,
         };
         {
             let mut map = self.sandboxes.lock().unwrap();
@@ -404,14 +427,26 @@ impl Engine {
         let _permit = self.boot_permits.acquire().await.expect("never closed");
         // The record is first written once the sandbox runs: a crash before that leaves only
         // leftovers that the next start's sweep removes, and nobody was told of the sandbox.
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             id: id.clone(),
             template_rootfs: rootfs,
             cpu_count: shape.cpu_count,
             memory_mb: shape.memory_mb,
             disk_mb: shape.disk_mb,
             pids_max: lim.pids_max,
+            address: None,
         };
+        if let Some(pool) = &self.addresses {
+            let Some(a) = pool.lock().unwrap().allocate() else {
+                self.sandboxes.lock().unwrap().remove(&id);
+                return Err(NodeError::AddressesExhausted { cidr: self.cfg.network.cidr.clone() });
+            };
+            spec.address = Some(a);
+            rec.address = Some(a);
+            if let Some(r) = self.sandboxes.lock().unwrap().get_mut(&id) {
+                r.address = Some(a);
+            }
+        }
         let rt = self.runtime.clone();
         let booted = tokio::task::spawn_blocking(move || {
             let h = rt.create(&spec)?;
@@ -441,7 +476,30 @@ impl Engine {
         let rt = self.runtime.clone();
         let i = id.clone();
         let _ = tokio::task::spawn_blocking(move || rt.destroy(&i, handle.as_ref())).await;
-        self.sandboxes.lock().unwrap().remove(id);
+        if let Some(rec) = self.sandboxes.lock().unwrap().remove(id) {
+            self.release_address(&rec);
+        }
+    }
+
+    fn release_address(&self, rec: &SandboxRecord) {
+        if let (Some(pool), Some(a)) = (&self.addresses, rec.address) {
+            pool.lock().unwrap().release(a);
+        }
+    }
+
+    /// The token traffic to the sandbox's ports must carry, when they are not public.
+    pub fn traffic_token(&self, id: &str) -> Result<Option<String>, NodeError> {
+        Ok(self.get(id)?.traffic_token)
+    }
+
+    /// A sandbox's address on the sandbox network, for proxying to its ports.
+    pub fn sandbox_address(&self, id: &str) -> Result<std::net::Ipv4Addr, NodeError> {
+        let rec = self.get(id)?;
+        rec.address.ok_or_else(|| NodeError::Conflict {
+            id: id.into(),
+            state: "without a network (loopback only)",
+            action: "reaching its ports",
+        })
     }
 
     pub fn get(&self, id: &str) -> Result<SandboxRecord, NodeError> {
@@ -499,6 +557,7 @@ impl Engine {
             map.remove(id).expect("present")
         };
         self.forget_ready(&rec);
+        self.release_address(&rec);
         self.op_locks.lock().unwrap().remove(id);
         self.activity.lock().unwrap().remove(id);
         self.timelines.lock().unwrap().remove(id);

@@ -32,6 +32,10 @@ pub enum NodeError {
     Agent { detail: String },
     #[error("building template {id} failed: {detail}")]
     Build { id: String, detail: String },
+    #[error("every address of the sandbox network {cidr} is in use; kill sandboxes or widen network.cidr")]
+    AddressesExhausted { cidr: String },
+    #[error("invalid configuration: {detail}")]
+    InvalidConfig { detail: String },
     #[error("the sandbox refused the request: {detail}")]
     Rejected { detail: String },
     #[error("pool {name} does not exist; list pools with `warren pool list`")]

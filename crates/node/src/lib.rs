@@ -2,6 +2,7 @@
 //! [`engine::Command`]-style calls and gets typed errors back; it drives a [`warren_runtime::Runtime`]
 //! and persists every state change in the [`store`] before acknowledging it (invariant 3).
 
+pub mod addresses;
 pub mod agent_client;
 pub mod engine;
 pub mod error;

@@ -494,6 +494,7 @@ impl Engine {
             r.end_at_ms = now + timeout_secs * 1000;
             r.burst_until_ms = burst.map(|b| now + b.secs * 1000);
             r.lifecycle = req.lifecycle(timeout_secs, pool_idle);
+            r.traffic_token = req.private_ports.then(|| crate::random_hex(16));
         })?;
         if rec.burst_until_ms.is_some() {
             self.schedule_burst_end(&rec);

@@ -29,6 +29,8 @@ pub struct SandboxSpec {
     pub memory_mb: u64,
     pub disk_mb: u64,
     pub pids_max: u32,
+    /// The sandbox's address when the runtime gives it a network (from the engine's allocator).
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// What the engine persists about a live sandbox so that a restarted daemon can find it again.
@@ -79,6 +81,8 @@ pub enum RuntimeError {
     Signal { id: SandboxId, source: std::io::Error },
     #[error("sandbox {id} did not stop within {waited_ms} ms")]
     StopTimeout { id: SandboxId, waited_ms: u64 },
+    #[error("sandbox networking: {detail}")]
+    Network { detail: String },
     #[error("the {backend} runtime cannot {op}")]
     Unsupported { backend: &'static str, op: &'static str },
 }

@@ -46,6 +46,25 @@ pub struct NewSandbox {
     /// Warren extension: the user commands run as when a call names none.
     #[serde(default)]
     pub user: Option<String>,
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
+}
+
+/// E2B's `SandboxNetworkConfig`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNetwork {
+    /// `false`: traffic to the sandbox's ports needs its `trafficAccessToken`.
+    #[serde(default)]
+    pub allow_public_traffic: Option<bool>,
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+    /// Fields this Warren does not implement (`dnsServers`, `egressProxy`, `rules`, …): refused
+    /// when set rather than ignored.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `autoResume` of a create request.
@@ -81,6 +100,8 @@ pub struct Sandbox {
     pub alias: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_access_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
 }

@@ -20,8 +20,53 @@ pub struct Config {
     pub sandbox: SandboxLimits,
     pub native: NativeConfig,
     pub templates: TemplateConfig,
+    pub network: NetworkConfig,
     /// Warm pools created (or updated) at every start: `[[pools]]` tables.
     pub pools: Vec<crate::pool::PoolSpec>,
+}
+
+/// Sandbox networking (native runtime).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Give sandboxes a network (`false`: loopback only).
+    pub enabled: bool,
+    /// The bridge sandboxes hang off (≤ 15 characters); also names this daemon's nftables table.
+    pub bridge: String,
+    /// The sandboxes' subnet, as `a.b.c.d/len`; the first address is the gateway.
+    pub cidr: String,
+    /// Name servers for sandboxes (default: the host's, unless they are loopback addresses).
+    pub dns: Option<Vec<String>>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { enabled: true, bridge: "warren0".into(), cidr: "10.88.0.0/16".into(), dns: None }
+    }
+}
+
+impl NetworkConfig {
+    /// The subnet's base address and prefix length, checked.
+    pub fn subnet(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
+        let (a, l) =
+            self.cidr.split_once('/').ok_or_else(|| format!("network.cidr {:?} is not a.b.c.d/len", self.cidr))?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| format!("network.cidr {:?}: bad address", self.cidr))?;
+        let len: u8 = l.parse().map_err(|_| format!("network.cidr {:?}: bad prefix length", self.cidr))?;
+        if !(8..=28).contains(&len) {
+            return Err(format!("network.cidr {:?}: use a prefix length from 8 to 28", self.cidr));
+        }
+        let mask = u32::MAX << (32 - len);
+        if u32::from(addr) & !mask != 0 {
+            return Err(format!("network.cidr {:?}: the address has host bits set", self.cidr));
+        }
+        if self.bridge.is_empty()
+            || self.bridge.len() > 15
+            || !self.bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!("network.bridge {:?}: use 1 to 15 letters, digits, '-' or '_'", self.bridge));
+        }
+        Ok((addr, len))
+    }
 }
 
 impl Default for Config {
@@ -34,6 +79,7 @@ impl Default for Config {
             sandbox: SandboxLimits::default(),
             native: NativeConfig::default(),
             templates: TemplateConfig::default(),
+            network: NetworkConfig::default(),
             pools: Vec::new(),
         }
     }

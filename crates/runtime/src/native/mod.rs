@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod exit_watch;
+pub mod network;
 pub mod seccomp;
 pub mod spawn;
 pub mod storage;
@@ -38,6 +39,8 @@ pub struct NativeSettings {
     pub spawner_exe: PathBuf,
     /// cgroup holding this daemon's sandboxes (below each controller root).
     pub cgroup_parent: String,
+    /// Sandbox networking; loopback only when `None`.
+    pub network: Option<network::NetworkSettings>,
 }
 
 pub struct NativeRuntime {
@@ -80,6 +83,9 @@ impl NativeRuntime {
             path: dir,
             source,
         })?;
+        if let Some(net) = &settings.network {
+            network::setup_host(net)?;
+        }
         debug!(cgroup_version = cgroups.version(), "native runtime ready");
         Ok(NativeRuntime { settings, cgroups, layers, zygote: None })
     }
@@ -115,6 +121,10 @@ impl NativeRuntime {
             .map_err(prep("writable layer", upper.clone()))?;
         fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
             .map_err(prep("writable layer", upper.clone()))?;
+        if let (Some(net), Some(addr)) = (&self.settings.network, spec.address) {
+            network::write_etc(net, &upper, id, addr, self.settings.uid_base)
+                .map_err(prep("/etc/resolv.conf and /etc/hosts", upper.join("etc")))?;
+        }
 
         let run = self.run_dir(id);
         let mountpoint = run.join("rootfs");
@@ -206,7 +216,12 @@ impl Runtime for NativeRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { freeze: true, memory_snapshots: false, filesystem_snapshots: false, network: false }
+        Capabilities {
+            freeze: true,
+            memory_snapshots: false,
+            filesystem_snapshots: false,
+            network: self.settings.network.is_some(),
+        }
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
@@ -223,6 +238,9 @@ impl Runtime for NativeRuntime {
             let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
             let t2 = Instant::now();
             let (pid, start_time, agent_socket) = self.boot(spec, &dir)?;
+            if let (Some(net), Some(addr)) = (&self.settings.network, spec.address) {
+                network::attach(net, id, pid, addr)?;
+            }
             debug!(
                 cgroup_us = (t1 - t0).as_micros() as u64,
                 layer_us = (t2 - t1).as_micros() as u64,

@@ -1,0 +1,215 @@
+//! Sandbox networking on the native runtime: one bridge with the gateway address, one veth pair per
+//! sandbox (the host end a bridge port marked `isolated`, so sandboxes cannot reach each other, the
+//! other end `eth0` in the sandbox's network namespace), masquerading out, and one nftables table
+//! owned by this daemon that keeps sandboxes away from the host itself and from link-local and
+//! metadata addresses. Sandboxes have no `CAP_NET_ADMIN`, so they cannot change their addresses,
+//! routes or rules.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::RuntimeError;
+
+/// Where sandboxes live on the network.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    /// Bridge name (≤ 15 bytes); the nftables table is named after it.
+    pub bridge: String,
+    /// The sandboxes' subnet; its first address is the gateway on the bridge.
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    /// Name servers written to each sandbox's `/etc/resolv.conf`.
+    pub dns: Vec<String>,
+}
+
+impl NetworkSettings {
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + 1)
+    }
+
+    fn table(&self) -> String {
+        format!("warren_{}", self.bridge.replace('-', "_"))
+    }
+}
+
+fn net_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |source| RuntimeError::Prepare { what, path: "/sys/class/net".into(), source }
+}
+
+/// Runs `ip -batch -` (optionally inside the network namespace of `pid`) with `lines`.
+fn ip_batch(pid: Option<i32>, lines: &str) -> Result<(), RuntimeError> {
+    let mut cmd = match pid {
+        Some(p) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/proc/{p}/ns/net")).args(["ip", "-batch", "-"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["-batch", "-"]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(net_err("running ip (iproute2)"))?;
+    child.stdin.take().expect("piped").write_all(lines.as_bytes()).map_err(net_err("writing to ip"))?;
+    let out = child.wait_with_output().map_err(net_err("running ip (iproute2)"))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Network {
+            detail: format!("ip {}: {}", lines.trim().replace('\n', "; "), String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(())
+}
+
+/// Name servers the host itself uses, when sandboxes can reach them (not loopback ones).
+pub fn host_nameservers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback()))
+        .collect()
+}
+
+/// The host end's name: `w` + the last 14 characters of the sandbox id (interface names have 15).
+pub fn host_veth(id: &str) -> String {
+    format!("w{}", &id[id.len().saturating_sub(14)..])
+}
+
+/// The bridge, forwarding and the nftables table, set up (again) at every start.
+pub fn setup_host(s: &NetworkSettings) -> Result<(), RuntimeError> {
+    let gw = s.gateway();
+    let bridge_exists = Path::new("/sys/class/net").join(&s.bridge).exists();
+    let mut lines = String::new();
+    if !bridge_exists {
+        lines.push_str(&format!("link add name {} type bridge\n", s.bridge));
+    }
+    lines.push_str(&format!("addr replace {gw}/{} dev {}\nlink set {} up\n", s.prefix, s.bridge, s.bridge));
+    ip_batch(None, &lines)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(net_err("enabling IPv4 forwarding"))?;
+    apply_rules(s)
+}
+
+fn apply_rules(s: &NetworkSettings) -> Result<(), RuntimeError> {
+    let nft = ruleset(s)?;
+    nftables::helper::apply_ruleset(&nft).map_err(|e| RuntimeError::Network {
+        detail: format!("applying the nftables table {}: {e} (is nftables installed?)", s.table()),
+    })
+}
+
+/// The daemon's whole table, replaced atomically.
+fn ruleset(s: &NetworkSettings) -> Result<nftables::schema::Nftables<'static>, RuntimeError> {
+    let table = s.table();
+    let br = s.bridge.as_str();
+    let subnet = json!({"prefix": {"addr": s.subnet.to_string(), "len": s.prefix}});
+    let iif = json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": br}});
+    let daddr = |net: serde_json::Value| json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": net}});
+    let rule = |chain: &str, expr: serde_json::Value| json!({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": expr}}});
+    let chain = |name: &str, kind: &str, hook: &str, prio: i32| json!({"add": {"chain": {"family": "inet", "table": table, "name": name, "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}});
+    let payload = json!({"nftables": [
+        // Add-then-delete makes the delete succeed whether or not the table existed: one atomic
+        // batch replaces the whole table.
+        {"add": {"table": {"family": "inet", "name": table}}},
+        {"delete": {"table": {"family": "inet", "name": table}}},
+        {"add": {"table": {"family": "inet", "name": table}}},
+        chain("input", "filter", "input", 0),
+        chain("forward", "filter", "forward", 0),
+        chain("postrouting", "nat", "postrouting", 100),
+        // Sandboxes reach no service of the host (replies to the daemon's own connections pass).
+        rule("input", json!([iif, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}])),
+        rule("input", json!([iif, {"drop": null}])),
+        // Nor link-local/metadata addresses, nor other sandboxes by routing.
+        rule("forward", json!([iif, daddr(json!({"prefix": {"addr": "169.254.0.0", "len": 16}})), {"drop": null}])),
+        rule("forward", json!([iif, daddr(subnet.clone()), {"drop": null}])),
+        rule("forward", json!([iif, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": br}}, {"drop": null}])),
+        // Out to the world with the host's address.
+        rule("postrouting", json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": subnet}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": br}},
+            {"masquerade": null}
+        ])),
+    ]});
+    serde_json::from_value(payload).map_err(|e| RuntimeError::Network { detail: format!("nftables ruleset: {e}") })
+}
+
+/// Removes the table (the bridge stays: other things may use it; it is harmless when unused).
+pub fn teardown_host(s: &NetworkSettings) {
+    let table = s.table();
+    let payload = json!({"nftables": [
+        {"add": {"table": {"family": "inet", "name": table}}},
+        {"delete": {"table": {"family": "inet", "name": table}}},
+    ]});
+    if let Ok(nft) = serde_json::from_value::<nftables::schema::Nftables>(payload) {
+        let _ = nftables::helper::apply_ruleset(&nft);
+    }
+}
+
+/// Gives the sandbox whose init is `pid` its `eth0` with `addr`, a default route via the gateway,
+/// and a bridge port that cannot talk to other ports.
+pub fn attach(s: &NetworkSettings, id: &str, pid: i32, addr: Ipv4Addr) -> Result<(), RuntimeError> {
+    let hv = host_veth(id);
+    ip_batch(
+        None,
+        &format!(
+            "link add {hv} type veth peer name eth0 netns {pid}\n\
+             link set {hv} master {br}\n\
+             link set dev {hv} type bridge_slave isolated on\n\
+             link set {hv} up\n",
+            br = s.bridge
+        ),
+    )?;
+    ip_batch(
+        Some(pid),
+        &format!(
+            "addr add {addr}/{prefix} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            prefix = s.prefix,
+            gw = s.gateway()
+        ),
+    )
+}
+
+/// `/etc/resolv.conf` and `/etc/hosts` for a sandbox, written into its writable layer before boot
+/// (owned by the sandbox's root).
+pub fn write_etc(s: &NetworkSettings, upper: &Path, hostname: &str, addr: Ipv4Addr, owner: u32) -> std::io::Result<()> {
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    std::os::unix::fs::chown(&etc, Some(owner), Some(owner))?;
+    let mut resolv = String::new();
+    for ns in &s.dns {
+        resolv.push_str(&format!("nameserver {ns}\n"));
+    }
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t{hostname}\n");
+    for (name, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
+        let p = etc.join(name);
+        std::fs::write(&p, text)?;
+        std::os::unix::fs::chown(&p, Some(owner), Some(owner))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_the_ruleset_parses() {
+        assert_eq!(host_veth("i0123456789abcdefghij"), "w6789abcdefghij");
+        assert!(host_veth("i0123456789abcdefghij").len() <= 15);
+        let s =
+            NetworkSettings { bridge: "warren0".into(), subnet: Ipv4Addr::new(10, 88, 0, 0), prefix: 16, dns: vec![] };
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(s.table(), "warren_warren0");
+        let nft = ruleset(&s).unwrap();
+        assert!(nft.objects.len() > 8);
+    }
+}
