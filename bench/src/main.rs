@@ -90,6 +90,16 @@ fn main() -> Result<()> {
     let n = args.iterations.max(3);
 
     let cold = warren_cold(&daemon, n)?;
+    // crun's sandbox has loopback only: compare with a daemon whose sandboxes have no network too.
+    let cold_nonet = {
+        let plain = Daemon::start_with(&args.root, "bench-nonet", "[network]\nenabled = false\n");
+        let s = warren_cold(&plain, n).map(|mut s| {
+            s.name = "warren, no network: create -> output".into();
+            s
+        });
+        plain.kill9();
+        s?
+    };
     let exec = warren_exec(&daemon, n * 5)?;
     let idle = idle_footprint(&daemon, 10)?;
     let sdk = match &args.sdk_python {
@@ -117,6 +127,8 @@ fn main() -> Result<()> {
     let report = json!({
         "warren_cold_create_to_first_output": cold,
         "crun_run_to_first_output": crun_cold,
+        "warren_cold_without_network": cold_nonet,
+        "ratio_cold_without_network_p50": cold_nonet.p50_ms / crun_cold.p50_ms,
         "warren_exec_true_via_api": exec,
         "crun_exec_true": crun_exec,
         "ratio_cold_p50": cold.p50_ms / crun_cold.p50_ms,
@@ -133,7 +145,7 @@ fn main() -> Result<()> {
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
-    let mut rows = vec![&cold, &crun_cold, &exec, &crun_exec];
+    let mut rows = vec![&cold, &cold_nonet, &crun_cold, &exec, &crun_exec];
     if let Some((s, direct)) = &sdk {
         rows.extend([&s.total, &s.create, &s.run, &s.kill, direct]);
     }
@@ -153,6 +165,7 @@ fn main() -> Result<()> {
         );
     }
     println!("ratio cold p50 (warren / crun run):  {:.2}", cold.p50_ms / crun_cold.p50_ms);
+    println!("ratio cold p50, both loopback only:  {:.2}", cold_nonet.p50_ms / crun_cold.p50_ms);
     println!("ratio exec p50 (warren / crun exec): {:.2}", exec.p50_ms / crun_exec.p50_ms);
     println!(
         "idle sandbox: agent RSS {:.2} MiB (PSS {:.2} MiB), daemon bookkeeping {:.3} MiB/sandbox",

@@ -45,6 +45,8 @@ pub struct NativeSettings {
 
 pub struct NativeRuntime {
     settings: NativeSettings,
+    /// Interface index of the sandbox bridge (with networking on).
+    bridge_index: Option<u32>,
     cgroups: cgroup::Layout,
     layers: storage::LayerStore,
     zygote: Option<zygote::Zygote>,
@@ -83,11 +85,15 @@ impl NativeRuntime {
             path: dir,
             source,
         })?;
-        if let Some(net) = &settings.network {
-            network::setup_host(net)?;
-        }
+        let bridge_index = match &settings.network {
+            Some(net) => {
+                network::setup_host(net)?;
+                Some(network::bridge_index(net)?)
+            }
+            None => None,
+        };
         debug!(cgroup_version = cgroups.version(), "native runtime ready");
-        Ok(NativeRuntime { settings, cgroups, layers, zygote: None })
+        Ok(NativeRuntime { settings, bridge_index, cgroups, layers, zygote: None })
     }
 
     /// Forks the spawner zygote, which saves an exec per sandbox. Without it (or if it dies) each
@@ -151,6 +157,16 @@ impl NativeRuntime {
                 ("WARREN_LISTEN_FD".into(), LISTEN_FD.to_string()),
                 ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ],
+            net: match (&self.settings.network, spec.address, self.bridge_index) {
+                (Some(n), Some(address), Some(bridge_index)) => Some(network::SandboxLink {
+                    host_veth: network::host_veth(id),
+                    bridge_index,
+                    address,
+                    prefix: n.prefix,
+                    gateway: n.gateway(),
+                }),
+                _ => None,
+            },
         };
         if let Some(z) = &self.zygote {
             use std::os::fd::AsFd;
@@ -238,9 +254,6 @@ impl Runtime for NativeRuntime {
             let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
             let t2 = Instant::now();
             let (pid, start_time, agent_socket) = self.boot(spec, &dir)?;
-            if let (Some(net), Some(addr)) = (&self.settings.network, spec.address) {
-                network::attach(net, id, pid, addr)?;
-            }
             debug!(
                 cgroup_us = (t1 - t0).as_micros() as u64,
                 layer_us = (t2 - t1).as_micros() as u64,

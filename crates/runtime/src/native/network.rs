@@ -40,21 +40,10 @@ fn net_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |source| RuntimeError::Prepare { what, path: "/sys/class/net".into(), source }
 }
 
-/// Runs `ip -batch -` (optionally inside the network namespace of `pid`) with `lines`.
-fn ip_batch(pid: Option<i32>, lines: &str) -> Result<(), RuntimeError> {
-    let mut cmd = match pid {
-        Some(p) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/proc/{p}/ns/net")).args(["ip", "-batch", "-"]);
-            c
-        }
-        None => {
-            let mut c = Command::new("ip");
-            c.args(["-batch", "-"]);
-            c
-        }
-    };
-    let mut child = cmd
+/// Runs `ip -batch -` with `lines` (host set-up, once per start).
+fn ip_batch(lines: &str) -> Result<(), RuntimeError> {
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -95,7 +84,7 @@ pub fn setup_host(s: &NetworkSettings) -> Result<(), RuntimeError> {
         lines.push_str(&format!("link add name {} type bridge\n", s.bridge));
     }
     lines.push_str(&format!("addr replace {gw}/{} dev {}\nlink set {} up\n", s.prefix, s.bridge, s.bridge));
-    ip_batch(None, &lines)?;
+    ip_batch(&lines)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(net_err("enabling IPv4 forwarding"))?;
     apply_rules(s)
 }
@@ -154,28 +143,70 @@ pub fn teardown_host(s: &NetworkSettings) {
     }
 }
 
-/// Gives the sandbox whose init is `pid` its `eth0` with `addr`, a default route via the gateway,
-/// and a bridge port that cannot talk to other ports.
-pub fn attach(s: &NetworkSettings, id: &str, pid: i32, addr: Ipv4Addr) -> Result<(), RuntimeError> {
-    let hv = host_veth(id);
-    ip_batch(
-        None,
-        &format!(
-            "link add {hv} type veth peer name eth0 netns {pid}\n\
-             link set {hv} master {br}\n\
-             link set dev {hv} type bridge_slave isolated on\n\
-             link set {hv} up\n",
-            br = s.bridge
-        ),
-    )?;
-    ip_batch(
-        Some(pid),
-        &format!(
-            "addr add {addr}/{prefix} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
-            prefix = s.prefix,
-            gw = s.gateway()
-        ),
-    )
+/// The bridge's interface index (the spawner attaches veths to it by index).
+pub fn bridge_index(s: &NetworkSettings) -> Result<u32, RuntimeError> {
+    let p = Path::new("/sys/class/net").join(&s.bridge).join("ifindex");
+    std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| RuntimeError::Network { detail: format!("bridge {} has no interface index", s.bridge) })
+}
+
+/// What the spawner needs to wire one sandbox (part of its spawn request).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLink {
+    pub host_veth: String,
+    pub bridge_index: u32,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// Creates the veth pair from the host side (the spawner, as root in the host's network
+/// namespace): `host_veth` up and enslaved to the bridge, its peer `eth0` in the network namespace
+/// of `pid`; then marks the bridge port isolated. One netlink request and one sysfs write, no
+/// helper processes.
+pub fn create_veth(link: &SandboxLink, pid: i32) -> std::io::Result<()> {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    };
+    use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName("eth0".into()));
+    peer.attributes.push(LinkAttribute::NetNsPid(pid as u32));
+    let mut host = LinkMessage::default();
+    host.header.flags = LinkFlags::Up;
+    host.header.change_mask = LinkFlags::Up;
+    host.attributes.push(LinkAttribute::IfName(link.host_veth.clone()));
+    host.attributes.push(LinkAttribute::Controller(link.bridge_index));
+    host.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::NewLink(host)));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    sock.send(&buf, 0)?;
+    let mut reply = vec![0u8; 8192];
+    let n = sock.recv(&mut &mut reply[..], 0)?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| std::io::Error::other(format!("decoding the netlink answer: {e}")))?;
+    if let NetlinkPayload::Error(e) = answer.payload {
+        if let Some(code) = e.code {
+            return Err(std::io::Error::from_raw_os_error(-code.get()));
+        }
+    }
+    std::fs::write(format!("/sys/class/net/{}/brport/isolated", link.host_veth), "1")
 }
 
 /// `/etc/resolv.conf` and `/etc/hosts` for a sandbox, written into its writable layer before boot

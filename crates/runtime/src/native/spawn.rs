@@ -55,6 +55,9 @@ pub struct SpawnRequest {
     pub tmp_size_bytes: u64,
     /// Environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// The sandbox's network link; loopback only when absent.
+    #[serde(default)]
+    pub net: Option<super::network::SandboxLink>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +182,10 @@ fn spawn(req: &SpawnRequest) -> Result<(i32, u64), String> {
         // Hosts that withhold CAP_SYS_RESOURCE refuse this; the agent is then merely the smallest
         // process in the cgroup and the OOM killer picks the biggest.
         let _ = fs::write(format!("/proc/{child_pid}/oom_score_adj"), "-1000");
+        // Its eth0 must exist before it is released: it configures the address itself.
+        if let Some(link) = &req.net {
+            ctx(super::network::create_veth(link, child_pid), || format!("creating veth {}", link.host_veth))?;
+        }
         Ok(())
     })();
     if let Err(e) = setup {
@@ -362,6 +369,9 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
 
     ctx(unistd::sethostname(&req.hostname), || "sethostname".into())?;
     loopback_up()?;
+    if let Some(link) = &req.net {
+        eth0_up(link)?;
+    }
 
     drop_capabilities()?;
     // SAFETY: plain prctl with integer arguments.
@@ -400,6 +410,63 @@ fn drop_capabilities() -> Result<(), String> {
     ctx(caps::set(None, CapSet::Effective, &keep), || "setting effective capabilities".into())?;
     ctx(caps::set(None, CapSet::Permitted, &keep), || "setting permitted capabilities".into())?;
     let _ = Capability::CAP_CHOWN;
+    Ok(())
+}
+
+fn sockaddr_in(a: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by sa_family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Address, netmask, up, and a default route via the gateway for `eth0`, from inside the
+/// sandbox's namespaces (it still holds CAP_NET_ADMIN there; it drops it right after).
+fn eth0_up(link: &super::network::SandboxLink) -> Result<(), String> {
+    // SAFETY: a plain datagram socket used only for the ioctls below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket for eth0: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by socket().
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"eth0\0".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(link.prefix)).unwrap_or(0));
+    let fail = |what: &str| format!("{what} of eth0: {}", io::Error::last_os_error());
+    // SAFETY: each ioctl reads or writes the one ifreq (or rtentry) passed to it.
+    unsafe {
+        ifr.ifr_ifru.ifru_addr = sockaddr_in(link.address);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &ifr) < 0 {
+            return Err(fail("setting the address"));
+        }
+        ifr.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &ifr) < 0 {
+            return Err(fail("setting the netmask"));
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(fail("reading the flags"));
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(fail("bringing up"));
+        }
+        let mut rt: libc::rtentry = std::mem::zeroed();
+        rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr_in(link.gateway);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) < 0 {
+            return Err(fail("adding the default route"));
+        }
+    }
     Ok(())
 }
 
