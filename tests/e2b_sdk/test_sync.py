@@ -203,7 +203,7 @@ def test_logs_record_the_lifecycle_and_outlive_the_sandbox(warren):
 
 
 def test_calls_not_implemented_yet_fail_clearly_and_are_not_retried(sb, warren):
-    for call in (lambda: sb.fork(count=2), lambda: sb.create_snapshot("snap"), lambda: sb.update_network({"deny_out": ["0.0.0.0/0"]})):
+    for call in (lambda: sb.fork(count=2), lambda: sb.create_snapshot("snap")):
         started = time.monotonic()
         with pytest.raises(SandboxException) as e:
             call()
@@ -246,3 +246,12 @@ def test_get_host_reaches_a_server_inside(sb, warren):
         except urllib.error.HTTPError:
             assert time.monotonic() < deadline, "the server inside never answered"
             time.sleep(0.1)
+
+
+def test_update_network_applies_and_refuses_domains(sb):
+    sb.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": ["10.0.0.0/8"]})
+    with pytest.raises(SandboxException) as e:
+        sb.update_network({"allow_out": ["example.com"]})
+    assert "domain names are not supported" in str(e.value)
+    sb.update_network({})
+    assert sb.commands.run("echo still-here").stdout == "still-here\n"

@@ -141,13 +141,11 @@ fn private_ports_need_the_traffic_token() {
     wait_for("the server with the token", Duration::from_secs(20), || {
         (via_host(d, &host, "/", &format!("e2b-traffic-access-token: {token}\r\n")).0 == 200).then_some(())
     });
-    // Egress rules cannot be enforced yet: refused, not ignored.
+    // Settings this version does not implement are refused, not ignored.
     let (status, v) =
-        d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "network": {"denyOut": ["0.0.0.0/0"]}})));
+        d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "network": {"dnsServers": ["1.1.1.1"]}})));
     assert_eq!(status, 501, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("network.denyOut"), "{v}");
-    let (status, _) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "allow_internet_access": false})));
-    assert_eq!(status, 501);
+    assert!(v["message"].as_str().unwrap().contains("network.dnsServers"), "{v}");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
 
@@ -158,10 +156,12 @@ struct FakeUpstream {
     server: std::process::Child,
     upstream: String,
     host_ip: String,
+    metadata: bool,
 }
 
 impl FakeUpstream {
-    fn new(tag: &str, third: u8) -> FakeUpstream {
+    /// `metadata`: also answer for 169.254.169.254 (one test at a time may: it routes that address).
+    fn new(tag: &str, third: u8, metadata: bool) -> FakeUpstream {
         let ns = format!("wup-{tag}");
         let host_if = format!("wuh-{tag}");
         let (host_ip, up_ip) = (format!("198.18.{third}.1"), format!("198.18.{third}.2"));
@@ -175,19 +175,22 @@ impl FakeUpstream {
         sh(&format!("ip link add {host_if} type veth peer name eth0 netns {ns}"));
         sh(&format!("ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up"));
         sh(&format!(
-            "ip -n {ns} addr add {up_ip}/30 dev eth0 && ip -n {ns} addr add 169.254.169.254/32 dev eth0 && \
+            "ip -n {ns} addr add {up_ip}/30 dev eth0 && \
              ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via {host_ip}"
         ));
-        // The metadata address lives in the namespace too, so a broken rule would send nothing
-        // off this machine.
-        sh(&format!("ip route replace 169.254.169.254/32 via {up_ip} dev {host_if}"));
+        if metadata {
+            // The metadata address lives in the namespace too, so a broken rule would send
+            // nothing off this machine.
+            sh(&format!("ip -n {ns} addr add 169.254.169.254/32 dev eth0"));
+            sh(&format!("ip route replace 169.254.169.254/32 via {up_ip} dev {host_if}"));
+        }
         let server = Command::new("ip")
             .args(["netns", "exec", &ns, "python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        FakeUpstream { ns, host_if, server, upstream: up_ip, host_ip }
+        FakeUpstream { ns, host_if, server, upstream: up_ip, host_ip, metadata }
     }
 }
 
@@ -195,7 +198,9 @@ impl Drop for FakeUpstream {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let _ = Command::new("ip").args(["route", "del", "169.254.169.254/32"]).status();
+        if self.metadata {
+            let _ = Command::new("ip").args(["route", "del", "169.254.169.254/32"]).status();
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
     }
@@ -204,7 +209,7 @@ impl Drop for FakeUpstream {
 #[test]
 fn egress_is_open_but_not_to_neighbours_the_host_or_metadata() {
     let d = daemon();
-    let up = FakeUpstream::new("net", 77);
+    let up = FakeUpstream::new("net", 77, true);
     let a = d.create(json!({"templateID": "base"}));
     let b = d.create(json!({"templateID": "base"}));
     let resolv = a.sh("cat /etc/resolv.conf").stdout;
@@ -215,7 +220,11 @@ fn egress_is_open_but_not_to_neighbours_the_host_or_metadata() {
     wait_for("the upstream through NAT", Duration::from_secs(20), || {
         (can_connect(&a, &up.upstream, 8000) == "connected").then_some(())
     });
-    // Not the metadata address, even though it is routed on this machine.
+    // Not the metadata address, even though it is routed to a namespace on this machine.
+    let routes =
+        String::from_utf8(Command::new("ip").args(["route", "get", "169.254.169.254"]).output().unwrap().stdout)
+            .unwrap();
+    assert!(routes.contains(&up.host_if), "the metadata address must stay on this machine: {routes}");
     assert_eq!(can_connect(&a, "169.254.169.254", 8000), "TimeoutError");
     // Not a neighbour: B's server is reachable from B itself only.
     b.sh("cd /tmp && nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
@@ -240,4 +249,47 @@ fn egress_is_open_but_not_to_neighbours_the_host_or_metadata() {
     for s in [&a, &b] {
         d.api("DELETE", &format!("/sandboxes/{}", s.id), None);
     }
+}
+
+#[test]
+fn egress_policies_apply_at_create_and_change_live() {
+    let d = daemon();
+    let up = FakeUpstream::new("egr", 78, false);
+    let target = up.upstream.clone();
+    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "allow_internet_access": false})));
+    assert_eq!(status, 201, "{v}");
+    let sb = Sandbox {
+        id: v["sandboxID"].as_str().unwrap().to_owned(),
+        token: v["envdAccessToken"].as_str().unwrap().to_owned(),
+        url: d.url(),
+        http: d.http.clone(),
+    };
+    // No internet: refused at once (a reject, not a silent drop).
+    assert_eq!(can_connect(&sb, &target, 8000), "ConnectionRefusedError");
+    // Its own server still answers through the proxy (replies are never filtered).
+    sb.sh("cd /tmp && nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
+    let host = format!("8080-{}.localhost:{}", sb.id, d.port);
+    wait_for("the server of a sandbox without internet", Duration::from_secs(20), || {
+        (via_host(d, &host, "/", "").0 == 200).then_some(())
+    });
+    // Allow beats deny, live.
+    let put = |body: serde_json::Value| d.api("PUT", &format!("/sandboxes/{}/network", sb.id), Some(body));
+    let (status, v) = put(json!({"allowOut": [format!("{target}/32")], "allow_internet_access": false}));
+    assert_eq!(status, 204, "{v}");
+    assert_eq!(can_connect(&sb, &target, 8000), "connected");
+    // An empty update clears the policy.
+    assert_eq!(put(json!({})).0, 204);
+    assert_eq!(can_connect(&sb, &target, 8000), "connected");
+    assert_eq!(put(json!({"denyOut": [target.clone()]})).0, 204);
+    assert_eq!(can_connect(&sb, &target, 8000), "ConnectionRefusedError");
+    // Domains cannot be enforced here: a clear 400, and the policy in force stays.
+    let (status, v) = put(json!({"allowOut": ["example.com"]}));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("domain names are not supported"), "{v}");
+    assert_eq!(can_connect(&sb, &target, 8000), "ConnectionRefusedError");
+    assert_eq!(put(json!({"denyOut": ["10.0.0.0/33"]})).0, 400);
+    assert_eq!(d.api("PUT", "/sandboxes/inope/network", Some(json!({}))).0, 404);
+    let logged = d.api("GET", &format!("/v2/sandboxes/{}/logs", sb.id), None).1;
+    assert!(logged.to_string().contains("network policy updated"));
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }

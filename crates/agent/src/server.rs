@@ -122,13 +122,16 @@ impl Agent {
             Ok(i) => i,
             Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid init body: {e}")),
         };
+        // Check everything before changing anything: a refused init leaves the agent as it was.
+        if let Some(u) = &init.default_user {
+            if let Err(e) = users::lookup(u) {
+                return http_error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+        }
         if let Some(env) = init.env_vars {
             self.env.write().unwrap().extend(env);
         }
         if let Some(u) = init.default_user {
-            if let Err(e) = users::lookup(&u) {
-                return http_error(StatusCode::BAD_REQUEST, e.to_string());
-            }
             *self.default_user.write().unwrap() = u;
         }
         if let Some(w) = init.default_workdir {

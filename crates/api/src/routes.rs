@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use warren_node::egress::EgressRequest;
 use warren_node::engine::SandboxRecord;
 use warren_node::events::{Level, LogEntry, LogQuery};
 use warren_node::templates::TemplateRecord;
@@ -202,27 +203,8 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID is required (for example \"base\")"));
     }
-    // Egress policy is not enforced yet: refuse it rather than pretend.
     let net = req.network.clone().unwrap_or_default();
-    let unsupported: Vec<&str> = [
-        (req.allow_internet_access == Some(false), "allow_internet_access: false"),
-        (!net.allow_out.is_empty(), "network.allowOut"),
-        (!net.deny_out.is_empty(), "network.denyOut"),
-    ]
-    .into_iter()
-    .filter_map(|(set, name)| set.then_some(name))
-    .chain(net.other.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.as_str()))
-    .collect();
-    if !unsupported.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "{} cannot be enforced by this Warren version (sandboxes get open egress except to the host, \
-                 other sandboxes and link-local addresses); create the sandbox without it",
-                unsupported.join(", ")
-            ),
-        ));
-    }
+    refuse_unsupported_network(&net.other)?;
     let rec = st
         .engine
         .create(CreateRequest {
@@ -238,6 +220,11 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
             auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
             idle_timeout_secs: req.idle_timeout,
             private_ports: net.allow_public_traffic == Some(false),
+            egress: EgressRequest {
+                allow_out: net.allow_out,
+                deny_out: net.deny_out,
+                internet: req.allow_internet_access,
+            },
         })
         .await?;
     Ok(sandbox_answer(st, &rec))
@@ -500,13 +487,52 @@ fn not_yet(st: &AppState, id: Option<&str>, what: &str) -> Result<Response, ApiE
     Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, what))
 }
 
-async fn network_update(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
-    not_yet(
-        &st,
-        Some(&id),
-        "changing a sandbox's network policy is not implemented in this Warren version: sandboxes have \
-         loopback-only networking (no traffic leaves them), so no egress rule can be applied",
-    )
+/// Network settings this Warren does not implement (`dnsServers`, `egressProxy`, `rules`, …) are
+/// refused when set, never ignored.
+fn refuse_unsupported_network(other: &BTreeMap<String, serde_json::Value>) -> Result<(), ApiError> {
+    let set: Vec<&str> = other
+        .iter()
+        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "network.{} is not supported by this Warren version (allowPublicTraffic, allowOut, denyOut and \
+             allow_internet_access are); leave it out",
+            set.join(", network.")
+        ),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NetworkUpdate {
+    #[serde(default)]
+    allow_out: Vec<String>,
+    #[serde(default)]
+    deny_out: Vec<String>,
+    #[serde(default, rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces the egress policy (omitted fields are cleared), live.
+async fn network_update(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+    let req: NetworkUpdate = json_body(body, false).await?;
+    refuse_unsupported_network(&req.other)?;
+    st.engine.touch(&id);
+    st.engine
+        .update_network(
+            &id,
+            EgressRequest { allow_out: req.allow_out, deny_out: req.deny_out, internet: req.allow_internet_access },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn fork(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {

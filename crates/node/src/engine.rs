@@ -65,6 +65,9 @@ pub struct SandboxRecord {
     /// Set when its ports are not public: requests to them must carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token: Option<String>,
+    /// Its egress policy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::Egress>,
 }
 
 /// What happens to a sandbox when its time is up or nobody uses it.
@@ -111,6 +114,7 @@ pub struct CreateRequest {
     pub idle_timeout_secs: Option<u64>,
     /// Ports reachable only with the sandbox's traffic token.
     pub private_ports: bool,
+    pub egress: crate::egress::EgressRequest,
 }
 
 pub struct Engine {
@@ -316,9 +320,17 @@ impl Engine {
         if let Some(idle) = req.idle_timeout_secs {
             check_range("idleTimeout", idle, 1, lim.max_timeout_secs)?;
         }
+        let egress = req.egress.resolve()?;
+        if egress.is_some() && self.addresses.is_none() {
+            return Err(NodeError::Conflict {
+                id: String::new(),
+                state: "configured without networking",
+                action: "applying egress rules",
+            });
+        }
         let pool = self.pool_for(&shape);
         if let Some(name) = &pool {
-            if let Some(rec) = self.claim_from_pool(name, &req, timeout).await? {
+            if let Some(rec) = self.claim_from_pool(name, &req, timeout, egress.as_ref()).await? {
                 return Ok(rec);
             }
         }
@@ -331,6 +343,15 @@ impl Engine {
             self.abort_create(&rec.id, rec.handle.clone()).await;
             return Err(e);
         }
+        if let Some(e) = &egress {
+            let h = rec.handle.clone().expect("booted");
+            if let Err(err) = self.set_egress_on(&rec.id, h, Some(e)).await {
+                self.agents.forget(&socket);
+                self.abort_create(&rec.id, rec.handle.clone()).await;
+                return Err(err);
+            }
+        }
+        rec.egress = egress;
         let now = now_ms();
         rec.state = transition(rec.state, &SandboxEvent::Claimed)?;
         let pool_idle = rec.pool.as_deref().and_then(|p| self.pool_idle_timeout(p));
@@ -415,6 +436,7 @@ impl Engine {
             lifecycle: Lifecycle::default(),
             address: None,
             traffic_token: None,
+            egress: None,
         };
         {
             let mut map = self.sandboxes.lock().unwrap();

@@ -4,6 +4,7 @@
 
 pub mod addresses;
 pub mod agent_client;
+pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -390,6 +390,7 @@ impl Engine {
         name: &str,
         req: &CreateRequest,
         timeout_secs: u64,
+        egress: Option<&crate::egress::Egress>,
     ) -> Result<Option<SandboxRecord>, NodeError> {
         let started = Instant::now();
         let mut counted_empty = false;
@@ -413,7 +414,7 @@ impl Engine {
             };
             if let Some(id) = next {
                 let t0 = Instant::now();
-                match self.claim(&id, name, req, timeout_secs).await {
+                match self.claim(&id, name, req, timeout_secs, egress).await {
                     Ok(rec) => {
                         self.telemetry.claim_seconds.observe(t0.elapsed().as_secs_f64());
                         self.telemetry.pool_claims.get_or_create(&label).inc();
@@ -463,15 +464,19 @@ impl Engine {
         pool: &str,
         req: &CreateRequest,
         timeout_secs: u64,
+        egress: Option<&crate::egress::Egress>,
     ) -> Result<SandboxRecord, NodeError> {
-        let (socket, state) = {
+        let (socket, state, handle) = {
             let map = self.sandboxes.lock().unwrap();
             let rec = map.get(id).ok_or_else(|| NodeError::SandboxNotFound { id: id.to_string() })?;
-            (rec.handle.as_ref().map(|h| h.agent_socket.clone()), rec.state)
+            (rec.handle.as_ref().map(|h| h.agent_socket.clone()), rec.state, rec.handle.clone())
         };
         let next = transition(state, &SandboxEvent::Claimed)?;
         let socket = socket.ok_or_else(|| NodeError::SandboxNotFound { id: id.to_string() })?;
         self.init_agent(&socket, req).await?;
+        if let (Some(e), Some(h)) = (egress, handle) {
+            self.set_egress_on(id, h, Some(e)).await?;
+        }
         let now = now_ms();
         let entry = LogEntry::warren(
             now,
@@ -495,6 +500,7 @@ impl Engine {
             r.burst_until_ms = burst.map(|b| now + b.secs * 1000);
             r.lifecycle = req.lifecycle(timeout_secs, pool_idle);
             r.traffic_token = req.private_ports.then(|| crate::random_hex(16));
+            r.egress = egress.cloned();
         })?;
         if rec.burst_until_ms.is_some() {
             self.schedule_burst_end(&rec);

@@ -119,6 +119,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Kills every process and frees every resource of the sandbox. Idempotent.
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+    /// Replaces a live sandbox's egress policy: destinations in `allow` are always reachable,
+    /// those in `deny` are refused; both empty removes the policy. (Its own replies and loopback
+    /// traffic are never affected.)
+    fn set_egress(
+        &self,
+        id: &SandboxId,
+        handle: &Handle,
+        allow: &[(std::net::Ipv4Addr, u8)],
+        deny: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<(), RuntimeError>;
     /// Changes a live sandbox's CPU quota (in CPUs).
     fn set_cpu(&self, id: &SandboxId, cpu_count: u32) -> Result<(), RuntimeError>;
     fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError>;

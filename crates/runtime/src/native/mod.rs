@@ -299,6 +299,19 @@ impl Runtime for NativeRuntime {
         Ok(())
     }
 
+    fn set_egress(
+        &self,
+        _id: &SandboxId,
+        handle: &Handle,
+        allow: &[(std::net::Ipv4Addr, u8)],
+        deny: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<(), RuntimeError> {
+        if self.settings.network.is_none() {
+            return Err(RuntimeError::Unsupported { backend: "native", op: "apply egress rules without networking" });
+        }
+        network::set_egress(handle.pid, allow, deny)
+    }
+
     fn set_cpu(&self, id: &SandboxId, cpu_count: u32) -> Result<(), RuntimeError> {
         self.cgroups.sandbox(id.as_str()).set_cpu(cpu_count)
     }

@@ -143,6 +143,51 @@ pub fn teardown_host(s: &NetworkSettings) {
     }
 }
 
+/// The egress table inside a sandbox's own network namespace: small and local to it (no host
+/// rule grows with the number of sandboxes), and out of the sandbox's reach (it has no
+/// `CAP_NET_ADMIN`). Allow beats deny; replies and loopback always pass.
+fn egress_ruleset(allow: &[(Ipv4Addr, u8)], deny: &[(Ipv4Addr, u8)]) -> serde_json::Value {
+    const T: &str = "warren_egress";
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "inet", "name": T}}}),
+        json!({"delete": {"table": {"family": "inet", "name": T}}}),
+    ];
+    if allow.is_empty() && deny.is_empty() {
+        return json!({ "nftables": cmds });
+    }
+    let elems = |v: &[(Ipv4Addr, u8)]| -> Vec<serde_json::Value> {
+        v.iter().map(|(a, l)| json!({"prefix": {"addr": a.to_string(), "len": l}})).collect()
+    };
+    let daddr_in = |set: &str| json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": format!("@{set}")}});
+    let rule = |expr: serde_json::Value| json!({"add": {"rule": {"family": "inet", "table": T, "chain": "output", "expr": expr}}});
+    cmds.extend([
+        json!({"add": {"table": {"family": "inet", "name": T}}}),
+        json!({"add": {"chain": {"family": "inet", "table": T, "name": "output", "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}}}),
+    ]);
+    for (name, list) in [("allow", allow), ("deny", deny)] {
+        cmds.push(json!({"add": {"set": {"family": "inet", "table": T, "name": name, "type": "ipv4_addr", "flags": ["interval"], "auto-merge": true}}}));
+        if !list.is_empty() {
+            cmds.push(json!({"add": {"element": {"family": "inet", "table": T, "name": name, "elem": elems(list)}}}));
+        }
+    }
+    cmds.extend([
+        rule(json!([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "lo"}}, {"accept": null}])),
+        rule(json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}])),
+        rule(json!([daddr_in("allow"), {"accept": null}])),
+        rule(json!([daddr_in("deny"), {"reject": null}])),
+    ]);
+    json!({ "nftables": cmds })
+}
+
+/// Applies (or with both lists empty, removes) the egress table in the network namespace of `pid`.
+pub fn set_egress(pid: i32, allow: &[(Ipv4Addr, u8)], deny: &[(Ipv4Addr, u8)]) -> Result<(), RuntimeError> {
+    let nft: nftables::schema::Nftables = serde_json::from_value(egress_ruleset(allow, deny))
+        .map_err(|e| RuntimeError::Network { detail: format!("egress ruleset: {e}") })?;
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    nftables::helper::apply_ruleset_with_args(&nft, Some("nsenter"), [netns.as_str(), "nft"])
+        .map_err(|e| RuntimeError::Network { detail: format!("applying the egress rules: {e}") })
+}
+
 /// The bridge's interface index (the spawner attaches veths to it by index).
 pub fn bridge_index(s: &NetworkSettings) -> Result<u32, RuntimeError> {
     let p = Path::new("/sys/class/net").join(&s.bridge).join("ifindex");
@@ -242,5 +287,10 @@ mod tests {
         assert_eq!(s.table(), "warren_warren0");
         let nft = ruleset(&s).unwrap();
         assert!(nft.objects.len() > 8);
+        let any = (Ipv4Addr::UNSPECIFIED, 0);
+        for (allow, deny) in [(vec![], vec![]), (vec![(Ipv4Addr::new(10, 0, 0, 0), 8)], vec![any])] {
+            let v = egress_ruleset(&allow, &deny);
+            serde_json::from_value::<nftables::schema::Nftables>(v).expect("a valid egress ruleset");
+        }
     }
 }
