@@ -190,6 +190,11 @@ impl FakeUpstream {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Ready once its server accepts connections (from the host, on this machine).
+        let addr: std::net::SocketAddr = format!("{up_ip}:8000").parse().unwrap();
+        wait_for("the fake upstream's server", Duration::from_secs(30), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok().map(|_| ())
+        });
         FakeUpstream { ns, host_if, server, upstream: up_ip, host_ip, metadata }
     }
 }
@@ -217,9 +222,15 @@ fn egress_is_open_but_not_to_neighbours_the_host_or_metadata() {
     assert!(a.sh("cat /etc/hosts").stdout.contains(&a.id));
 
     // Out through the host, with its address (NAT).
-    wait_for("the upstream through NAT", Duration::from_secs(20), || {
-        (can_connect(&a, &up.upstream, 8000) == "connected").then_some(())
+    let mut last = String::new();
+    let reached = (0..200).any(|_| {
+        last = can_connect(&a, &up.upstream, 8000);
+        last == "connected" || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
     });
+    assert!(reached, "the upstream through NAT: last attempt gave {last}");
     // Not the metadata address, even though it is routed to a namespace on this machine.
     let routes =
         String::from_utf8(Command::new("ip").args(["route", "get", "169.254.169.254"]).output().unwrap().stdout)

@@ -58,13 +58,22 @@ fn open(req: &WatchDirRequest, user: &User) -> Result<Watch, Error> {
 
 impl Watch {
     fn add(&mut self, dir: &Path) -> Result<(), Error> {
+        self.add_collecting(dir, &mut None)
+    }
+
+    /// Watches `dir` (and, recursively, its subdirectories); with `found`, also collects what
+    /// they already hold.
+    fn add_collecting(&mut self, dir: &Path, found: &mut Option<Vec<PathBuf>>) -> Result<(), Error> {
         let wd = self.watches.add(dir, MASK).map_err(|e| fs::io_error(&e, dir))?;
         self.dirs.insert(wd, dir.to_owned());
         if self.recursive {
             if let Ok(rd) = std::fs::read_dir(dir) {
                 for e in rd.flatten() {
+                    if let Some(f) = found.as_mut().filter(|f| f.len() < 10_000) {
+                        f.push(e.path());
+                    }
                     if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        let _ = self.add(&e.path());
+                        let _ = self.add_collecting(&e.path(), found);
                     }
                 }
             }
@@ -72,13 +81,25 @@ impl Watch {
         Ok(())
     }
 
-    fn translate(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&OsString>) -> Option<FilesystemEvent> {
-        let dir = self.dirs.get(wd)?.clone();
-        let name = name?;
+    fn event(&self, full: &Path, event_type: EventType) -> FilesystemEvent {
+        let rel = full.strip_prefix(&self.root).unwrap_or(full).display().to_string();
+        let entry = if self.include_entry { fs::entry(full).ok() } else { None };
+        FilesystemEvent { name: rel, event_type, entry }
+    }
+
+    fn translate(&mut self, wd: &WatchDescriptor, mask: EventMask, name: Option<&OsString>) -> Vec<FilesystemEvent> {
+        let Some(dir) = self.dirs.get(wd).cloned() else { return Vec::new() };
+        let Some(name) = name else { return Vec::new() };
         let full = dir.join(name);
         let event_type = if mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO) {
             if mask.contains(EventMask::ISDIR) && self.recursive {
-                let _ = self.add(&full);
+                // What was created in the new directory before its watch existed would go
+                // unreported: report it now (after the directory itself).
+                let mut found = Some(Vec::new());
+                let _ = self.add_collecting(&full, &mut found);
+                let mut out = vec![self.event(&full, EventType::Create)];
+                out.extend(found.unwrap_or_default().iter().map(|p| self.event(p, EventType::Create)));
+                return out;
             }
             EventType::Create
         } else if mask.contains(EventMask::DELETE) {
@@ -90,11 +111,9 @@ impl Watch {
         } else if mask.contains(EventMask::MODIFY) {
             EventType::Write
         } else {
-            return None;
+            return Vec::new();
         };
-        let rel = full.strip_prefix(&self.root).unwrap_or(&full).display().to_string();
-        let entry = if self.include_entry { fs::entry(&full).ok() } else { None };
-        Some(FilesystemEvent { name: rel, event_type, entry })
+        vec![self.event(&full, event_type)]
     }
 }
 
@@ -104,7 +123,7 @@ async fn pump(mut w: Watch, tx: impl Fn(FilesystemEvent) -> bool) {
     let Some(inotify) = w.inotify.take() else { return };
     let Ok(mut stream) = inotify.into_event_stream(buf) else { return };
     while let Some(Ok(ev)) = stream.next().await {
-        if let Some(fe) = w.translate(&ev.wd, ev.mask, ev.name.as_ref()) {
+        for fe in w.translate(&ev.wd, ev.mask, ev.name.as_ref()) {
             if !tx(fe) {
                 return;
             }

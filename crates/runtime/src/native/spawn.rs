@@ -68,14 +68,15 @@ pub struct SpawnResult {
     pub error: Option<String>,
 }
 
-/// Capabilities kept inside the sandbox (in its own user namespace): Docker's default set.
+/// Capabilities kept inside the sandbox (in its own user namespace): Docker's default set without
+/// `CAP_NET_RAW` (no raw or packet sockets: no spoofing on the sandbox network; `ping` is the one
+/// common casualty).
 pub const KEPT_CAPS: &[caps::Capability] = &[
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_FSETID,
     caps::Capability::CAP_FOWNER,
     caps::Capability::CAP_MKNOD,
-    caps::Capability::CAP_NET_RAW,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETFCAP,
