@@ -5,6 +5,10 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+/// A Linux bridge takes at most 1024 ports; sandboxes hang off one bridge, so at most this many
+/// can have a network at once (whatever the subnet's size).
+pub const MAX_NETWORKED: usize = 1023;
+
 #[derive(Debug)]
 pub struct AddressPool {
     base: u32,
@@ -28,6 +32,9 @@ impl AddressPool {
     }
 
     pub fn allocate(&mut self) -> Option<Ipv4Addr> {
+        if self.used.len() >= MAX_NETWORKED {
+            return None;
+        }
         // Offsets 0 (network), 1 (gateway) and size-1 (broadcast) are never handed out.
         let usable = self.size.saturating_sub(3);
         for _ in 0..usable {
@@ -59,6 +66,12 @@ mod tests {
         p.release(Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(p.allocate(), Some(Ipv4Addr::new(10, 1, 2, 3)));
         p.claim(Ipv4Addr::new(192, 168, 0, 1)); // outside: ignored
+    }
+
+    #[test]
+    fn a_bridge_holds_at_most_1023_sandboxes() {
+        let mut p = AddressPool::new(Ipv4Addr::new(10, 0, 0, 0), 16);
+        assert_eq!((0..2000).filter_map(|_| p.allocate()).count(), MAX_NETWORKED);
     }
 
     #[test]

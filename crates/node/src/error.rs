@@ -32,7 +32,7 @@ pub enum NodeError {
     Agent { detail: String },
     #[error("building template {id} failed: {detail}")]
     Build { id: String, detail: String },
-    #[error("every address of the sandbox network {cidr} is in use; kill sandboxes or widen network.cidr")]
+    #[error("the sandbox network {cidr} is full (all its addresses, or the bridge's limit of 1023 sandboxes, are in use); kill sandboxes, widen network.cidr, or set network.enabled = false for denser loopback-only sandboxes")]
     AddressesExhausted { cidr: String },
     #[error("invalid configuration: {detail}")]
     InvalidConfig { detail: String },
