@@ -313,16 +313,9 @@ fn time_to_interactive(d: &Daemon, clients: usize, per_client: usize) -> Result<
             s.spawn(|| {
                 for _ in 0..per_client {
                     let t = Instant::now();
-                    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "memoryMB": 256})));
-                    if status != 201 {
+                    let Ok((sb, _)) = d.try_create(json!({"templateID": "base", "memoryMB": 256})) else {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
-                    }
-                    let sb = warren_e2e::Sandbox {
-                        id: v["sandboxID"].as_str().unwrap_or_default().to_owned(),
-                        token: v["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
-                        url: d.url(),
-                        http: d.http.clone(),
                     };
                     let mut frames = sb.stream(
                         "process.Process/Start",
@@ -371,16 +364,9 @@ fn sustained_claims(d: &Daemon, length: Duration) -> Result<Sustained> {
         for _ in 0..clients {
             s.spawn(|| {
                 while started.elapsed() < length {
-                    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "memoryMB": 258})));
-                    if status != 201 {
+                    let Ok((sb, _)) = d.try_create(json!({"templateID": "base", "memoryMB": 258})) else {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
-                    }
-                    let sb = warren_e2e::Sandbox {
-                        id: v["sandboxID"].as_str().unwrap_or_default().to_owned(),
-                        token: v["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
-                        url: d.url(),
-                        http: d.http.clone(),
                     };
                     let r = sb.run(json!({"process": {"cmd": "/bin/true"}}), &[]);
                     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);

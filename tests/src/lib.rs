@@ -225,14 +225,22 @@ impl Daemon {
     }
 
     pub fn create(&self, body: Value) -> Sandbox {
+        self.try_create(body).unwrap_or_else(|(status, v)| panic!("create failed ({status}): {v}")).0
+    }
+
+    /// Creates a sandbox; on success also returns the whole answer, on failure the status and body.
+    pub fn try_create(&self, body: Value) -> Result<(Sandbox, Value), (u16, Value)> {
         let (status, v) = self.api("POST", "/sandboxes", Some(body));
-        assert_eq!(status, 201, "create failed: {v}");
-        Sandbox {
-            id: v["sandboxID"].as_str().unwrap().to_owned(),
-            token: v["envdAccessToken"].as_str().unwrap().to_owned(),
+        if status != 201 {
+            return Err((status, v));
+        }
+        let sb = Sandbox {
+            id: v["sandboxID"].as_str().unwrap_or_default().to_owned(),
+            token: v["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
             url: self.url(),
             http: self.http.clone(),
-        }
+        };
+        Ok((sb, v))
     }
 }
 

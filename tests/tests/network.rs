@@ -123,16 +123,8 @@ fn ports_inside_are_reached_by_host_name_and_header_over_http_and_websocket() {
 #[test]
 fn private_ports_need_the_traffic_token() {
     let d = daemon();
-    let (status, v) =
-        d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "network": {"allowPublicTraffic": false}})));
-    assert_eq!(status, 201, "{v}");
+    let (sb, v) = d.try_create(json!({"templateID": "base", "network": {"allowPublicTraffic": false}})).unwrap();
     let token = v["trafficAccessToken"].as_str().expect("a traffic token").to_owned();
-    let sb = Sandbox {
-        id: v["sandboxID"].as_str().unwrap().to_owned(),
-        token: v["envdAccessToken"].as_str().unwrap().to_owned(),
-        url: d.url(),
-        http: d.http.clone(),
-    };
     sb.sh("cd /tmp && nohup python3 -m http.server 8080 >/dev/null 2>&1 &");
     let host = format!("8080-{}.localhost:{}", sb.id, d.port);
     let (status, body) = via_host(d, &host, "/", "");
@@ -267,14 +259,7 @@ fn egress_policies_apply_at_create_and_change_live() {
     let d = daemon();
     let up = FakeUpstream::new("egr", 78, false);
     let target = up.upstream.clone();
-    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "allow_internet_access": false})));
-    assert_eq!(status, 201, "{v}");
-    let sb = Sandbox {
-        id: v["sandboxID"].as_str().unwrap().to_owned(),
-        token: v["envdAccessToken"].as_str().unwrap().to_owned(),
-        url: d.url(),
-        http: d.http.clone(),
-    };
+    let sb = d.create(json!({"templateID": "base", "allow_internet_access": false}));
     // No internet: refused at once (a reject, not a silent drop).
     assert_eq!(can_connect(&sb, &target, 8000), "ConnectionRefusedError");
     // Its own server still answers through the proxy (replies are never filtered).
