@@ -74,7 +74,13 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
 pub async fn forward(state: Arc<AppState>, target: Target, req: Request<Incoming>) -> Response {
     match forward_inner(&state, &target, req).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // The request's body may be left unread, and the server then closes the connection:
+            // say so, so the client does not send its next request down it.
+            let mut r = e.into_response();
+            r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            r
+        }
     }
 }
 
