@@ -11,7 +11,7 @@ fi
 scripts/deps.sh
 echo "== format and lints"
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== unit tests"
 cargo test --locked --workspace --exclude warren-e2e
 echo "== release build"

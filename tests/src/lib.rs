@@ -171,7 +171,12 @@ impl Daemon {
 
     /// A control-plane call; returns the status and the JSON body (Null when empty).
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = self.http.request(method, &format!("{}{}", self.url(), path)).set("X-API-KEY", &self.key());
+        self.api_as(&self.key(), method, path, body)
+    }
+
+    /// A control-plane call with another API key (a team's).
+    pub fn api_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let req = self.http.request(method, &format!("{}{}", self.url(), path)).set("X-API-KEY", key);
         let r = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
@@ -230,7 +235,12 @@ impl Daemon {
 
     /// Creates a sandbox; on success also returns the whole answer, on failure the status and body.
     pub fn try_create(&self, body: Value) -> Result<(Sandbox, Value), (u16, Value)> {
-        let (status, v) = self.api("POST", "/sandboxes", Some(body));
+        self.try_create_as(&self.key(), body)
+    }
+
+    /// [`Daemon::try_create`] with another API key (a team's).
+    pub fn try_create_as(&self, key: &str, body: Value) -> Result<(Sandbox, Value), (u16, Value)> {
+        let (status, v) = self.api_as(key, "POST", "/sandboxes", Some(body));
         if status != 201 {
             return Err((status, v));
         }

@@ -223,8 +223,8 @@ fn prometheus_and_the_resource_timeline_report_what_happens() {
     let text = String::from_utf8(text).unwrap();
     for want in [
         "warren_sandboxes{state=\"running\"}",
-        "warren_pool_ready{pool=\"observed\"}",
-        "warren_pool_claims_total{pool=\"observed\"} 1",
+        "warren_pool_ready{team=\"default\",pool=\"observed\"}",
+        "warren_pool_claims_total{team=\"default\",pool=\"observed\"} 1",
         "warren_claim_duration_seconds_count",
         "warren_cold_create_duration_seconds_bucket",
     ] {

@@ -13,39 +13,9 @@ use warren_protocol::filesystem::{EntryInfo, FileType};
 
 use crate::users::{self, User};
 
-/// Resolves a protocol path: `~` and relative paths are relative to the user's home.
+/// Resolves a protocol path for `user` (see [`warren_protocol::filesystem::resolve_path`]).
 pub fn resolve(path: &str, user: &User) -> Result<PathBuf, Error> {
-    if path.is_empty() {
-        return Err(Error::new(Code::InvalidArgument, "path is empty"));
-    }
-    if path.contains('\0') {
-        return Err(Error::new(Code::InvalidArgument, "path contains a NUL byte"));
-    }
-    let p = if let Some(rest) = path.strip_prefix("~/") {
-        Path::new(&user.home).join(rest)
-    } else if path == "~" {
-        PathBuf::from(&user.home)
-    } else if path.starts_with('/') {
-        PathBuf::from(path)
-    } else {
-        Path::new(&user.home).join(path)
-    };
-    Ok(normalize(&p))
-}
-
-/// Lexically removes `.` and `..` (for reporting; the kernel resolves the real path).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
+    warren_protocol::filesystem::resolve_path(path, &user.home)
 }
 
 pub fn io_error(e: &io::Error, path: &Path) -> Error {

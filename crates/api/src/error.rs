@@ -26,17 +26,20 @@ impl ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
-            NodeError::SandboxNotFound { .. } | NodeError::TemplateNotFound { .. } | NodeError::PoolNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            NodeError::SandboxNotFound { .. }
+            | NodeError::TemplateNotFound { .. }
+            | NodeError::PoolNotFound { .. }
+            | NodeError::KeyNotFound { .. } => StatusCode::NOT_FOUND,
             NodeError::OutOfRange { .. }
             | NodeError::InvalidId(_)
             | NodeError::InvalidPool { .. }
             | NodeError::Rejected { .. } => StatusCode::BAD_REQUEST,
+            NodeError::Forbidden { .. } => StatusCode::FORBIDDEN,
             NodeError::TemplateNotReady { .. }
             | NodeError::TemplateInUse { .. }
             | NodeError::Conflict { .. }
             | NodeError::PoolConflict { .. }
+            | NodeError::TemplateTaken { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
             NodeError::Capacity { .. } | NodeError::HostFull { .. } | NodeError::AddressesExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

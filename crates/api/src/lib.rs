@@ -19,7 +19,6 @@ use warren_node::Engine;
 /// Shared state of every handler.
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub api_key: String,
     pub domain: String,
     /// Creates by `Idempotency-Key`: a retried create gets the sandbox of the first attempt.
     pub idempotency: routes::IdempotencyCache,

@@ -101,14 +101,16 @@ pub fn port_client() -> PortClient {
 
 async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>) -> Result<Response, ApiError> {
     // Authenticate first (whatever the sandbox's state): nothing wakes for a stranger.
-    let (token, sandbox_state, auto_resume) = state.engine.traffic_credentials(&target.sandbox)?;
+    let creds = state.engine.traffic_credentials(&target.sandbox)?;
+    let (sandbox_state, auto_resume) = (creds.state, creds.auto_resume);
     if target.port != AGENT_PORT {
-        return forward_port(state, target, req, sandbox_state, auto_resume).await;
+        return forward_port(state, target, req, &creds).await;
     }
     let headers = req.headers();
-    let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &token));
-    let by_key = api_key_of(headers).is_some_and(|k| key_matches(k, &state.api_key));
-    let by_signature = !by_token && !by_key && signed_file_url(req.method(), req.uri(), &token)?;
+    let token = &creds.access_token;
+    let by_token = headers.get("x-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, token));
+    let by_key = team_key(state, headers, &creds.team);
+    let by_signature = !by_token && !by_key && signed_file_url(req.method(), req.uri(), token)?;
     if !by_token && !by_key && !by_signature {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -151,6 +153,12 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     Ok(r.body(Body::new(body)).expect("valid response"))
 }
 
+/// Whether the request carries an API key of the sandbox's team (another team's key is worth no
+/// more than no key).
+fn team_key(state: &AppState, headers: &HeaderMap, team: &warren_types::Team) -> bool {
+    api_key_of(headers).and_then(|k| state.engine.keys.verify(k)).is_some_and(|c| &c.team == team)
+}
+
 /// Traffic to a server inside the sandbox (`{port}-{id}.{domain}` or `E2b-Sandbox-Port`): public
 /// unless the sandbox was created with `allowPublicTraffic: false`, then it needs the sandbox's
 /// `e2b-traffic-access-token` (or the API key). WebSocket and other upgrades are spliced through.
@@ -158,14 +166,13 @@ async fn forward_port(
     state: &AppState,
     target: &Target,
     mut req: Request<Incoming>,
-    sandbox_state: warren_types::SandboxState,
-    auto_resume: bool,
+    creds: &warren_node::lifecycle::TrafficCredentials,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = state.engine.traffic_token(&target.sandbox)? {
         let h = req.headers();
         let ok =
             h.get("e2b-traffic-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &expected))
-                || api_key_of(h).is_some_and(|k| key_matches(k, &state.api_key));
+                || team_key(state, h, &creds.team);
         if !ok {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -176,7 +183,7 @@ async fn forward_port(
             ));
         }
     }
-    if sandbox_state == warren_types::SandboxState::Paused && auto_resume {
+    if creds.state == warren_types::SandboxState::Paused && creds.auto_resume {
         state.engine.resume_for_traffic(&target.sandbox).await?;
     }
     // Only a running sandbox is reached (a paused one answers 409 like the agent port).

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
@@ -18,13 +18,15 @@ use serde::Deserialize;
 use warren_node::egress::EgressRequest;
 use warren_node::engine::SandboxRecord;
 use warren_node::events::{Level, LogEntry, LogQuery};
+use warren_node::keys::Caller;
 use warren_node::templates::TemplateRecord;
 use warren_node::{rfc3339, CreateRequest};
 use warren_types::api::{
-    LifecycleInfo, NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout, TemplateInfo,
+    ApiKeyInfo, LifecycleInfo, NewApiKey, NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout,
+    TemplateInfo,
 };
 use warren_types::pool::{PoolInfo, PoolResize, PoolSpec};
-use warren_types::{TemplateId, ENVD_VERSION};
+use warren_types::{Team, TemplateId, ENVD_VERSION};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -59,6 +61,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/templates", get(list_templates).post(build_template))
         .route("/templates/{id}", get(template_info_route).delete(remove_template))
         .route("/templates/{id}/build", get(build_progress))
+        .route("/keys", get(list_keys).post(create_key))
+        .route("/keys/{id}", axum::routing::delete(revoke_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
@@ -69,7 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Constant-time comparison, so the key cannot be guessed byte by byte from response times.
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
 pub fn key_matches(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -81,10 +85,19 @@ pub fn api_key_of(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-async fn require_api_key(State(st): S, req: Request, next: Next) -> Response {
-    match api_key_of(req.headers()) {
-        Some(k) if key_matches(k, &st.api_key) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "the X-API-KEY header is not valid for this Warren daemon").into_response(),
+/// Resolves the key to its caller (team, admin) for the handlers; every route below needs one.
+async fn require_api_key(State(st): S, mut req: Request, next: Next) -> Response {
+    let caller = api_key_of(req.headers()).map(|k| st.engine.keys.verify(k));
+    match caller {
+        Some(Some(c)) => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        Some(None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the X-API-KEY header is not a valid key of this Warren daemon (revoked, or from another daemon)",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing X-API-KEY header; the key is in the daemon's data directory (api_key) and `warren` reads it for you",
@@ -165,6 +178,7 @@ fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
 
 /// Idempotency keys of recent creates (kept an hour). Failed attempts are not remembered, so a
 /// retry after a failure creates anew; concurrent requests with one key wait for the first.
+/// Keys are per team: another team's key never reaches a first attempt's sandbox.
 #[derive(Default)]
 pub struct IdempotencyCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, IdempotentCreate>>,
@@ -176,14 +190,19 @@ type IdempotentCreate = (std::time::Instant, Arc<tokio::sync::OnceCell<Sandbox>>
 const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl IdempotencyCache {
-    fn cell(&self, key: &str) -> Arc<tokio::sync::OnceCell<Sandbox>> {
+    fn cell(&self, team: &Team, key: &str) -> Arc<tokio::sync::OnceCell<Sandbox>> {
         let mut map = self.entries.lock().unwrap();
         map.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_TTL);
-        map.entry(key.to_owned()).or_insert_with(|| (std::time::Instant::now(), Default::default())).1.clone()
+        map.entry(format!("{team}/{key}")).or_insert_with(|| (std::time::Instant::now(), Default::default())).1.clone()
     }
 }
 
-async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = match key {
         None => None,
@@ -191,14 +210,14 @@ async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response
         Some(_) => return Err(ApiError::bad_request("Idempotency-Key must be 1 to 256 visible ASCII characters")),
     };
     let Some(key) = key else {
-        return create_new(&st, body).await.map(|sb| (StatusCode::CREATED, Json(sb)).into_response());
+        return create_new(&st, &c, body).await.map(|sb| (StatusCode::CREATED, Json(sb)).into_response());
     };
-    let cell = st.idempotency.cell(&key);
-    let sb = cell.get_or_try_init(|| create_new(&st, body)).await?;
+    let cell = st.idempotency.cell(&c.team, &key);
+    let sb = cell.get_or_try_init(|| create_new(&st, &c, body)).await?;
     Ok((StatusCode::CREATED, Json(sb.clone())).into_response())
 }
 
-async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
+async fn create_new(st: &AppState, c: &Caller, body: Body) -> Result<Sandbox, ApiError> {
     let req: NewSandbox = json_body(body, false).await?;
     if req.template_id.is_empty() {
         return Err(ApiError::bad_request("templateID is required (for example \"base\")"));
@@ -208,6 +227,7 @@ async fn create_new(st: &AppState, body: Body) -> Result<Sandbox, ApiError> {
     let rec = st
         .engine
         .create(CreateRequest {
+            team: c.team.clone(),
             template_id: req.template_id,
             timeout_secs: req.timeout,
             metadata: req.metadata,
@@ -239,7 +259,7 @@ struct ListQuery {
     next_token: Option<String>,
 }
 
-async fn list(State(st): S, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let mut want_meta = BTreeMap::new();
     if let Some(m) = &q.metadata {
         for pair in m.split('&').filter(|s| !s.is_empty()) {
@@ -260,7 +280,7 @@ async fn list(State(st): S, Query(q): Query<ListQuery>) -> Result<Response, ApiE
     }
     let mut items: Vec<_> = st
         .engine
-        .list()
+        .list(&c.team)
         .into_iter()
         .filter(|r| want_meta.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
         .filter(|r| states.as_ref().is_none_or(|s| s.iter().any(|x| x == r.state.e2b_name())))
@@ -288,17 +308,28 @@ async fn list(State(st): S, Query(q): Query<ListQuery>) -> Result<Response, ApiE
     Ok(resp)
 }
 
-async fn info(State(st): S, Path(id): Path<String>) -> Result<Json<SandboxDetail>, ApiError> {
-    let rec = st.engine.get(&id)?;
+async fn info(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxDetail>, ApiError> {
+    let rec = st.engine.get_owned(&c.team, &id)?;
     Ok(Json(detail(&st, &rec)))
 }
 
-async fn kill(State(st): S, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn kill(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     st.engine.kill_by_name(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_timeout(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+async fn set_timeout(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: SetTimeout = json_body(body, false).await?;
     st.engine.touch(&id);
     st.engine.set_timeout(&id, req.timeout)?;
@@ -312,7 +343,13 @@ struct ConnectBody {
 
 /// Connect: 200 with the sandbox's address and token when it is running (its end time moves to at
 /// least `timeout` seconds from now), 201 when it was paused and has been resumed.
-async fn connect(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn connect(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: ConnectBody = json_body(body, true).await?;
     let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
     st.engine.touch(&id);
@@ -327,7 +364,13 @@ struct PauseBody {
 }
 
 /// Pause: 204, or 409 when already paused (E2B's answers).
-async fn pause(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+async fn pause(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: PauseBody = json_body(body, true).await?;
     if req.memory == Some(false) {
         tracing::debug!(sandbox = %id, "filesystem-only pause asked for; memory is kept as well");
@@ -337,7 +380,13 @@ async fn pause(State(st): S, Path(id): Path<String>, body: Body) -> Result<Statu
 }
 
 /// Resume (E2B's older endpoint): 201 with the sandbox, 409 when it is not paused.
-async fn resume(State(st): S, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn resume(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: ConnectBody = json_body(body, true).await?;
     let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
     if !resumed {
@@ -346,7 +395,13 @@ async fn resume(State(st): S, Path(id): Path<String>, body: Body) -> Result<Resp
     Ok((StatusCode::CREATED, Json(sandbox_answer(&st, &rec))).into_response())
 }
 
-async fn refresh(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+async fn refresh(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: Refresh = json_body(body, true).await?;
     st.engine.touch(&id);
     st.engine.refresh(&id, req.duration.unwrap_or(60))?;
@@ -361,7 +416,13 @@ struct RangeQuery {
 }
 
 /// E2B's `SandboxMetric` list from the sandbox's timeline (one sample a second, an hour back).
-async fn metrics(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+async fn metrics(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: http::Uri,
+) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let q: RangeQuery = query(&uri)?;
     if let (Some(a), Some(b)) = (q.start, q.end) {
         if a > b {
@@ -377,7 +438,11 @@ struct ManyQuery {
 }
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: the current sample of each listed sandbox that exists.
-async fn metrics_many(State(st): S, Query(q): Query<ManyQuery>) -> Result<Response, ApiError> {
+async fn metrics_many(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<ManyQuery>,
+) -> Result<Response, ApiError> {
     let ids: Vec<&str> = q.sandbox_ids.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
     if ids.is_empty() {
         return Err(ApiError::bad_request("sandbox_ids is required: a comma-separated list of sandbox ids"));
@@ -385,6 +450,7 @@ async fn metrics_many(State(st): S, Query(q): Query<ManyQuery>) -> Result<Respon
     if ids.len() > 1000 {
         return Err(ApiError::bad_request("at most 1000 sandbox ids per call"));
     }
+    let ids: Vec<&str> = ids.into_iter().filter(|id| st.engine.get_owned(&c.team, id).is_ok()).collect();
     Ok(Json(serde_json::json!({ "sandboxes": st.engine.latest_metrics(&ids) })).into_response())
 }
 
@@ -420,7 +486,13 @@ struct LogsV1Query {
 }
 
 /// E2B's older logs answer: plain lines and structured entries, oldest first.
-async fn logs_v1(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+async fn logs_v1(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: http::Uri,
+) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let q: LogsV1Query = query(&uri)?;
     let lq = LogQuery {
         cursor_ms: q.start,
@@ -455,7 +527,13 @@ struct LogsV2Query {
 }
 
 /// `GET /v2/sandboxes/{id}/logs`: structured entries, filtered by lowest level and text.
-async fn logs_v2(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result<Response, ApiError> {
+async fn logs_v2(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: http::Uri,
+) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let q: LogsV2Query = query(&uri)?;
     let backward = match q.direction.as_deref() {
         None | Some("forward") => false,
@@ -480,10 +558,7 @@ async fn logs_v2(State(st): S, Path(id): Path<String>, uri: http::Uri) -> Result
 
 /// A call E2B defines that this Warren does not implement yet: 501 with what to do instead, after
 /// the usual 404 for an unknown sandbox. Never retried.
-fn not_yet(st: &AppState, id: Option<&str>, what: &str) -> Result<Response, ApiError> {
-    if let Some(id) = id {
-        st.engine.get(id)?;
-    }
+fn not_yet(what: &str) -> Result<Response, ApiError> {
     Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, what))
 }
 
@@ -522,7 +597,13 @@ struct NetworkUpdate {
 }
 
 /// `PUT /sandboxes/{id}/network`: replaces the egress policy (omitted fields are cleared), live.
-async fn network_update(State(st): S, Path(id): Path<String>, body: Body) -> Result<StatusCode, ApiError> {
+async fn network_update(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     let req: NetworkUpdate = json_body(body, false).await?;
     refuse_unsupported_network(&req.other)?;
     st.engine.touch(&id);
@@ -535,62 +616,97 @@ async fn network_update(State(st): S, Path(id): Path<String>, body: Body) -> Res
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn fork(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn fork(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     not_yet(
-        &st,
-        Some(&id),
         "forking a sandbox is not implemented in this Warren version; create new sandboxes from the \
          same template instead",
     )
 }
 
-async fn snapshot(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn snapshot(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     not_yet(
-        &st,
-        Some(&id),
         "sandbox snapshots are not implemented in this Warren version; pause the sandbox to keep its \
          state and resume it with connect",
     )
 }
 
-async fn list_snapshots(State(st): S) -> Result<Response, ApiError> {
-    not_yet(&st, None, "sandbox snapshots are not implemented in this Warren version, so none can be listed")
+async fn list_snapshots() -> Result<Response, ApiError> {
+    not_yet("sandbox snapshots are not implemented in this Warren version, so none can be listed")
 }
 
-async fn stats(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn stats(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    st.engine.get_owned(&c.team, &id)?;
     Ok(Json(st.engine.stats(&id)?).into_response())
 }
 
-/// Prometheus scrape target (the API key as `Authorization: Bearer`).
-async fn prometheus(State(st): S) -> Response {
-    (
+/// Prometheus scrape target (an admin key as `Authorization: Bearer`): host-wide figures.
+async fn prometheus(State(st): S, Extension(c): Extension<Caller>) -> Result<Response, ApiError> {
+    admin_only(&c, "reading host-wide metrics")?;
+    Ok((
         [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         st.engine.prometheus(),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn list_pools(State(st): S) -> Json<Vec<PoolInfo>> {
-    Json(st.engine.list_pools())
+fn admin_only(c: &Caller, what: &str) -> Result<(), ApiError> {
+    if c.admin {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{what} needs an admin key (such as the daemon's data-directory api_key); this key is team {}'s",
+            c.team
+        ),
+    ))
 }
 
-async fn create_pool(State(st): S, body: Body) -> Result<Response, ApiError> {
-    let spec: PoolSpec = json_body(body, false).await?;
+async fn list_pools(State(st): S, Extension(c): Extension<Caller>) -> Json<Vec<PoolInfo>> {
+    Json(st.engine.list_pools(&c.team))
+}
+
+async fn create_pool(State(st): S, Extension(c): Extension<Caller>, body: Body) -> Result<Response, ApiError> {
+    let mut spec: PoolSpec = json_body(body, false).await?;
+    match &spec.team {
+        Some(t) if t != &c.team => {
+            return Err(ApiError::bad_request(format!(
+                "team {t:?} is not this key's team ({}): a pool belongs to the team of the key that creates it; leave team out",
+                c.team
+            )))
+        }
+        _ => spec.team = Some(c.team.clone()),
+    }
     let info = st.engine.create_pool(spec)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-async fn pool_info(State(st): S, Path(name): Path<String>) -> Result<Json<PoolInfo>, ApiError> {
-    Ok(Json(st.engine.pool_info(&name)?))
+async fn pool_info(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PoolInfo>, ApiError> {
+    Ok(Json(st.engine.pool_info(&c.team, &name)?))
 }
 
-async fn resize_pool(State(st): S, Path(name): Path<String>, body: Body) -> Result<Json<PoolInfo>, ApiError> {
+async fn resize_pool(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<PoolInfo>, ApiError> {
     let r: PoolResize = json_body(body, false).await?;
-    Ok(Json(st.engine.resize_pool(&name, r)?))
+    Ok(Json(st.engine.resize_pool(&c.team, &name, r)?))
 }
 
-async fn remove_pool(State(st): S, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    st.engine.remove_pool(&name).await?;
+async fn remove_pool(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.engine.remove_pool(&c.team, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -602,42 +718,81 @@ fn template_info(rec: &TemplateRecord) -> TemplateInfo {
         created_at: rfc3339(rec.created_at_ms),
         error: rec.error.clone(),
         default_user: rec.default_user.clone(),
+        team: rec.team.as_ref().map(|t| t.to_string()),
     }
 }
 
-async fn list_templates(State(st): S) -> Json<Vec<TemplateInfo>> {
-    Json(st.engine.templates.list().iter().map(template_info).collect())
+async fn list_templates(State(st): S, Extension(c): Extension<Caller>) -> Json<Vec<TemplateInfo>> {
+    Json(st.engine.templates.list().iter().filter(|t| t.visible_to(&c.team)).map(template_info).collect())
 }
 
-async fn template_info_h(st: &AppState, id: &str) -> Result<TemplateInfo, ApiError> {
+/// A template the caller's team may use; another team's is reported as missing.
+fn visible_template(st: &AppState, c: &Caller, id: &str) -> Result<TemplateRecord, ApiError> {
     let tid = TemplateId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let rec =
-        st.engine.templates.get(&tid).ok_or_else(|| warren_node::NodeError::TemplateNotFound { id: id.into() })?;
-    Ok(template_info(&rec))
+    match st.engine.templates.get(&tid) {
+        Some(rec) if rec.visible_to(&c.team) => Ok(rec),
+        _ => Err(warren_node::NodeError::TemplateNotFound { id: id.into() }.into()),
+    }
 }
 
-async fn template_info_route(State(st): S, Path(id): Path<String>) -> Result<Json<TemplateInfo>, ApiError> {
-    Ok(Json(template_info_h(&st, &id).await?))
+async fn template_info_route(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<TemplateInfo>, ApiError> {
+    Ok(Json(template_info(&visible_template(&st, &c, &id)?)))
 }
 
-async fn build_template(State(st): S, body: Body) -> Result<Response, ApiError> {
+async fn build_template(State(st): S, Extension(c): Extension<Caller>, body: Body) -> Result<Response, ApiError> {
     let req: NewTemplate = json_body(body, false).await?;
     let tid = TemplateId::parse(&req.template_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let rec = st.engine.templates.build(tid, req.packages)?;
+    if req.public {
+        admin_only(&c, "building a public template")?;
+    }
+    let owner = (!req.public).then(|| c.team.clone());
+    let rec = st.engine.templates.build(tid, req.packages, owner)?;
     Ok((StatusCode::ACCEPTED, Json(template_info(&rec))).into_response())
 }
 
-async fn remove_template(State(st): S, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    st.engine.remove_template(&id).await?;
+async fn remove_template(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.engine.remove_template(&c, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_keys(State(st): S, Extension(c): Extension<Caller>) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
+    admin_only(&c, "listing API keys")?;
+    Ok(Json(st.engine.keys.list()))
+}
+
+async fn create_key(State(st): S, Extension(c): Extension<Caller>, body: Body) -> Result<Response, ApiError> {
+    admin_only(&c, "creating API keys")?;
+    let req: NewApiKey = json_body(body, false).await?;
+    let info = st.engine.keys.create(&req.team, &req.name, req.admin)?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn revoke_key(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin_only(&c, "revoking API keys")?;
+    st.engine.keys.revoke(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// NDJSON stream of a build's output lines, then its final status.
-async fn build_progress(State(st): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn build_progress(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    visible_template(&st, &c, &id)?;
     let tid = TemplateId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if st.engine.templates.get(&tid).is_none() {
-        return Err(warren_node::NodeError::TemplateNotFound { id }.into());
-    }
     let progress = st.engine.templates.progress(&tid);
     let line = |status: &str, l: Option<String>| {
         let mut s = serde_json::to_string(&warren_types::api::BuildProgress { status: status.into(), line: l })

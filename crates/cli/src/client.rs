@@ -17,9 +17,9 @@ pub struct Client {
     pub api_key: String,
 }
 
-/// Where the daemon keeps its API key.
+/// Where the daemon keeps its admin API key.
 pub fn api_key_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("api_key")
+    warren_node::keys::bootstrap_key_path(data_dir)
 }
 
 impl Client {

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
-use warren_types::api::{BuildProgress, Sandbox, SandboxDetail, TemplateInfo};
+use warren_types::api::{ApiKeyInfo, BuildProgress, Sandbox, SandboxDetail, TemplateInfo};
 use warren_types::pool::PoolInfo;
 
 use crate::client::Client;
 use crate::exec::{exec, ExecOptions};
-use crate::{FilesCmd, PoolCmd, PoolSizeArgs, RunArgs, SandboxCmd, ShapeArgs, TemplateCmd};
+use crate::{FilesCmd, KeyCmd, PoolCmd, PoolSizeArgs, RunArgs, SandboxCmd, ShapeArgs, TemplateCmd};
 
 pub struct Output {
     pub json: bool,
@@ -239,11 +239,12 @@ pub async fn template(client: &Client, out: &Output, cmd: TemplateCmd) -> Result
             let list: Vec<TemplateInfo> = client.json(Method::GET, "/templates", None).await?;
             out.print(&list, || {
                 table(
-                    &["TEMPLATE", "STATUS", "SIZE", "CREATED", "ERROR"],
+                    &["TEMPLATE", "OWNER", "STATUS", "SIZE", "CREATED", "ERROR"],
                     list.iter()
                         .map(|t| {
                             vec![
                                 t.template_id.clone(),
+                                t.team.clone().unwrap_or_else(|| "public".into()),
                                 t.status.clone(),
                                 format!("{} MiB", t.size_bytes / (1024 * 1024)),
                                 t.created_at.clone(),
@@ -254,10 +255,9 @@ pub async fn template(client: &Client, out: &Output, cmd: TemplateCmd) -> Result
                 )
             });
         }
-        TemplateCmd::Build { name, packages } => {
-            let info: TemplateInfo = client
-                .json(Method::POST, "/templates", Some(json!({"templateID": name, "packages": packages})))
-                .await?;
+        TemplateCmd::Build { name, packages, public } => {
+            let body = json!({"templateID": name, "packages": packages, "public": public});
+            let info: TemplateInfo = client.json(Method::POST, "/templates", Some(body)).await?;
             if info.status == "ready" {
                 out.print(&info, || println!("template {name} is ready"));
                 return Ok(0);
@@ -390,6 +390,44 @@ pub async fn pool(client: &Client, out: &Output, cmd: PoolCmd) -> Result<i32> {
         PoolCmd::Rm { name } => {
             client.call(Method::DELETE, &format!("/pools/{name}"), None).await?;
             out.print(&json!({"removed": name}), || println!("removed pool {name}"));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn key(client: &Client, out: &Output, cmd: KeyCmd) -> Result<i32> {
+    match cmd {
+        KeyCmd::Create { team, name, admin } => {
+            let body = json!({"team": team, "name": name, "admin": admin});
+            let k: ApiKeyInfo = client.json(Method::POST, "/keys", Some(body)).await?;
+            out.print(&k, || {
+                println!("{}", k.key.as_deref().unwrap_or_default());
+                eprintln!("key {} for team {} (shown once: store it now)", k.id, k.team);
+            });
+        }
+        KeyCmd::List => {
+            let keys: Vec<ApiKeyInfo> = client.json(Method::GET, "/keys", None).await?;
+            out.print(&keys, || {
+                table(
+                    &["ID", "TEAM", "ADMIN", "PREFIX", "CREATED", "NAME"],
+                    keys.iter()
+                        .map(|k| {
+                            vec![
+                                k.id.clone(),
+                                k.team.clone(),
+                                if k.admin { "yes" } else { "no" }.into(),
+                                format!("{}…", k.prefix),
+                                k.created_at.clone(),
+                                k.name.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            });
+        }
+        KeyCmd::Rm { id } => {
+            client.call(Method::DELETE, &format!("/keys/{id}"), None).await?;
+            out.print(&json!({"revoked": id}), || println!("revoked key {id}"));
         }
     }
     Ok(0)

@@ -47,6 +47,10 @@ enum Command {
     /// Manage warm pools (ready sandboxes that creates of their shape claim in milliseconds).
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Manage API keys: each belongs to one team and sees only that team's sandboxes, pools and
+    /// templates (needs an admin key, such as the data directory's).
+    #[command(subcommand)]
+    Key(KeyCmd),
 }
 
 #[derive(Args)]
@@ -239,9 +243,32 @@ pub enum TemplateCmd {
         name: String,
         #[arg(long = "package", short = 'p')]
         packages: Vec<String>,
+        /// Let every team use it (admin keys only); otherwise only your key's team can.
+        #[arg(long)]
+        public: bool,
     },
     /// Remove a template.
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create a key for a team and print it (the only time it is shown).
+    Create {
+        /// The team it belongs to (created implicitly; 1-63 of a-z, 0-9, '-').
+        #[arg(long)]
+        team: String,
+        /// A label: who or what uses the key.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// May manage keys and public templates and read host-wide metrics.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (ids, teams and prefixes; never the keys).
+    List,
+    /// Revoke a key at once.
+    Rm { id: String },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -283,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Sandbox(cmd) => commands::sandbox(&client, &out, cmd).await,
             Command::Template(cmd) => commands::template(&client, &out, cmd).await,
             Command::Pool(cmd) => commands::pool(&client, &out, cmd).await,
+            Command::Key(cmd) => commands::key(&client, &out, cmd).await,
         }
     })
 }

@@ -28,28 +28,6 @@ fn load_config(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<Config> {
     Ok(cfg)
 }
 
-/// The API key, created on first start (0600, readable by root's CLI).
-fn api_key(cfg: &Config) -> Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = crate::client::api_key_path(&cfg.data_dir);
-    if let Ok(k) = std::fs::read_to_string(&path) {
-        let k = k.trim().to_owned();
-        if !k.is_empty() {
-            return Ok(k);
-        }
-    }
-    let key = format!("wrn_{}", warren_node::random_hex(24));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing the API key to {}", path.display()))?;
-    std::io::Write::write_all(&mut f, key.as_bytes())?;
-    Ok(key)
-}
-
 /// One daemon per data directory: a second one would fight the first over sandboxes and cgroups.
 fn lock_data_dir(cfg: &Config) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
@@ -103,7 +81,6 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg)?;
-    let key = api_key(&cfg)?;
     let mut runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
         data_dir: cfg.data_dir.clone(),
         run_dir: cfg.run_dir.clone(),
@@ -135,12 +112,11 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             let missing = engine.templates.get(&base).is_none_or(|r| r.status != warren_node::templates::Status::Ready);
             if missing {
                 info!("building the base template (first start); follow it with `warren template build base`");
-                engine.templates.build(base, vec![])?;
+                engine.templates.build(base, vec![], None)?;
             }
         }
         let state = Arc::new(warren_api::AppState {
             engine,
-            api_key: key,
             domain,
             idempotency: Default::default(),
             ports: warren_api::proxy::port_client(),

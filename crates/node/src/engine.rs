@@ -11,7 +11,7 @@ use tracing::{info, instrument, warn};
 use warren_runtime::{Handle, Runtime, SandboxSpec};
 use warren_types::config::Config;
 use warren_types::state::transition;
-use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, TemplateId};
+use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, Team, TemplateId};
 
 use crate::events::{Level, LogEntry, LogQuery};
 use crate::store::{Kind, Op, Store};
@@ -40,6 +40,9 @@ fn kill_reason_text(r: &KillReason) -> (String, Level) {
 pub struct SandboxRecord {
     pub version: u32,
     pub id: SandboxId,
+    /// Its owner: only keys of this team see or touch it.
+    #[serde(default)]
+    pub team: Team,
     pub template_id: TemplateId,
     pub state: SandboxState,
     pub cpu_count: u32,
@@ -91,6 +94,8 @@ pub struct Lifecycle {
 /// What a sandbox is made of; pools are keyed by it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shape {
+    /// Part of the shape so that a team's creates claim only from its own pools.
+    pub team: Team,
     pub template_id: TemplateId,
     pub cpu_count: u32,
     pub memory_mb: u64,
@@ -100,6 +105,8 @@ pub struct Shape {
 /// What a caller may ask for at create time (already parsed from the API's JSON).
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
+    /// The caller's team: owns the sandbox, and only its templates (and public ones) can be used.
+    pub team: Team,
     pub template_id: String,
     pub timeout_secs: Option<u64>,
     pub metadata: BTreeMap<String, String>,
@@ -122,6 +129,7 @@ pub struct Engine {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) store: Arc<Store>,
     pub templates: Arc<Templates>,
+    pub keys: crate::keys::ApiKeys,
     /// Connections to agents (shared with the API's proxy).
     pub agents: crate::agent_client::AgentClient,
     /// Last CPU sample per sandbox (instant, cumulative CPU ns), for usage percentages.
@@ -163,11 +171,13 @@ impl Engine {
             None
         };
         let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
+        let keys = crate::keys::ApiKeys::open(&cfg.data_dir, store.clone())?;
         let engine = Arc::new(Engine {
             cfg,
             runtime,
             store,
             templates,
+            keys,
             agents: Default::default(),
             cpu_samples: Mutex::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
@@ -211,7 +221,11 @@ impl Engine {
         let mut live = Vec::new();
         // Ready sandboxes of pools that are gone or changed shape.
         let mut stale = Vec::new();
-        for rec in records {
+        for mut rec in records {
+            // Records from before pools were scoped to teams name their pool without its team.
+            if let Some(p) = rec.pool.as_mut().filter(|p| !p.contains('/')) {
+                *p = crate::pools::pool_key(&rec.team, p);
+            }
             let alive = matches!(rec.state, SandboxState::Ready | SandboxState::Running | SandboxState::Paused)
                 && rec.version == RECORD_VERSION;
             let watch = match (&rec.handle, alive) {
@@ -280,16 +294,23 @@ impl Engine {
     }
 
     /// Checks a shape against the configured bounds, filling in defaults.
+    /// A template the team may not use is reported as missing, like one that does not exist.
     pub fn shape(
         &self,
+        team: &Team,
         template: &str,
         cpu_count: Option<u32>,
         memory_mb: Option<u64>,
         disk_mb: Option<u64>,
     ) -> Result<Shape, NodeError> {
         let lim = &self.cfg.sandbox;
+        let template_id = TemplateId::parse(template)?;
+        if self.templates.get(&template_id).is_some_and(|t| !t.visible_to(team)) {
+            return Err(NodeError::TemplateNotFound { id: template_id.to_string() });
+        }
         Ok(Shape {
-            template_id: TemplateId::parse(template)?,
+            team: team.clone(),
+            template_id,
             cpu_count: check_range("cpuCount", cpu_count.unwrap_or(lim.default_cpu_count), 1, lim.max_cpu_count)?,
             memory_mb: check_range("memoryMB", memory_mb.unwrap_or(lim.default_memory_mb), 64, lim.max_memory_mb)?,
             disk_mb: check_range("diskSizeMB", disk_mb.unwrap_or(lim.default_disk_mb), 16, lim.max_disk_mb)?,
@@ -300,7 +321,7 @@ impl Engine {
     #[instrument(skip_all, fields(template = %req.template_id))]
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxRecord, NodeError> {
         let lim = &self.cfg.sandbox;
-        let shape = self.shape(&req.template_id, req.cpu_count, req.memory_mb, req.disk_mb)?;
+        let shape = self.shape(&req.team, &req.template_id, req.cpu_count, req.memory_mb, req.disk_mb)?;
         let timeout =
             check_range("timeout", req.timeout_secs.unwrap_or(lim.default_timeout_secs), 1, lim.max_timeout_secs)?;
         for (k, v) in &req.env_vars {
@@ -420,6 +441,7 @@ impl Engine {
         let mut rec = SandboxRecord {
             version: RECORD_VERSION,
             id: id.clone(),
+            team: shape.team.clone(),
             template_id: shape.template_id.clone(),
             state: SandboxState::Creating,
             cpu_count: shape.cpu_count,
@@ -534,8 +556,26 @@ impl Engine {
             .ok_or_else(|| NodeError::SandboxNotFound { id: id.to_owned() })
     }
 
-    pub fn list(&self) -> Vec<SandboxRecord> {
-        let mut v: Vec<_> = self.sandboxes.lock().unwrap().values().filter(|r| r.state.is_claimed()).cloned().collect();
+    /// The sandbox if it belongs to `team`: another team's sandbox is reported as missing, exactly
+    /// like one that does not exist, so its id reveals nothing.
+    pub fn get_owned(&self, team: &Team, id: &str) -> Result<SandboxRecord, NodeError> {
+        let rec = self.get(id)?;
+        if &rec.team != team {
+            return Err(NodeError::SandboxNotFound { id: id.to_owned() });
+        }
+        Ok(rec)
+    }
+
+    /// The team's claimed sandboxes, oldest first.
+    pub fn list(&self, team: &Team) -> Vec<SandboxRecord> {
+        let mut v: Vec<_> = self
+            .sandboxes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.state.is_claimed() && &r.team == team)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         v
     }
@@ -811,8 +851,19 @@ impl Engine {
         self.sandboxes.lock().unwrap().values().filter(|r| &r.template_id == id).count()
     }
 
-    pub async fn remove_template(&self, id: &str) -> Result<(), NodeError> {
+    /// Removes a template of the caller's team; public ones need an admin key.
+    pub async fn remove_template(&self, caller: &crate::keys::Caller, id: &str) -> Result<(), NodeError> {
         let tid = TemplateId::parse(id)?;
+        match self.templates.get(&tid) {
+            Some(t) if t.visible_to(&caller.team) => {
+                if t.team.is_none() && !caller.admin {
+                    return Err(NodeError::Forbidden {
+                        detail: format!("template {id} is public: only an admin key may remove it"),
+                    });
+                }
+            }
+            _ => return Err(NodeError::TemplateNotFound { id: id.into() }),
+        }
         let count = self.template_users(&tid);
         if count > 0 {
             return Err(NodeError::TemplateInUse { id: id.into(), count });
@@ -919,8 +970,9 @@ impl Engine {
         for f in [&t.pool_ready, &t.pool_creating, &t.pool_in_use, &t.pool_target] {
             f.clear();
         }
-        for p in self.list_pools() {
-            let l = PoolLabel { pool: p.spec.name.clone() };
+        for p in self.all_pools() {
+            let team = p.spec.team.clone().unwrap_or_default();
+            let l = PoolLabel { team: team.to_string(), pool: p.spec.name.clone() };
             t.pool_ready.get_or_create(&l).set(i64::from(p.ready));
             t.pool_creating.get_or_create(&l).set(i64::from(p.creating));
             t.pool_in_use.get_or_create(&l).set(i64::from(p.in_use));

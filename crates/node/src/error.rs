@@ -46,4 +46,10 @@ pub enum NodeError {
     InvalidPool { detail: String },
     #[error("pool {name} has no ready sandbox (waited {waited_ms} ms) and is set to fail fast; retry shortly or raise its minReady")]
     PoolEmpty { name: String, waited_ms: u64 },
+    #[error("API key {id} does not exist; list keys with `warren key list`")]
+    KeyNotFound { id: String },
+    #[error("{detail}")]
+    Forbidden { detail: String },
+    #[error("template id {id} is taken; choose another id")]
+    TemplateTaken { id: String },
 }

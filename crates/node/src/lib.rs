@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod keys;
 pub mod lifecycle;
 pub mod pools;
 pub mod store;

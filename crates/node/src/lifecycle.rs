@@ -47,6 +47,15 @@ impl CreateRequest {
     }
 }
 
+/// What the proxy checks a request to a sandbox against.
+pub struct TrafficCredentials {
+    pub access_token: String,
+    /// Keys of this team may reach the sandbox without its token.
+    pub team: warren_types::Team,
+    pub state: SandboxState,
+    pub auto_resume: bool,
+}
+
 impl Engine {
     /// Records traffic to a live sandbox; the guard keeps it counted as busy until dropped.
     pub fn begin_traffic(self: &Arc<Self>, id: &str) -> Option<ActivityGuard> {
@@ -73,9 +82,14 @@ impl Engine {
 
     /// The access token of a sandbox in any live state, and whether traffic may resume it: the
     /// proxy authenticates a request before anything wakes.
-    pub fn traffic_credentials(&self, id: &str) -> Result<(String, SandboxState, bool), NodeError> {
+    pub fn traffic_credentials(&self, id: &str) -> Result<TrafficCredentials, NodeError> {
         let rec = self.get(id)?;
-        Ok((rec.access_token, rec.state, rec.lifecycle.auto_resume))
+        Ok(TrafficCredentials {
+            access_token: rec.access_token,
+            team: rec.team,
+            state: rec.state,
+            auto_resume: rec.lifecycle.auto_resume,
+        })
     }
 
     /// Resumes a paused sandbox because traffic arrived for it; concurrent calls merge.

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use warren_types::pool::{OnEmpty, PoolInfo, PoolResize, PoolSpec};
 use warren_types::state::transition;
-use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState};
+use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, Team};
 
 use crate::engine::{CreateRequest, Engine, SandboxRecord, Shape};
 use crate::events::{Level, LogEntry};
@@ -65,6 +65,22 @@ pub(crate) struct PoolState {
     /// Changes when the pool is removed and created again under the same name, so a boot started
     /// for the old pool is not handed to the new one.
     generation: u64,
+}
+
+/// The engine's key of a pool: names are unique within a team, and teams never see each other's.
+pub(crate) fn pool_key(team: &Team, name: &str) -> String {
+    format!("{team}/{name}")
+}
+
+/// The name part of a pool key, as its team's users know it.
+pub(crate) fn pool_name(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, name)| name)
+}
+
+/// Metric labels of a pool: its team and name.
+fn pool_label(key: &str) -> crate::telemetry::PoolLabel {
+    let (team, name) = key.split_once('/').unwrap_or((Team::DEFAULT, key));
+    crate::telemetry::PoolLabel { team: team.to_owned(), pool: name.to_owned() }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -134,7 +150,8 @@ impl Engine {
                 spec.name
             )));
         }
-        let shape = self.shape(&spec.template_id, spec.cpu_count, spec.memory_mb, spec.disk_mb)?;
+        let team = spec.team.get_or_insert_with(Team::default).clone();
+        let shape = self.shape(&team, &spec.template_id, spec.cpu_count, spec.memory_mb, spec.disk_mb)?;
         spec.cpu_count = Some(shape.cpu_count);
         spec.memory_mb = Some(shape.memory_mb);
         spec.disk_mb = Some(shape.disk_mb);
@@ -195,31 +212,38 @@ impl Engine {
     /// Loads the pools of the store and of the config file (config wins). Called once at start,
     /// before sandboxes are recovered.
     pub(crate) fn load_pools(&self) -> Result<(), NodeError> {
-        let stored: Vec<PoolRecord> = self.store.all(Kind::Pool)?;
+        let spec_key = |s: &PoolSpec| pool_key(s.team.as_ref().unwrap_or(&Team::default()), &s.name);
+        let configured: Vec<String> = self.cfg.pools.iter().map(spec_key).collect();
+        let stored: Vec<(String, PoolRecord)> = self.store.all_keyed(Kind::Pool)?;
         let mut specs: HashMap<String, (PoolSpec, bool)> = HashMap::new();
-        for rec in stored.into_iter().filter(|r| r.version == POOL_RECORD_VERSION) {
+        for (stored_key, rec) in stored.into_iter().filter(|(_, r)| r.version == POOL_RECORD_VERSION) {
+            let key = spec_key(&rec.spec);
+            // Records from before pools had teams are keyed by name alone: re-keyed below.
+            if stored_key != key {
+                self.store.delete(Kind::Pool, &stored_key)?;
+            }
             // A pool declared only by an earlier config file goes with it.
-            if rec.from_config && !self.cfg.pools.iter().any(|p| p.name == rec.spec.name) {
-                self.store.delete(Kind::Pool, &rec.spec.name)?;
+            if rec.from_config && !configured.contains(&key) {
+                self.store.delete(Kind::Pool, &key)?;
                 continue;
             }
-            specs.insert(rec.spec.name.clone(), (rec.spec, rec.from_config));
+            specs.insert(key, (rec.spec, rec.from_config));
         }
         for p in &self.cfg.pools {
-            specs.insert(p.name.clone(), (p.clone(), true));
+            specs.insert(spec_key(p), (p.clone(), true));
         }
-        for (name, (spec, from_config)) in specs {
+        for (key, (spec, from_config)) in specs {
             match self.resolve_pool(spec) {
                 Ok((spec, shape)) => {
                     if self.pools.lock().unwrap().values().any(|p| p.shape == shape) {
-                        warn!(pool = %name, "another pool has the same shape; this one is ignored");
+                        warn!(pool = %key, "another pool of the team has the same shape; this one is ignored");
                         continue;
                     }
                     let rec = PoolRecord { version: POOL_RECORD_VERSION, spec: spec.clone(), from_config };
-                    self.store.put(Kind::Pool, &name, &rec)?;
-                    self.pools.lock().unwrap().insert(name, new_state(spec, shape, from_config));
+                    self.store.put(Kind::Pool, &key, &rec)?;
+                    self.pools.lock().unwrap().insert(key, new_state(spec, shape, from_config));
                 }
-                Err(e) => warn!(pool = %name, error = %e, "pool ignored"),
+                Err(e) => warn!(pool = %key, error = %e, "pool ignored"),
             }
         }
         Ok(())
@@ -231,7 +255,8 @@ impl Engine {
         let Some(name) = &rec.pool else { return false };
         let mut pools = self.pools.lock().unwrap();
         let Some(p) = pools.get_mut(name) else { return false };
-        let same = p.shape.template_id == rec.template_id
+        let same = p.shape.team == rec.team
+            && p.shape.template_id == rec.template_id
             && p.shape.cpu_count == rec.cpu_count
             && p.shape.memory_mb == rec.memory_mb
             && p.shape.disk_mb == rec.disk_mb;
@@ -257,9 +282,10 @@ impl Engine {
             return Err(NodeError::TemplateNotFound { id: shape.template_id.to_string() });
         }
         let name = spec.name.clone();
+        let key = pool_key(&shape.team, &name);
         let generation = {
             let mut pools = self.pools.lock().unwrap();
-            if pools.contains_key(&name) {
+            if pools.contains_key(&key) {
                 return Err(NodeError::PoolConflict {
                     detail: format!("pool {name} already exists; resize it or remove it first"),
                 });
@@ -270,19 +296,20 @@ impl Engine {
                 });
             }
             let rec = PoolRecord { version: POOL_RECORD_VERSION, spec: spec.clone(), from_config: false };
-            self.store.put(Kind::Pool, &name, &rec)?;
-            let st = new_state(spec, shape, false);
+            self.store.put(Kind::Pool, &key, &rec)?;
+            let st = new_state(spec, shape.clone(), false);
             let g = st.generation;
-            pools.insert(name.clone(), st);
+            pools.insert(key.clone(), st);
             g
         };
-        info!(pool = %name, "pool created");
-        self.spawn_pool_loop(name.clone(), generation);
-        self.pool_info(&name)
+        info!(pool = %key, "pool created");
+        self.spawn_pool_loop(key, generation);
+        self.pool_info(&shape.team, &name)
     }
 
-    pub fn resize_pool(&self, name: &str, r: PoolResize) -> Result<PoolInfo, NodeError> {
-        let current = self.pools.lock().unwrap().get(name).map(|p| p.spec.clone());
+    pub fn resize_pool(&self, team: &Team, name: &str, r: PoolResize) -> Result<PoolInfo, NodeError> {
+        let key = pool_key(team, name);
+        let current = self.pools.lock().unwrap().get(&key).map(|p| p.spec.clone());
         let mut spec = current.ok_or_else(|| NodeError::PoolNotFound { name: name.into() })?;
         if let Some(v) = r.min_ready {
             spec.min_ready = v;
@@ -307,26 +334,27 @@ impl Engine {
         let (spec, _) = self.resolve_pool(spec)?;
         {
             let mut pools = self.pools.lock().unwrap();
-            let p = pools.get_mut(name).ok_or_else(|| NodeError::PoolNotFound { name: name.into() })?;
+            let p = pools.get_mut(&key).ok_or_else(|| NodeError::PoolNotFound { name: name.into() })?;
             let rec = PoolRecord { version: POOL_RECORD_VERSION, spec: spec.clone(), from_config: p.from_config };
-            self.store.put(Kind::Pool, name, &rec)?;
+            self.store.put(Kind::Pool, &key, &rec)?;
             p.spec = spec;
             // A resize is an explicit decision: shrink without the usual delay.
             p.over_target_since = Some(Instant::now() - SHRINK_DELAY);
             p.wake.notify_one();
         }
-        self.pool_info(name)
+        self.pool_info(team, name)
     }
 
     /// Removes a pool and kills its ready sandboxes; claimed ones are not touched.
-    pub async fn remove_pool(&self, name: &str) -> Result<(), NodeError> {
+    pub async fn remove_pool(&self, team: &Team, name: &str) -> Result<(), NodeError> {
+        let key = pool_key(team, name);
         let st = {
             let mut pools = self.pools.lock().unwrap();
-            if !pools.contains_key(name) {
+            if !pools.contains_key(&key) {
                 return Err(NodeError::PoolNotFound { name: name.into() });
             }
-            self.store.delete(Kind::Pool, name)?;
-            pools.remove(name).expect("present")
+            self.store.delete(Kind::Pool, &key)?;
+            pools.remove(&key).expect("present")
         };
         // The loop sees the pool gone and ends; claims waiting on it fall back.
         st.wake.notify_one();
@@ -334,7 +362,7 @@ impl Engine {
         for id in st.ready {
             let _ = self.kill(&id, KillReason::PoolRelease { detail: format!("pool {name} was removed") }).await;
         }
-        info!(pool = %name, "pool removed");
+        info!(pool = %key, "pool removed");
         Ok(())
     }
 
@@ -350,17 +378,32 @@ impl Engine {
         counts
     }
 
-    pub fn pool_info(&self, name: &str) -> Result<PoolInfo, NodeError> {
+    pub fn pool_info(&self, team: &Team, name: &str) -> Result<PoolInfo, NodeError> {
+        let key = pool_key(team, name);
         let in_use = self.in_use();
         let pools = self.pools.lock().unwrap();
-        let p = pools.get(name).ok_or_else(|| NodeError::PoolNotFound { name: name.into() })?;
-        Ok(p.info(in_use.get(name).copied().unwrap_or(0)))
+        let p = pools.get(&key).ok_or_else(|| NodeError::PoolNotFound { name: name.into() })?;
+        Ok(p.info(in_use.get(&key).copied().unwrap_or(0)))
     }
 
-    pub fn list_pools(&self) -> Vec<PoolInfo> {
+    /// The team's pools, by name.
+    pub fn list_pools(&self, team: &Team) -> Vec<PoolInfo> {
+        self.pools_where(|t| t == team)
+    }
+
+    /// Every team's pools (host-wide telemetry).
+    pub(crate) fn all_pools(&self) -> Vec<PoolInfo> {
+        self.pools_where(|_| true)
+    }
+
+    fn pools_where(&self, keep: impl Fn(&Team) -> bool) -> Vec<PoolInfo> {
         let in_use = self.in_use();
         let pools = self.pools.lock().unwrap();
-        let mut v: Vec<PoolInfo> = pools.iter().map(|(n, p)| p.info(in_use.get(n).copied().unwrap_or(0))).collect();
+        let mut v: Vec<PoolInfo> = pools
+            .iter()
+            .filter(|(_, p)| keep(&p.shape.team))
+            .map(|(n, p)| p.info(in_use.get(n).copied().unwrap_or(0)))
+            .collect();
         v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         v
     }
@@ -394,7 +437,7 @@ impl Engine {
     ) -> Result<Option<SandboxRecord>, NodeError> {
         let started = Instant::now();
         let mut counted_empty = false;
-        let label = crate::telemetry::PoolLabel { pool: name.to_owned() };
+        let label = pool_label(name);
         loop {
             let (next, available, wait, on_empty) = {
                 let mut pools = self.pools.lock().unwrap();
@@ -481,8 +524,8 @@ impl Engine {
         let entry = LogEntry::warren(
             now,
             Level::Info,
-            format!("sandbox claimed from pool {pool}"),
-            &[("pool", pool.to_owned()), ("timeout", timeout_secs.to_string())],
+            format!("sandbox claimed from pool {}", pool_name(pool)),
+            &[("pool", pool_name(pool).to_owned()), ("timeout", timeout_secs.to_string())],
         );
         let burst = self.pools.lock().unwrap().get(pool).and_then(|p| p.spec.burst);
         let pool_idle = self.pool_idle_timeout(pool);
@@ -633,7 +676,7 @@ impl Engine {
                         }
                         Err(e) => {
                             p.refill_failures += 1;
-                            let l = crate::telemetry::PoolLabel { pool: name.to_owned() };
+                            let l = pool_label(name);
                             self.telemetry.pool_refill_failures.get_or_create(&l).inc();
                             p.consecutive_failures += 1;
                             let backoff = Duration::from_millis(500)
@@ -663,7 +706,8 @@ impl Engine {
             // Not fatal: a template without bash still serves its purpose.
             tracing::debug!(pool = %pool, error = %e, "warming a ready sandbox");
         }
-        let entry = LogEntry::warren(now_ms(), Level::Info, format!("sandbox booted for pool {pool}"), &[]);
+        let entry =
+            LogEntry::warren(now_ms(), Level::Info, format!("sandbox booted for pool {}", pool_name(pool)), &[]);
         let written = self.store.write(vec![
             Op::put(Kind::Sandbox, rec.id.as_str(), &rec),
             Op::Log { sandbox: rec.id.as_str(), entry: &entry },
@@ -721,6 +765,7 @@ mod tests {
     fn state(min: u32, max: u32, f: Option<f64>) -> PoolState {
         let spec = PoolSpec {
             name: "p".into(),
+            team: Some(Team::default()),
             template_id: "base".into(),
             cpu_count: Some(1),
             memory_mb: Some(512),
@@ -735,8 +780,13 @@ mod tests {
             burst: None,
             idle_timeout: None,
         };
-        let shape =
-            Shape { template_id: TemplateId::parse("base").unwrap(), cpu_count: 1, memory_mb: 512, disk_mb: 1024 };
+        let shape = Shape {
+            team: Team::default(),
+            template_id: TemplateId::parse("base").unwrap(),
+            cpu_count: 1,
+            memory_mb: 512,
+            disk_mb: 1024,
+        };
         new_state(spec, shape, false)
     }
 

@@ -12,6 +12,8 @@ use crate::events::LogEntry;
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes_v1");
 const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools_v1");
+/// Key id → JSON key record (the key's SHA-256, never the key itself).
+const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys_v1");
 /// (sandbox id, sequence) → JSON [`LogEntry`]. The sequence is the entry's time in microseconds,
 /// bumped past the previous one, so a range over one sandbox reads its log in order.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sandbox_log_v1");
@@ -53,6 +55,7 @@ impl<'a> Op<'a> {
 pub enum Kind {
     Sandbox,
     Pool,
+    ApiKey,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
         match self {
             Kind::Sandbox => SANDBOXES,
             Kind::Pool => POOLS,
+            Kind::ApiKey => API_KEYS,
         }
     }
 }
@@ -71,6 +75,7 @@ impl Store {
         let w = db.begin_write().map_err(txn)?;
         w.open_table(SANDBOXES).map_err(txn)?;
         w.open_table(POOLS).map_err(txn)?;
+        w.open_table(API_KEYS).map_err(txn)?;
         w.open_table(LOG).map_err(txn)?;
         w.commit().map_err(txn)?;
         Ok(Store { db, last_seq: AtomicU64::new(0) })
@@ -90,6 +95,7 @@ impl Store {
         {
             let mut sandboxes = w.open_table(SANDBOXES).map_err(txn)?;
             let mut pools = w.open_table(POOLS).map_err(txn)?;
+            let mut keys = w.open_table(API_KEYS).map_err(txn)?;
             let mut log = w.open_table(LOG).map_err(txn)?;
             for op in ops {
                 match op {
@@ -97,6 +103,7 @@ impl Store {
                         let t = match kind {
                             Kind::Sandbox => &mut sandboxes,
                             Kind::Pool => &mut pools,
+                            Kind::ApiKey => &mut keys,
                         };
                         t.insert(key, value.as_slice()).map_err(txn)?;
                     }
@@ -104,6 +111,7 @@ impl Store {
                         let t = match kind {
                             Kind::Sandbox => &mut sandboxes,
                             Kind::Pool => &mut pools,
+                            Kind::ApiKey => &mut keys,
                         };
                         t.remove(key).map_err(txn)?;
                     }
@@ -215,6 +223,11 @@ impl Store {
     }
 
     pub fn all<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, StoreError> {
+        Ok(self.all_keyed(kind)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Every record of a kind with its key.
+    pub fn all_keyed<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, T)>, StoreError> {
         let r = self.db.begin_read().map_err(txn)?;
         let t = r.open_table(kind.table()).map_err(txn)?;
         let mut out = Vec::new();
@@ -222,7 +235,7 @@ impl Store {
             let (k, v) = item.map_err(txn)?;
             let rec = serde_json::from_slice(v.value())
                 .map_err(|source| StoreError::Corrupt { key: k.value().to_owned(), source })?;
-            out.push(rec);
+            out.push((k.value().to_owned(), rec));
         }
         Ok(out)
     }

@@ -15,6 +15,7 @@ pub struct StateLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
+    pub team: String,
     pub pool: String,
 }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 use warren_types::config::TemplateConfig;
-use warren_types::TemplateId;
+use warren_types::{Team, TemplateId};
 
 use crate::{now_ms, NodeError};
 
@@ -51,6 +51,15 @@ pub struct TemplateRecord {
     pub created_at_ms: u64,
     pub error: Option<String>,
     pub default_user: String,
+    /// The owning team; `None` for public templates (such as `base`) that every team may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<Team>,
+}
+
+impl TemplateRecord {
+    pub fn visible_to(&self, team: &Team) -> bool {
+        self.team.as_ref().is_none_or(|t| t == team)
+    }
 }
 
 struct Build {
@@ -149,8 +158,14 @@ impl Templates {
         Ok(())
     }
 
-    /// Starts building `id` unless it is ready or already building. Returns at once.
-    pub fn build(self: &Arc<Self>, id: TemplateId, extra: Vec<String>) -> Result<TemplateRecord, NodeError> {
+    /// Starts building `id` for `owner` (`None`: public) unless it is ready or already building.
+    /// Returns at once. An id held by another owner is refused, never rebuilt or taken over.
+    pub fn build(
+        self: &Arc<Self>,
+        id: TemplateId,
+        extra: Vec<String>,
+        owner: Option<Team>,
+    ) -> Result<TemplateRecord, NodeError> {
         for p in &extra {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b)) {
                 return Err(NodeError::OutOfRange {
@@ -163,6 +178,9 @@ impl Templates {
         {
             let builds = self.builds.lock().unwrap();
             if let Some(r) = self.get(&id) {
+                if r.team != owner {
+                    return Err(NodeError::TemplateTaken { id: id.to_string() });
+                }
                 if r.status == Status::Ready || builds.contains_key(&id) {
                     return Ok(r);
                 }
@@ -179,6 +197,7 @@ impl Templates {
             created_at_ms: now_ms(),
             error: None,
             default_user: "user".into(),
+            team: owner,
         };
         self.save(&rec)?;
         let (tx, _) = broadcast::channel(1024);

@@ -1,12 +1,46 @@
 //! `filesystem.Filesystem` messages (E2B envd `filesystem/filesystem.proto`) in proto3-JSON form.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::pbjson;
 
 pub const SERVICE: &str = "filesystem.Filesystem";
+
+/// Resolves a path as envd does: `~` and relative paths start at the user's `home`, and `.` and
+/// `..` are removed lexically (for reporting; the kernel resolves symlinks, inside the sandbox's
+/// root, which no path can climb out of). The answer is always absolute and free of `..`.
+pub fn resolve_path(path: &str, home: &str) -> Result<PathBuf, crate::connect::Error> {
+    use crate::connect::{Code, Error};
+    if path.is_empty() {
+        return Err(Error::new(Code::InvalidArgument, "path is empty"));
+    }
+    if path.contains('\0') {
+        return Err(Error::new(Code::InvalidArgument, "path contains a NUL byte"));
+    }
+    let p = if let Some(rest) = path.strip_prefix("~/") {
+        Path::new(home).join(rest)
+    } else if path == "~" {
+        PathBuf::from(home)
+    } else if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new(home).join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum FileType {

@@ -174,6 +174,9 @@ pub struct TemplateInfo {
     pub error: Option<String>,
     /// Default user processes run as.
     pub default_user: String,
+    /// The team that owns it; absent for public templates (such as `base`), which every team uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 /// `POST /templates` (Warren's own): build a template from Debian packages.
@@ -185,6 +188,37 @@ pub struct NewTemplate {
     /// Extra Debian packages on top of the base set.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Usable by every team (only an admin key may build one); otherwise the caller's team's own.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// `POST /keys` (Warren's own, admin keys only): a new API key for a team.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewApiKey {
+    pub team: String,
+    /// A label for people (who or what uses the key).
+    #[serde(default)]
+    pub name: String,
+    /// May manage keys and public templates, and read host-wide metrics.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An API key as listed; `key` (the secret) only in the answer that created it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: String,
+    /// The first characters of the key, to tell keys apart.
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A line of a template build's progress stream (`GET /templates/{id}/build`, NDJSON).

@@ -114,6 +114,60 @@ impl fmt::Display for TemplateId {
     }
 }
 
+/// A team: the owner of sandboxes, pools, templates and API keys. Every API key belongs to one, and
+/// a key sees only its own team's resources. 1–63 lowercase letters, digits and '-' (not first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Team(String);
+
+impl Team {
+    /// The team of the key the daemon creates on first start, and of records older than teams.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn parse(value: &str) -> Result<Self, InvalidId> {
+        let err = |reason| InvalidId { kind: "team", value: value.to_owned(), reason };
+        if value.is_empty() || value.len() > 63 {
+            return Err(err("it must be 1 to 63 characters long"));
+        }
+        if value.starts_with('-') {
+            return Err(err("it must start with a lowercase letter or a digit"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(err("it may contain only lowercase letters, digits and '-'"));
+        }
+        Ok(Team(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Team {
+    fn default() -> Self {
+        Team(Self::DEFAULT.to_owned())
+    }
+}
+
+impl TryFrom<String> for Team {
+    type Error = InvalidId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Team> for String {
+    fn from(t: Team) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for Team {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +186,17 @@ mod tests {
         for bad in ["", "ABC", "a.b", "a-b", "../x", &"a".repeat(64)] {
             assert!(SandboxId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn team_names_are_labels() {
+        for bad in ["", "-a", "A", "a/b", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(Team::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["default", "team-7", "0x"] {
+            Team::parse(good).unwrap();
+        }
+        assert_eq!(Team::default().as_str(), Team::DEFAULT);
     }
 
     #[test]

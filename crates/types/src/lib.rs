@@ -7,7 +7,7 @@ pub mod ids;
 pub mod pool;
 pub mod state;
 
-pub use ids::{InvalidId, SandboxId, TemplateId};
+pub use ids::{InvalidId, SandboxId, Team, TemplateId};
 pub use state::{IllegalTransition, KillReason, SandboxEvent, SandboxState};
 
 /// The envd protocol version the agent reports. The E2B SDKs switch features on by this number

@@ -28,8 +28,12 @@ pub struct Burst {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolSpec {
-    /// 1 to 63 lowercase letters, digits and '-'.
+    /// 1 to 63 lowercase letters, digits and '-'; unique within its team.
     pub name: String,
+    /// The team whose creates claim from it: the caller's own through the API, `default` when a
+    /// config file leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<crate::Team>,
     #[serde(rename = "templateID", alias = "template")]
     pub template_id: String,
     /// Defaults from `[sandbox]` when absent.
