@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== unit tests"
 cargo test --locked --workspace --exclude warren-e2e
+echo "== fuzzing (bounded; scripts/fuzz.sh runs longer on demand)"
+scripts/fuzz.sh 30
 echo "== release build"
 scripts/build.sh
 echo "== end-to-end tests"
@@ -22,6 +24,10 @@ echo "== E2B compatibility: the unmodified Python (sync + async) and JS SDKs"
 python3 -m venv target/e2b-venv
 target/e2b-venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2b_sdk/requirements.txt
 WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest -q -p no:cacheprovider tests/e2b_sdk
+echo "== API robustness: schemathesis drives the OpenAPI document; no input may cause a 5xx"
+python3 -m venv target/schema-venv
+target/schema-venv/bin/pip install --quiet --disable-pip-version-check -r tests/api_schema/requirements.txt
+WARREN_BIN="$PWD/target/warren/bin/warren" target/schema-venv/bin/python -m pytest -q -p no:cacheprovider tests/api_schema
 echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
 cargo build --release --locked -p warren-bench
 target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json \

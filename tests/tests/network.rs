@@ -136,7 +136,7 @@ fn private_ports_need_the_traffic_token() {
     // Settings this version does not implement are refused, not ignored.
     let (status, v) =
         d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "network": {"dnsServers": ["1.1.1.1"]}})));
-    assert_eq!(status, 501, "{v}");
+    assert_eq!(status, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("network.dnsServers"), "{v}");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }

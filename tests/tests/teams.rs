@@ -187,5 +187,10 @@ fn teams_see_and_touch_only_their_own() {
     for id in [&sb.id, &b1, &blue_claim.id] {
         d.api_as(&blue, "DELETE", &format!("/sandboxes/{id}"), None);
     }
+    // A log outlives its sandbox, and stays its team's.
+    let logs = format!("/v2/sandboxes/{}/logs", sb.id);
+    assert_eq!(d.api_as(&blue, "GET", &logs, None).0, 200);
+    assert_eq!(d.api_as(&green, "GET", &logs, None).0, 404);
+    assert_eq!(d.api("GET", &logs, None).0, 404);
     d.api_as(&blue, "DELETE", "/pools/warm", None);
 }

@@ -35,6 +35,9 @@ type S = State<Arc<AppState>>;
 
 const MAX_BODY: usize = 1024 * 1024;
 
+/// The control plane's OpenAPI document, served as is (and checked against the routes below).
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/sandboxes", post(create).get(list))
@@ -66,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/openapi.yaml", get(|| async { ([(http::header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .merge(api)
         .fallback(|req: Request| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), req.uri().path()))
@@ -492,7 +496,7 @@ async fn logs_v1(
     Path(id): Path<String>,
     uri: http::Uri,
 ) -> Result<Response, ApiError> {
-    st.engine.get_owned(&c.team, &id)?;
+    // Ownership is checked by the engine: a log outlives its sandbox.
     let q: LogsV1Query = query(&uri)?;
     let lq = LogQuery {
         cursor_ms: q.start,
@@ -501,7 +505,7 @@ async fn logs_v1(
         min_level: Level::Debug,
         search: None,
     };
-    let entries = st.engine.logs(&id, &lq)?;
+    let entries = st.engine.logs(&c.team, &id, &lq)?;
     let lines: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
@@ -533,7 +537,7 @@ async fn logs_v2(
     Path(id): Path<String>,
     uri: http::Uri,
 ) -> Result<Response, ApiError> {
-    st.engine.get_owned(&c.team, &id)?;
+    // Ownership is checked by the engine: a log outlives its sandbox.
     let q: LogsV2Query = query(&uri)?;
     let backward = match q.direction.as_deref() {
         None | Some("forward") => false,
@@ -552,7 +556,7 @@ async fn logs_v2(
         min_level,
         search: q.search.filter(|s| !s.is_empty()),
     };
-    let entries = st.engine.logs(&id, &lq)?;
+    let entries = st.engine.logs(&c.team, &id, &lq)?;
     Ok(Json(serde_json::json!({ "logs": entries.iter().map(log_entry_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -563,7 +567,7 @@ fn not_yet(what: &str) -> Result<Response, ApiError> {
 }
 
 /// Network settings this Warren does not implement (`dnsServers`, `egressProxy`, `rules`, …) are
-/// refused when set, never ignored.
+/// refused with a 400 when set, never ignored.
 fn refuse_unsupported_network(other: &BTreeMap<String, serde_json::Value>) -> Result<(), ApiError> {
     let set: Vec<&str> = other
         .iter()
@@ -573,14 +577,13 @@ fn refuse_unsupported_network(other: &BTreeMap<String, serde_json::Value>) -> Re
     if set.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "network.{} is not supported by this Warren version (allowPublicTraffic, allowOut, denyOut and \
+    // A client error, not a 501: the request asks for something this server will not do, and
+    // sending it again unchanged cannot succeed.
+    Err(ApiError::bad_request(format!(
+        "network.{} is not supported by this Warren version (allowPublicTraffic, allowOut, denyOut and \
              allow_internet_access are); leave it out",
-            set.join(", network.")
-        ),
-    ))
+        set.join(", network.")
+    )))
 }
 
 #[derive(Deserialize, Default)]
@@ -830,4 +833,41 @@ async fn build_progress(
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
         .expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route of the router is described in the OpenAPI document (and nothing more).
+    #[test]
+    fn openapi_describes_every_route() {
+        let src = include_str!("routes.rs");
+        let routes: std::collections::BTreeSet<String> = src
+            .split(".route(\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().replace("{id}", "{}").replace("{name}", "{}"))
+            .collect();
+        let spec: std::collections::BTreeSet<String> = super::OPENAPI
+            .lines()
+            .filter(|l| l.starts_with("  /") && l.ends_with(':'))
+            .map(|l| {
+                let p = l.trim().trim_end_matches(':');
+                // Path parameters go by their spec names; the router's are positional.
+                let mut out = String::new();
+                let mut depth = 0;
+                for ch in p.chars() {
+                    match ch {
+                        '{' => {
+                            depth += 1;
+                            out.push_str("{}");
+                        }
+                        '}' => depth -= 1,
+                        c if depth == 0 => out.push(c),
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .collect();
+        assert_eq!(routes, spec, "routes.rs and openapi.yaml disagree");
+    }
 }

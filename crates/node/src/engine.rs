@@ -388,6 +388,7 @@ impl Engine {
             Level::Info,
             "sandbox created",
             &[
+                ("team", rec.team.to_string()),
                 ("template", rec.template_id.to_string()),
                 ("cpuCount", rec.cpu_count.to_string()),
                 ("memoryMB", rec.memory_mb.to_string()),
@@ -910,11 +911,27 @@ impl Engine {
 
     /// The sandbox's log: lifecycle events and, while it lives, its agent's lines. Readable for
     /// `sandbox.log_retention_secs` after the sandbox ends.
-    pub fn logs(&self, id: &str, q: &LogQuery) -> Result<Vec<LogEntry>, NodeError> {
+    /// The sandbox's log, for its team only. It outlives the sandbox: a gone sandbox's team is read
+    /// from the daemon's own first entry that names one (logs from before teams are `default`'s).
+    pub fn logs(&self, team: &Team, id: &str, q: &LogQuery) -> Result<Vec<LogEntry>, NodeError> {
         let not_found = || NodeError::SandboxNotFound { id: id.to_owned() };
         let sid = SandboxId::parse(id).map_err(|_| not_found())?;
-        let live = self.sandboxes.lock().unwrap().get(&sid).is_some_and(|r| r.state != SandboxState::Creating);
-        if !live && !self.store.has_log(sid.as_str())? {
+        let record = self.sandboxes.lock().unwrap().get(&sid).map(|r| (r.state, r.team.clone()));
+        let live = record.as_ref().is_some_and(|(state, _)| *state != SandboxState::Creating);
+        let owner = match record {
+            Some((_, t)) => t,
+            None => {
+                if !self.store.has_log(sid.as_str())? {
+                    return Err(not_found());
+                }
+                let named = |e: &LogEntry| {
+                    e.fields.get("source").is_some_and(|s| s == "warren") && e.fields.contains_key("team")
+                };
+                let first = self.store.read_log(sid.as_str(), 0, false, 1, named)?;
+                first.first().and_then(|e| Team::parse(&e.fields["team"]).ok()).unwrap_or_default()
+            }
+        };
+        if &owner != team {
             return Err(not_found());
         }
         let cursor = q.cursor_ms.unwrap_or(if q.backward { u64::MAX / 1000 } else { 0 });

@@ -706,8 +706,12 @@ impl Engine {
             // Not fatal: a template without bash still serves its purpose.
             tracing::debug!(pool = %pool, error = %e, "warming a ready sandbox");
         }
-        let entry =
-            LogEntry::warren(now_ms(), Level::Info, format!("sandbox booted for pool {}", pool_name(pool)), &[]);
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            format!("sandbox booted for pool {}", pool_name(pool)),
+            &[("team", rec.team.to_string())],
+        );
         let written = self.store.write(vec![
             Op::put(Kind::Sandbox, rec.id.as_str(), &rec),
             Op::Log { sandbox: rec.id.as_str(), entry: &entry },
