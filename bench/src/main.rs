@@ -12,6 +12,8 @@
 //! * warm pools: time to interactive (claim → first output of `echo` through the API) at 1, 16
 //!   and 64 concurrent clients; sustained claim + exec + kill throughput while pools refill;
 //! * pause and resume latency;
+//! * proxied HTTP to a server inside a sandbox: Warren vs nginx to the same backend (`proxy.rs`);
+//! * fork: N clones of a running sandbox (filesystem mode) until every clone has answered an exec;
 //! * density (`--density N`): N idle sandboxes, host memory per sandbox running and paused, and
 //!   the time to start them all.
 //!
@@ -26,6 +28,8 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
 use warren_e2e::Daemon;
+
+mod proxy;
 
 #[derive(Parser)]
 struct Args {
@@ -51,6 +55,15 @@ struct Args {
     /// Claims per client in the time-to-interactive runs.
     #[arg(long, default_value_t = 10)]
     claims_per_client: usize,
+    /// Clones in the fork measurement (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    fork_count: usize,
+    /// Seconds of each wrk run in the proxy comparison (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    proxy_secs: u32,
+    /// Run as the proxy benchmark's backend inside a sandbox (internal).
+    #[arg(long, hide = true)]
+    backend_port: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +90,9 @@ fn series(name: &str, mut d: Vec<Duration>) -> Series {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(port) = args.backend_port {
+        proxy::serve_backend(port);
+    }
     // Room for the density run and the pools beside it.
     let daemon = Daemon::start_with(
         &args.root,
@@ -101,6 +117,14 @@ fn main() -> Result<()> {
         s?
     };
     let exec = warren_exec(&daemon, n * 5)?;
+    let forked = match args.fork_count {
+        0 => None,
+        count => Some(fork_many(&daemon, count)?),
+    };
+    let proxied = match args.proxy_secs {
+        0 => None,
+        secs => Some(proxy::proxy_vs_nginx(&daemon, &args.root, secs)?),
+    };
     let idle = idle_footprint(&daemon, 10)?;
     let sdk = match &args.sdk_python {
         Some(py) => {
@@ -155,6 +179,8 @@ fn main() -> Result<()> {
         "pause": pause,
         "resume": resume,
         "density": density,
+        "proxy_vs_nginx": proxied,
+        "fork": forked,
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
@@ -177,6 +203,23 @@ fn main() -> Result<()> {
             dn.sandboxes, dn.start_secs, dn.sandboxes as f64 / dn.start_secs, dn.host_mib_per_sandbox, dn.host_mib_per_sandbox_half_paused
         );
     }
+    if let Some(f) = &forked {
+        println!(
+            "fork {} clones of a running sandbox: all answered an exec after {:.0} ms (fork call {:.0} ms; {} failed)",
+            f.clones, f.all_answer_ms, f.fork_call_ms, f.failed
+        );
+    }
+    if let Some(p) = &proxied {
+        println!(
+            "proxied HTTP, 64 connections: warren {:.0} req/s, nginx {:.0} req/s, direct {:.0} req/s (ratio to nginx {:.2})",
+            p.warren.rps, p.nginx.rps, p.direct.rps, p.ratio_rps_vs_nginx
+        );
+        println!(
+            "proxied HTTP, 1 connection p50/p99 ms: warren {:.3}/{:.3}, nginx {:.3}/{:.3}, direct {:.3}/{:.3} (added p99: warren {:.3}, nginx {:.3})",
+            p.warren.p50_ms, p.warren.p99_ms, p.nginx.p50_ms, p.nginx.p99_ms, p.direct.p50_ms, p.direct.p99_ms,
+            p.warren_added_p99_ms, p.nginx_added_p99_ms
+        );
+    }
     println!("ratio cold p50 (warren / crun run):  {:.2}", cold.p50_ms / crun_cold.p50_ms);
     println!("ratio cold p50, both loopback only:  {:.2}", cold_nonet.p50_ms / crun_cold.p50_ms);
     println!("ratio exec p50 (warren / crun exec): {:.2}", exec.p50_ms / crun_exec.p50_ms);
@@ -191,6 +234,67 @@ fn main() -> Result<()> {
     println!("wrote {}", args.out.display());
     daemon.kill9();
     Ok(())
+}
+
+#[derive(Serialize)]
+struct Fork {
+    clones: usize,
+    failed: usize,
+    /// From the fork call until it answered (every clone booted).
+    fork_call_ms: f64,
+    /// From the fork call until every clone has answered `/bin/true` through the API.
+    all_answer_ms: f64,
+}
+
+/// Forks `count` clones of a sandbox with some files in it, then execs in each (in parallel).
+fn fork_many(d: &Daemon, count: usize) -> Result<Fork> {
+    let src = d.create(json!({"templateID": "base", "timeout": 600}));
+    let r = src.sh("mkdir -p /home/user/work && seq 1 100000 > /home/user/work/data && echo ok");
+    if r.stdout != "ok\n" {
+        bail!("preparing the fork source: {r:?}");
+    }
+    let t = Instant::now();
+    let (status, v) =
+        d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": count, "timeout": 600})));
+    let fork_call = t.elapsed();
+    if status != 201 {
+        bail!("fork answered {status}: {v}");
+    }
+    let clones: Vec<warren_e2e::Sandbox> = v
+        .as_array()
+        .context("fork answer")?
+        .iter()
+        .filter_map(|e| {
+            let sb = e.get("sandbox")?;
+            Some(warren_e2e::Sandbox {
+                id: sb["sandboxID"].as_str()?.to_owned(),
+                token: sb["envdAccessToken"].as_str()?.to_owned(),
+                url: d.url(),
+                http: d.http.clone(),
+            })
+        })
+        .collect();
+    let failed = count - clones.len();
+    std::thread::scope(|s| {
+        for chunk in clones.chunks(clones.len().div_ceil(8).max(1)) {
+            s.spawn(move || {
+                for c in chunk {
+                    c.run(json!({"process": {"cmd": "/bin/true"}}), &[]);
+                }
+            });
+        }
+    });
+    let all = t.elapsed();
+    for c in &clones {
+        d.api("DELETE", &format!("/sandboxes/{}", c.id), None);
+    }
+    d.api("DELETE", &format!("/sandboxes/{}", src.id), None);
+    Ok(Fork {
+        clones: clones.len(),
+        failed,
+        fork_call_ms: fork_call.as_secs_f64() * 1000.0,
+        all_answer_ms: all.as_secs_f64() * 1000.0,
+    })
 }
 
 fn warren_cold(d: &Daemon, n: usize) -> Result<Series> {

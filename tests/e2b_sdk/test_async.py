@@ -137,7 +137,17 @@ async def test_async_many_sandboxes_at_once():
 
 
 @pytest.mark.asyncio
+async def test_async_fork(sb):
+    await sb.files.write("/home/user/a.txt", "from the source")
+    (clone,) = await sb.fork(count=1, timeout=30)
+    try:
+        assert await clone.files.read("/home/user/a.txt") == "from the source"
+    finally:
+        await clone.kill()
+
+
+@pytest.mark.asyncio
 async def test_async_not_implemented_calls_raise(sb):
     with pytest.raises(SandboxException) as e:
-        await sb.fork(count=1)
+        await sb.create_snapshot("snap")
     assert "not implemented" in str(e.value)

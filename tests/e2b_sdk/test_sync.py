@@ -202,16 +202,30 @@ def test_logs_record_the_lifecycle_and_outlive_the_sandbox(warren):
     assert _api(warren, "GET", "/v2/sandboxes/inovalidid0000000000/logs")[0] == 404
 
 
+def test_fork_clones_the_disk_state_and_the_source_keeps_running(sb, warren):
+    sb.files.write("/home/user/fork.txt", "before")
+    clones = sb.fork(count=2, timeout=60)
+    assert len(clones) == 2 and all(isinstance(c, Sandbox) for c in clones), clones
+    sb.files.write("/home/user/fork.txt", "after")
+    for c in clones:
+        assert c.sandbox_id != sb.sandbox_id
+        assert c.files.read("/home/user/fork.txt") == "before"
+        assert c.commands.run("echo $WARREN_FORKED_FROM").stdout.strip() == sb.sandbox_id
+        c.kill()
+    assert sb.is_running() and sb.files.read("/home/user/fork.txt") == "after"
+    with pytest.raises(SandboxException):
+        Sandbox.fork("inovalidid0000000000")
+
+
 def test_calls_not_implemented_yet_fail_clearly_and_are_not_retried(sb, warren):
-    for call in (lambda: sb.fork(count=2), lambda: sb.create_snapshot("snap")):
-        started = time.monotonic()
-        with pytest.raises(SandboxException) as e:
-            call()
-        assert "not implemented" in str(e.value)
-        assert time.monotonic() - started < 2, "a 501 must not be retried"
-    status, headers, body = _api(warren, "POST", f"/sandboxes/{sb.sandbox_id}/fork")
+    started = time.monotonic()
+    with pytest.raises(SandboxException) as e:
+        sb.create_snapshot("snap")
+    assert "not implemented" in str(e.value)
+    assert time.monotonic() - started < 2, "a 501 must not be retried"
+    status, headers, body = _api(warren, "POST", f"/sandboxes/{sb.sandbox_id}/snapshots")
     assert status == 501 and headers.get("should-retry", headers.get("Should-Retry")) == "false"
-    assert _api(warren, "POST", "/sandboxes/inovalidid0000000000/fork")[0] == 404
+    assert _api(warren, "POST", "/sandboxes/inovalidid0000000000/snapshots")[0] == 404
     assert sb.is_running()
 
 

@@ -62,8 +62,12 @@ pub async fn serve(
                     Ok(resp.unwrap_or_else(|never| match never {}))
                 }
             });
-            if let Err(e) =
-                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).with_upgrades().await
+            if let Err(e) = http1::Builder::new()
+                .keep_alive(true)
+                .writev(false)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await
             {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -168,10 +168,10 @@ async fn forward_port(
     mut req: Request<Incoming>,
     creds: &warren_node::lifecycle::TrafficCredentials,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = state.engine.traffic_token(&target.sandbox)? {
+    if let Some(expected) = &creds.traffic_token {
         let h = req.headers();
         let ok =
-            h.get("e2b-traffic-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, &expected))
+            h.get("e2b-traffic-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| key_matches(t, expected))
                 || team_key(state, h, &creds.team);
         if !ok {
             return Err(ApiError::new(
@@ -183,12 +183,20 @@ async fn forward_port(
             ));
         }
     }
-    if creds.state == warren_types::SandboxState::Paused && creds.auto_resume {
-        state.engine.resume_for_traffic(&target.sandbox).await?;
+    if creds.state != warren_types::SandboxState::Running {
+        if creds.state == warren_types::SandboxState::Paused && creds.auto_resume {
+            state.engine.resume_for_traffic(&target.sandbox).await?;
+        }
+        // Only a running sandbox is reached (a paused one answers 409 like the agent port).
+        state.engine.agent_socket(&target.sandbox)?;
     }
-    // Only a running sandbox is reached (a paused one answers 409 like the agent port).
-    state.engine.agent_socket(&target.sandbox)?;
-    let addr = state.engine.sandbox_address(&target.sandbox)?;
+    let addr = creds.address.ok_or_else(|| {
+        ApiError::from(warren_node::NodeError::Conflict {
+            id: target.sandbox.clone(),
+            state: "without a network (loopback only)",
+            action: "reaching its ports",
+        })
+    })?;
     let guard = state.engine.begin_traffic(&target.sandbox);
     let path_q = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let upgrade = req.headers().get(http::header::UPGRADE).cloned();

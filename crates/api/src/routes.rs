@@ -619,12 +619,34 @@ async fn network_update(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn fork(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    st.engine.get_owned(&c.team, &id)?;
-    not_yet(
-        "forking a sandbox is not implemented in this Warren version; create new sandboxes from the \
-         same template instead",
-    )
+#[derive(Deserialize, Default)]
+struct ForkBody {
+    timeout: Option<u64>,
+    count: Option<u32>,
+}
+
+/// `POST /sandboxes/{id}/fork`: 201 with one entry per clone, `{sandbox}` or `{error}`, as E2B
+/// answers (the source keeps running; see `warren_node::fork`).
+async fn fork(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ForkBody = json_body(body, true).await?;
+    st.engine.touch(&id);
+    let results = st.engine.fork(&c.team, &id, req.count.unwrap_or(1), req.timeout).await?;
+    let out: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(rec) => serde_json::json!({ "sandbox": sandbox_answer(&st, &rec) }),
+            Err(e) => {
+                let e = ApiError::from(e);
+                serde_json::json!({ "error": { "code": e.status.as_u16(), "message": e.message } })
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 async fn snapshot(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -13,6 +13,8 @@ use warren_types::config::Config;
 use warren_types::state::transition;
 use warren_types::{KillReason, SandboxEvent, SandboxId, SandboxState, Team, TemplateId};
 
+use crate::fork::FORKED_FROM_ENV;
+
 use crate::events::{Level, LogEntry, LogQuery};
 use crate::store::{Kind, Op, Store};
 use crate::templates::Templates;
@@ -71,6 +73,10 @@ pub struct SandboxRecord {
     /// Its egress policy, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::Egress>,
+    /// Frozen layers under its writable layer, topmost first (it is a fork, or made from a
+    /// snapshot); each stays on disk while a sandbox or a snapshot uses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 /// What happens to a sandbox when its time is up or nobody uses it.
@@ -191,6 +197,7 @@ impl Engine {
         });
         engine.load_pools()?;
         engine.recover().await?;
+        engine.collect_layers();
         engine.start_pools();
         engine.start_sampler();
         let clock = Arc::downgrade(&engine);
@@ -357,7 +364,23 @@ impl Engine {
         }
         self.templates.ready_rootfs(&shape.template_id)?;
         let t_cold = std::time::Instant::now();
-        let (mut rec, watch) = self.boot(&shape, pool).await?;
+        let (rec, watch) = self.boot(&shape, pool, &[]).await?;
+        let rec = self.start_booted(rec, watch, req, timeout, egress, "sandbox created").await?;
+        self.telemetry.cold_create_seconds.observe(t_cold.elapsed().as_secs_f64());
+        Ok(rec)
+    }
+
+    /// Hands a booted sandbox to its caller: settings through the agent, egress rules, lifecycle,
+    /// and the record persisted as `Running` with a creation log entry. On failure nothing is left.
+    pub(crate) async fn start_booted(
+        self: &Arc<Self>,
+        mut rec: SandboxRecord,
+        watch: warren_runtime::ExitWatch,
+        req: CreateRequest,
+        timeout: u64,
+        egress: Option<crate::egress::Egress>,
+        message: &str,
+    ) -> Result<SandboxRecord, NodeError> {
         let socket = rec.handle.as_ref().expect("booted").agent_socket.clone();
         if let Err(e) = self.init_agent(&socket, &req).await {
             self.agents.forget(&socket);
@@ -383,19 +406,18 @@ impl Engine {
         rec.started_at_ms = now;
         rec.end_at_ms = now + timeout * 1000;
 
-        let created = LogEntry::warren(
-            now,
-            Level::Info,
-            "sandbox created",
-            &[
-                ("team", rec.team.to_string()),
-                ("template", rec.template_id.to_string()),
-                ("cpuCount", rec.cpu_count.to_string()),
-                ("memoryMB", rec.memory_mb.to_string()),
-                ("diskSizeMB", rec.disk_mb.to_string()),
-                ("timeout", timeout.to_string()),
-            ],
-        );
+        let mut fields = vec![
+            ("team", rec.team.to_string()),
+            ("template", rec.template_id.to_string()),
+            ("cpuCount", rec.cpu_count.to_string()),
+            ("memoryMB", rec.memory_mb.to_string()),
+            ("diskSizeMB", rec.disk_mb.to_string()),
+            ("timeout", timeout.to_string()),
+        ];
+        if let Some(src) = rec.env_vars.get(FORKED_FROM_ENV) {
+            fields.push(("forkedFrom", src.clone()));
+        }
+        let created = LogEntry::warren(now, Level::Info, message, &fields);
         let written = self.store.write(vec![
             Op::put(Kind::Sandbox, rec.id.as_str(), &rec),
             Op::Log { sandbox: rec.id.as_str(), entry: &created },
@@ -407,7 +429,6 @@ impl Engine {
         }
         self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec.clone());
         self.watch_exit(rec.id.clone(), watch);
-        self.telemetry.cold_create_seconds.observe(t_cold.elapsed().as_secs_f64());
         info!(sandbox = %rec.id, "sandbox running");
         Ok(rec)
     }
@@ -431,6 +452,7 @@ impl Engine {
         self: &Arc<Self>,
         shape: &Shape,
         pool: Option<String>,
+        layers: &[String],
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         let lim = &self.cfg.sandbox;
         let rootfs = self.templates.ready_rootfs(&shape.template_id)?;
@@ -460,6 +482,7 @@ impl Engine {
             address: None,
             traffic_token: None,
             egress: None,
+            layers: layers.to_vec(),
         };
         {
             let mut map = self.sandboxes.lock().unwrap();
@@ -475,6 +498,7 @@ impl Engine {
         let mut spec = SandboxSpec {
             id: id.clone(),
             template_rootfs: rootfs,
+            layers: layers.iter().map(|l| self.runtime.layer_path(l)).collect(),
             cpu_count: shape.cpu_count,
             memory_mb: shape.memory_mb,
             disk_mb: shape.disk_mb,
@@ -530,21 +554,6 @@ impl Engine {
         if let (Some(pool), Some(a)) = (&self.addresses, rec.address) {
             pool.lock().unwrap().release(a);
         }
-    }
-
-    /// The token traffic to the sandbox's ports must carry, when they are not public.
-    pub fn traffic_token(&self, id: &str) -> Result<Option<String>, NodeError> {
-        Ok(self.get(id)?.traffic_token)
-    }
-
-    /// A sandbox's address on the sandbox network, for proxying to its ports.
-    pub fn sandbox_address(&self, id: &str) -> Result<std::net::Ipv4Addr, NodeError> {
-        let rec = self.get(id)?;
-        rec.address.ok_or_else(|| NodeError::Conflict {
-            id: id.into(),
-            state: "without a network (loopback only)",
-            action: "reaching its ports",
-        })
     }
 
     pub fn get(&self, id: &str) -> Result<SandboxRecord, NodeError> {
@@ -649,10 +658,12 @@ impl Engine {
         let written = self.store.write(ops);
         let rt = self.runtime.clone();
         let (i, h) = (id.clone(), rec.handle.clone());
+        let unused = self.unused_layers(&rec.layers);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = rt.destroy(&i, h.as_ref()) {
                 warn!(sandbox = %i, error = %e, "tearing down a killed sandbox; the next start sweeps what is left");
             }
+            crate::fork::remove_layers(rt.as_ref(), &unused);
         });
         info!(?reason, "sandbox killed");
         written?;
@@ -814,7 +825,7 @@ impl Engine {
         Ok(())
     }
 
-    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let Ok(sid) = SandboxId::parse(id) else { return Arc::default() };
         // Only live sandboxes get a lock (and an entry that kill removes): no growth from bad ids.
         if !self.sandboxes.lock().unwrap().contains_key(&sid) {

@@ -8,6 +8,7 @@ pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fork;
 pub mod host;
 pub mod keys;
 pub mod lifecycle;

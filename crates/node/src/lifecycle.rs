@@ -54,6 +54,9 @@ pub struct TrafficCredentials {
     pub team: warren_types::Team,
     pub state: SandboxState,
     pub auto_resume: bool,
+    /// Required on requests to its ports when they are not public.
+    pub traffic_token: Option<String>,
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Engine {
@@ -82,13 +85,18 @@ impl Engine {
 
     /// The access token of a sandbox in any live state, and whether traffic may resume it: the
     /// proxy authenticates a request before anything wakes.
+    /// Read once per proxied request under one lock, copying only what the proxy needs.
     pub fn traffic_credentials(&self, id: &str) -> Result<TrafficCredentials, NodeError> {
-        let rec = self.get(id)?;
+        let sid = SandboxId::parse(id).map_err(|_| NodeError::SandboxNotFound { id: id.to_owned() })?;
+        let map = self.sandboxes.lock().unwrap();
+        let rec = map.get(&sid).ok_or_else(|| NodeError::SandboxNotFound { id: id.to_owned() })?;
         Ok(TrafficCredentials {
-            access_token: rec.access_token,
-            team: rec.team,
+            access_token: rec.access_token.clone(),
+            team: rec.team.clone(),
             state: rec.state,
             auto_resume: rec.lifecycle.auto_resume,
+            traffic_token: rec.traffic_token.clone(),
+            address: rec.address,
         })
     }
 

@@ -25,6 +25,8 @@ pub struct SandboxSpec {
     pub id: SandboxId,
     /// Read-only template root filesystem (lowest layer).
     pub template_rootfs: PathBuf,
+    /// Frozen layers stacked on the template, topmost first (a fork's or a snapshot's disk state).
+    pub layers: Vec<PathBuf>,
     pub cpu_count: u32,
     pub memory_mb: u64,
     pub disk_mb: u64,
@@ -143,6 +145,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn watch(&self, id: &SandboxId, handle: &Handle) -> Result<ExitWatch, RuntimeError>;
     /// Removes leftovers (cgroups, layers, sockets) of sandboxes not in `live`.
     fn sweep(&self, live: &[SandboxId]) -> Vec<SandboxId>;
+    /// Freezes a copy of the sandbox's writable layer as the read-only layer `layer`, for forks and
+    /// snapshots (the sandbox keeps writing its own). Callers pause the sandbox around it so the
+    /// copy is consistent. Returns the directory to stack as a lower layer.
+    fn freeze_layer(&self, id: &SandboxId, layer: &str) -> Result<PathBuf, RuntimeError>;
+    /// Where a frozen layer's files are.
+    fn layer_path(&self, layer: &str) -> PathBuf;
+    /// Deletes a frozen layer no sandbox or template uses any more. Idempotent.
+    fn remove_layer(&self, layer: &str) -> Result<(), RuntimeError>;
+    /// Frozen layers on disk (for garbage collection at start).
+    fn layers(&self) -> Vec<String>;
     /// The last `max_bytes` of the sandbox agent's own log, and whether older bytes were cut off.
     /// Written from inside the sandbox: callers treat it as untrusted text.
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool);

@@ -120,6 +120,8 @@ pub struct SandboxLimits {
     pub sample_interval_ms: u64,
     /// How much history a sandbox's timeline keeps.
     pub timeline_secs: u64,
+    /// Clones one fork call may ask for.
+    pub max_fork_count: u32,
 }
 
 impl Default for SandboxLimits {
@@ -141,6 +143,7 @@ impl Default for SandboxLimits {
             log_retention_secs: 24 * 3600,
             sample_interval_ms: 1000,
             timeline_secs: 3600,
+            max_fork_count: 100,
         }
     }
 }

@@ -143,7 +143,7 @@ impl NativeRuntime {
 
         let req = SpawnRequest {
             hostname: id.to_owned(),
-            lower: vec![spec.template_rootfs.clone()],
+            lower: spec.layers.iter().chain([&spec.template_rootfs]).cloned().collect(),
             upper,
             work,
             mountpoint,
@@ -374,6 +374,22 @@ impl Runtime for NativeRuntime {
         }
         debug!(count = swept.len(), elapsed_ms = started.elapsed().as_millis() as u64, "swept leftovers");
         swept
+    }
+
+    fn freeze_layer(&self, id: &SandboxId, layer: &str) -> Result<PathBuf, RuntimeError> {
+        self.layers.freeze(id.as_str(), layer)
+    }
+
+    fn layer_path(&self, layer: &str) -> PathBuf {
+        self.layers.frozen_layer(layer)
+    }
+
+    fn remove_layer(&self, layer: &str) -> Result<(), RuntimeError> {
+        self.layers.remove_frozen(layer)
+    }
+
+    fn layers(&self) -> Vec<String> {
+        self.layers.frozen_layers()
     }
 
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool) {

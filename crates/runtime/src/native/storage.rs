@@ -16,6 +16,10 @@ use crate::RuntimeError;
 
 const BTRFS_IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940e;
 const BTRFS_IOC_SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
+const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+/// Frozen layers live here: a name no sandbox id can have, so sweeps never take them.
+const FROZEN_DIR: &str = ".frozen";
 const BTRFS_IOC_QUOTA_CTL: libc::c_ulong = 0xc010_9428;
 const BTRFS_IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
 const BTRFS_IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
@@ -29,6 +33,15 @@ const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 struct VolArgs {
     fd: i64,
     name: [u8; 4088],
+}
+
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
 }
 
 #[repr(C)]
@@ -179,6 +192,58 @@ impl LayerStore {
             }
         }
         Ok((dir, subvol_id as u32))
+    }
+
+    /// Where the frozen layer `layer` keeps its files (an overlay lower directory).
+    pub fn frozen_layer(&self, layer: &str) -> PathBuf {
+        self.root.join(FROZEN_DIR).join(layer).join("upper")
+    }
+
+    /// Freezes a copy of sandbox `id`'s writable layer as the read-only layer `layer`: a btrfs
+    /// snapshot, so it costs the same whatever the layer holds, and shares its extents.
+    pub fn freeze(&self, id: &str, layer: &str) -> Result<PathBuf, RuntimeError> {
+        let frozen = self.root.join(FROZEN_DIR);
+        fs::create_dir_all(&frozen).map_err(qerr(&frozen, "mkdir"))?;
+        let src_dir = self.sandbox_dir(id);
+        let src = File::open(&src_dir).map_err(qerr(&src_dir, "open layer"))?;
+        let dst = File::open(&frozen).map_err(qerr(&frozen, "open"))?;
+        let mut args = VolArgsV2 {
+            fd: i64::from(src.as_raw_fd()),
+            transid: 0,
+            flags: BTRFS_SUBVOL_RDONLY,
+            unused: [0; 4],
+            name: [0; 4040],
+        };
+        if layer.is_empty() || layer.len() >= args.name.len() || layer.contains('/') || layer.starts_with('.') {
+            return Err(qerr(&frozen, "name layer")(io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        args.name[..layer.len()].copy_from_slice(layer.as_bytes());
+        ioctl(&dst, BTRFS_IOC_SNAP_CREATE_V2, &mut args).map_err(qerr(&frozen.join(layer), "snapshot layer"))?;
+        Ok(self.frozen_layer(layer))
+    }
+
+    /// Deletes a frozen layer (idempotent).
+    pub fn remove_frozen(&self, layer: &str) -> Result<(), RuntimeError> {
+        let frozen = self.root.join(FROZEN_DIR);
+        let dir = frozen.join(layer);
+        if layer.is_empty() || layer.contains('/') || layer.starts_with('.') || !dir.exists() {
+            return Ok(());
+        }
+        let fd = File::open(&frozen).map_err(qerr(&frozen, "open"))?;
+        let mut args = VolArgs { fd: 0, name: [0; 4088] };
+        args.name[..layer.len()].copy_from_slice(layer.as_bytes());
+        match ioctl(&fd, BTRFS_IOC_SNAP_DESTROY, &mut args) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(qerr(&dir, "delete frozen layer")(e)),
+        }
+    }
+
+    /// Frozen layers present on disk.
+    pub fn frozen_layers(&self) -> Vec<String> {
+        fs::read_dir(self.root.join(FROZEN_DIR))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
     }
 
     /// Bytes a sandbox's layer holds (apparent size of its files; cheap enough for sampling).

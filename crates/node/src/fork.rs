@@ -1,0 +1,184 @@
+//! Forks: new sandboxes from the current disk state of a live one. The source's writable layer is
+//! frozen into a shared read-only layer (a btrfs snapshot taken while the source is paused for a
+//! moment); every clone stacks its own empty writable layer on top of it and of the source's own
+//! frozen layers, so forks of forks work and clones share disk copy-on-write. Clones start fresh
+//! processes (filesystem mode): memory is not carried over on this runtime. Each clone has a new id,
+//! address and tokens, the source's shape, metadata, environment, lifecycle and egress policy, and
+//! `WARREN_FORKED_FROM=<source id>` in its environment so agents can tell (and reseed RNGs).
+//! Frozen layers are deleted when no sandbox uses them any more.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+use warren_types::{SandboxId, SandboxState, Team};
+
+use crate::engine::{CreateRequest, Engine, SandboxRecord, Shape};
+use crate::events::{Level, LogEntry};
+use crate::store::Op;
+use crate::{now_ms, random_hex, NodeError};
+
+/// Set in every clone's environment: the id of the sandbox it was forked from.
+pub const FORKED_FROM_ENV: &str = "WARREN_FORKED_FROM";
+
+/// A clone's lifetime when the call names none (E2B's API default).
+pub const DEFAULT_FORK_TIMEOUT_SECS: u64 = 15;
+
+impl Engine {
+    /// Forks `count` clones of the team's sandbox `id`; each succeeds or fails on its own. A paused
+    /// source is forked as it is (it stays paused); the clones run for `timeout_secs` (default 15).
+    pub async fn fork(
+        self: &Arc<Self>,
+        team: &Team,
+        id: &str,
+        count: u32,
+        timeout_secs: Option<u64>,
+    ) -> Result<Vec<Result<SandboxRecord, NodeError>>, NodeError> {
+        let lim = &self.cfg.sandbox;
+        if count == 0 || count > lim.max_fork_count {
+            return Err(NodeError::OutOfRange {
+                field: "count",
+                value: count.to_string(),
+                allowed: format!("1 to {} (sandbox.max_fork_count)", lim.max_fork_count),
+            });
+        }
+        let src = self.get_owned(team, id)?;
+        let timeout = timeout_secs.unwrap_or(DEFAULT_FORK_TIMEOUT_SECS);
+        if timeout == 0 || timeout > lim.max_timeout_secs {
+            return Err(NodeError::OutOfRange {
+                field: "timeout",
+                value: timeout.to_string(),
+                allowed: format!("1 to {}", lim.max_timeout_secs),
+            });
+        }
+        self.templates.ready_rootfs(&src.template_id)?;
+        let layer = self.freeze_layer_of(&src.id).await?;
+        let mut layers = vec![layer.clone()];
+        layers.extend(src.layers.iter().cloned());
+
+        let shape = Shape {
+            team: src.team.clone(),
+            template_id: src.template_id.clone(),
+            cpu_count: src.cpu_count,
+            memory_mb: src.memory_mb,
+            disk_mb: src.disk_mb,
+        };
+        let mut env_vars = src.env_vars.clone();
+        env_vars.insert(FORKED_FROM_ENV.into(), src.id.to_string());
+        let req = CreateRequest {
+            team: src.team.clone(),
+            template_id: src.template_id.to_string(),
+            timeout_secs: Some(timeout),
+            metadata: src.metadata.clone(),
+            env_vars,
+            cpu_count: Some(src.cpu_count),
+            memory_mb: Some(src.memory_mb),
+            disk_mb: Some(src.disk_mb),
+            user: None,
+            pause_on_timeout: src.lifecycle.pause_on_timeout,
+            auto_resume: src.lifecycle.auto_resume,
+            idle_timeout_secs: src.lifecycle.idle_timeout_secs,
+            private_ports: src.traffic_token.is_some(),
+            egress: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let (me, shape, layers, req, egress) =
+                (self.clone(), shape.clone(), layers.clone(), req.clone(), src.egress.clone());
+            set.spawn(async move {
+                let r = match me.boot(&shape, None, &layers).await {
+                    Ok((rec, watch)) => me.start_booted(rec, watch, req, timeout, egress, "sandbox forked").await,
+                    Err(e) => Err(e),
+                };
+                (i, r)
+            });
+        }
+        let mut results: Vec<Option<Result<SandboxRecord, NodeError>>> = (0..count).map(|_| None).collect();
+        while let Some(done) = set.join_next().await {
+            if let Ok((i, r)) = done {
+                results[i as usize] = Some(r);
+            }
+        }
+        let results: Vec<Result<SandboxRecord, NodeError>> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(NodeError::Agent { detail: "the clone's start was interrupted".into() })))
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        if ok == 0 {
+            self.release_layers(std::slice::from_ref(&layer));
+        }
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            "sandbox forked",
+            &[("clones", ok.to_string()), ("asked", count.to_string()), ("layer", layer)],
+        );
+        if let Err(e) = self.store.write(vec![Op::Log { sandbox: src.id.as_str(), entry: &entry }]) {
+            warn!(sandbox = %src.id, error = %e, "recording a fork in the log");
+        }
+        info!(sandbox = %src.id, clones = ok, asked = count, ms = started.elapsed().as_millis() as u64, "forked");
+        Ok(results)
+    }
+
+    /// Freezes the sandbox's writable layer into a new frozen layer, pausing it around the copy
+    /// (a paused sandbox stays paused). Serialized with pause and resume.
+    pub(crate) async fn freeze_layer_of(&self, id: &SandboxId) -> Result<String, NodeError> {
+        let lock = self.op_lock(id.as_str());
+        let _held = lock.lock().await;
+        let state = self.get(id.as_str())?.state;
+        if !matches!(state, SandboxState::Running | SandboxState::Paused) {
+            return Err(NodeError::Conflict {
+                id: id.to_string(),
+                state: "not running",
+                action: "forking or snapshotting it",
+            });
+        }
+        let layer = format!("l{}", random_hex(8));
+        let (rt, sid, l) = (self.runtime.clone(), id.clone(), layer.clone());
+        let running = state == SandboxState::Running;
+        let r = tokio::task::spawn_blocking(move || {
+            if running {
+                rt.freeze(&sid)?;
+            }
+            let frozen = rt.freeze_layer(&sid, &l);
+            if running {
+                rt.thaw(&sid)?;
+            }
+            frozen
+        })
+        .await
+        .map_err(|e| NodeError::Agent { detail: format!("freezing the layer: {e}") })?;
+        r?;
+        Ok(layer)
+    }
+
+    /// Those of `layers` that no sandbox uses.
+    pub(crate) fn unused_layers(&self, layers: &[String]) -> Vec<String> {
+        if layers.is_empty() {
+            return Vec::new();
+        }
+        let used: std::collections::HashSet<String> =
+            self.sandboxes.lock().unwrap().values().flat_map(|r| r.layers.iter().cloned()).collect();
+        layers.iter().filter(|l| !used.contains(*l)).cloned().collect()
+    }
+
+    /// Deletes those of `layers` that no sandbox uses any more.
+    pub(crate) fn release_layers(&self, layers: &[String]) {
+        remove_layers(self.runtime.as_ref(), &self.unused_layers(layers));
+    }
+
+    /// At start: deletes frozen layers that no recovered sandbox uses.
+    pub(crate) fn collect_layers(&self) {
+        let on_disk = self.runtime.layers();
+        self.release_layers(&on_disk);
+    }
+}
+
+/// Deletes frozen layers (after the sandboxes that used them are torn down).
+pub(crate) fn remove_layers(rt: &dyn warren_runtime::Runtime, layers: &[String]) {
+    for l in layers {
+        if let Err(e) = rt.remove_layer(l) {
+            warn!(layer = %l, error = %e, "removing a frozen layer nobody uses");
+        }
+    }
+}
