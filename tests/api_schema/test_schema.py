@@ -2,8 +2,7 @@
 Warren's OpenAPI document (served by the daemon itself) and fails on any 5xx answer.
 
 Runs with a team key, so nothing shared can be removed (`base` is public: 403), and with a small
-sandbox cap. Excluded: `POST /templates` (each accepted id starts a real Debian build) and the
-snapshot calls, answered 501 until snapshots exist.
+sandbox cap. Excluded: `POST /templates` (each accepted id starts a real Debian build).
 """
 
 import os
@@ -21,7 +20,7 @@ SCHEMATHESIS = os.path.join(os.path.dirname(sys.executable), "schemathesis")
 
 @pytest.fixture(scope="module")
 def warren():
-    with daemon("api-schema", "wtapi", "10.246.0.0/24", "[sandbox]\nmax_sandboxes = 24\nmax_fork_count = 4\n") as d:
+    with daemon("api-schema", "wtapi", "10.246.0.0/24", "[sandbox]\nmax_sandboxes = 24\nmax_fork_count = 4\n", fresh=True) as d:
         status, k = call("POST", d["url"] + "/keys", d["key"], {"team": "schema", "name": "schemathesis"})
         assert status == 201, k
         d["team_key"] = k["key"]
@@ -35,7 +34,6 @@ def schemathesis(warren, *extra, config=None, env=None):
         "--url", warren["url"],
         "-H", f"X-API-KEY: {warren['team_key']}",
         "--checks", "not_a_server_error",
-        "--exclude-path-regex", "/snapshots$",
         "--exclude-path", "/templates",
         "--max-examples", os.environ.get("WARREN_SCHEMA_EXAMPLES", "50"),
         "--request-timeout", "20",

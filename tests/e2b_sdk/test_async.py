@@ -147,7 +147,12 @@ async def test_async_fork(sb):
 
 
 @pytest.mark.asyncio
-async def test_async_not_implemented_calls_raise(sb):
-    with pytest.raises(SandboxException) as e:
-        await sb.create_snapshot("snap")
-    assert "not implemented" in str(e.value)
+async def test_async_snapshot(sb):
+    await sb.files.write("/home/user/a.txt", "kept")
+    info = await sb.create_snapshot(mode="filesystem")
+    child = await AsyncSandbox.create(info.snapshot_id)
+    try:
+        assert await child.files.read("/home/user/a.txt") == "kept"
+    finally:
+        await child.kill()
+    assert await AsyncSandbox.delete_snapshot(info.snapshot_id)

@@ -217,15 +217,25 @@ def test_fork_clones_the_disk_state_and_the_source_keeps_running(sb, warren):
         Sandbox.fork("inovalidid0000000000")
 
 
-def test_calls_not_implemented_yet_fail_clearly_and_are_not_retried(sb, warren):
-    started = time.monotonic()
+def test_snapshots_are_templates_that_outlive_their_sandbox(sb, warren):
+    sb.files.write("/home/user/snap.txt", "in the snapshot")
+    info = sb.create_snapshot()
+    assert info.snapshot_id and info.names == [info.snapshot_id]
+    sb.files.write("/home/user/snap.txt", "changed later")
+    assert [s.snapshot_id for s in sb.list_snapshots().next_items()] == [info.snapshot_id]
+    child = Sandbox.create(info.snapshot_id)
+    try:
+        assert child.files.read("/home/user/snap.txt") == "in the snapshot"
+        # In use: the snapshot cannot be deleted yet.
+        status, _, body = _api(warren, "DELETE", f"/templates/{info.snapshot_id}")
+        assert status == 409 and child.sandbox_id in body["message"]
+    finally:
+        child.kill()
+    assert Sandbox.delete_snapshot(info.snapshot_id)
+    assert not Sandbox.delete_snapshot(info.snapshot_id)
     with pytest.raises(SandboxException) as e:
-        sb.create_snapshot("snap")
-    assert "not implemented" in str(e.value)
-    assert time.monotonic() - started < 2, "a 501 must not be retried"
-    status, headers, body = _api(warren, "POST", f"/sandboxes/{sb.sandbox_id}/snapshots")
-    assert status == 501 and headers.get("should-retry", headers.get("Should-Retry")) == "false"
-    assert _api(warren, "POST", "/sandboxes/inovalidid0000000000/snapshots")[0] == 404
+        sb.create_snapshot(mode="full")
+    assert "memory snapshots are not available" in str(e.value)
     assert sb.is_running()
 
 

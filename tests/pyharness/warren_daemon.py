@@ -51,11 +51,14 @@ def call(method, url, key=None, body=None):
 
 
 @contextlib.contextmanager
-def daemon(name, bridge, cidr, extra=""):
-    """Yields {url, key, port, data} of a running daemon whose `base` template is ready."""
+def daemon(name, bridge, cidr, extra="", fresh=False):
+    """Yields {url, key, port, data} of a running daemon whose `base` template is ready. `fresh`
+    starts from an empty state store (what earlier runs left is swept at start)."""
     binary = os.environ.get("WARREN_BIN", os.path.join(REPO, "target/warren/bin/warren"))
     data = os.path.join(ROOT, name)
     os.makedirs(data, exist_ok=True)
+    if fresh and os.path.exists(os.path.join(data, "state.redb")):
+        os.remove(os.path.join(data, "state.redb"))
     port = free_port()
     config = os.path.join(data, "config.toml")
     with open(config, "w") as f:

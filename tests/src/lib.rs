@@ -61,6 +61,13 @@ impl Daemon {
         Self::start_in(Path::new(ROOT), name)
     }
 
+    /// Like [`Daemon::start`], from an empty state store: what an earlier (perhaps failed) run
+    /// left — sandboxes, pools, snapshots, keys — is swept at start instead of carried over.
+    pub fn start_fresh(name: &str) -> Daemon {
+        let _ = std::fs::remove_file(Path::new(ROOT).join(name).join("state.redb"));
+        Self::start(name)
+    }
+
     /// Like [`Daemon::start`], with state under `root` (templates in `root/templates`).
     pub fn start_in(root: &Path, name: &str) -> Daemon {
         Self::start_with(root, name, "")

@@ -1,6 +1,7 @@
-//! Forks (filesystem mode on the native runtime): clones start from the source's disk state while
-//! the source keeps running; clones and source diverge independently; forks of forks stack; frozen
-//! layers go when nothing uses them; bad input is refused.
+//! Forks and snapshots (filesystem mode on the native runtime): clones start from the source's disk
+//! state while the source keeps running; clones and source diverge independently; forks of forks
+//! stack; snapshots serve as templates and pools and outlive their sandbox; frozen layers go when
+//! nothing uses them; bad input is refused.
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ fn frozen_layers(d: &Daemon) -> usize {
 
 #[test]
 fn clones_share_the_source_disk_state_and_diverge() {
-    let d = Daemon::start("fork");
+    let d = Daemon::start_fresh("fork");
     let src = d.create(json!({"templateID": "base", "metadata": {"role": "src"}, "envVars": {"SEED": "7"}}));
     let r = src.sh(
         "echo v1 > /home/user/state.txt && mkdir -p /home/user/dir/sub && echo deep > /home/user/dir/sub/f && echo ok",
@@ -109,7 +110,7 @@ fn clones_share_the_source_disk_state_and_diverge() {
 
 #[test]
 fn a_clone_survives_a_restart_and_keeps_its_layers() {
-    let d = Daemon::start("fork-restart");
+    let d = Daemon::start_fresh("fork-restart");
     let src = d.create(json!({"templateID": "base"}));
     assert_eq!(src.sh("echo kept > /home/user/k && echo ok").stdout, "ok\n");
     let (status, v) = fork(&d, &src.id, json!({"count": 1, "timeout": 300}));
@@ -122,4 +123,89 @@ fn a_clone_survives_a_restart_and_keeps_its_layers() {
     assert_eq!(frozen_layers(&d), 1);
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", kid.id), None).0, 204);
     wait_for("the frozen layer to be removed", Duration::from_secs(30), || (frozen_layers(&d) == 0).then_some(()));
+}
+
+#[test]
+fn snapshots_serve_as_templates_and_pools() {
+    let d = Daemon::start_fresh("snapshots");
+    let src = d.create(json!({"templateID": "base"}));
+    assert_eq!(src.sh("echo one > /home/user/s.txt && echo ok").stdout, "ok\n");
+    let snap = |body: Value| d.api("POST", &format!("/sandboxes/{}/snapshots", src.id), Some(body));
+    // Names are template ids, unique per daemon; one of the team's snapshots takes the new state.
+    let (status, v) = snap(json!({"name": "e2e-snap"}));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v, json!({"snapshotID": "e2e-snap", "names": ["e2e-snap"]}));
+    let first = d.create(json!({"templateID": "e2e-snap"}));
+    assert_eq!(src.sh("echo two > /home/user/s.txt && echo ok").stdout, "ok\n");
+    assert_eq!(snap(json!({"name": "e2e-snap"})).0, 201);
+    assert_eq!(first.sh("cat /home/user/s.txt").stdout, "one\n", "a running sandbox keeps its snapshot's state");
+    let second = d.create(json!({"templateID": "e2e-snap"}));
+    assert_eq!(second.sh("cat /home/user/s.txt").stdout, "two\n");
+    let (_, info) = d.api("GET", &format!("/sandboxes/{}", second.id), None);
+    assert_eq!(info["templateID"], "e2e-snap");
+    for (body, want) in
+        [(json!({"name": "base"}), 409), (json!({"name": "Not A Name"}), 400), (json!({"memory": true}), 400)]
+    {
+        let (status, v) = snap(body.clone());
+        assert_eq!(status, want, "{body}: {v}");
+    }
+    assert_eq!(d.api("POST", "/sandboxes/inosuchsandbox000000/snapshots", Some(json!({}))).0, 404);
+    let (status, unnamed) = snap(json!({}));
+    assert_eq!(status, 201, "{unnamed}");
+    let unnamed = unnamed["snapshotID"].as_str().unwrap().to_owned();
+
+    // Listing, filtered by sandbox and name.
+    let (status, list) = d.api("GET", &format!("/snapshots?sandboxID={}", src.id), None);
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["snapshotID"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(ids.contains(&"e2e-snap") && ids.contains(&unnamed.as_str()));
+    assert_eq!(d.api("GET", "/snapshots?name=e2e-snap", None).1.as_array().unwrap().len(), 1);
+    let (status, headers, page) = d.api_with_headers("GET", "/snapshots?limit=1", None);
+    assert_eq!((status, page.as_array().unwrap().len()), (200, 1));
+    assert!(headers.contains_key("x-next-token"), "{headers:?}");
+
+    // A fork of a sandbox made from a snapshot stacks on it.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", second.id), Some(json!({})));
+    assert_eq!(status, 201, "{v}");
+    let clone_id = v[0]["sandbox"]["sandboxID"].as_str().unwrap().to_owned();
+
+    // A pool of pre-warmed sandboxes of the snapshot.
+    d.api("DELETE", "/pools/snapwarm", None);
+    let spec = json!({"name": "snapwarm", "templateID": "e2e-snap", "memoryMB": 320, "minReady": 1});
+    assert_eq!(d.api("POST", "/pools", Some(spec)).0, 201);
+    wait_for("the snapshot pool to fill", Duration::from_secs(60), || {
+        (d.api("GET", "/pools/snapwarm", None).1["ready"] == 1).then_some(())
+    });
+    let claimed = d.create(json!({"templateID": "e2e-snap", "memoryMB": 320}));
+    assert_eq!(d.api("GET", "/pools/snapwarm", None).1["claims"], 1);
+    assert_eq!(claimed.sh("cat /home/user/s.txt").stdout, "two\n");
+
+    // In use: deleting it is refused with the list of users.
+    let (status, v) = d.api("DELETE", "/templates/e2e-snap", None);
+    assert_eq!(status, 409, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains(&second.id) && msg.contains(&clone_id) && msg.contains("snapwarm"), "{msg}");
+    // The base template under it cannot go either.
+    assert_eq!(d.api("DELETE", "/templates/base", None).0, 409);
+    for id in [&first.id, &second.id, &clone_id, &claimed.id, &src.id] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+    assert_eq!(d.api("DELETE", "/pools/snapwarm", None).0, 204);
+    // A refill boot still running when its pool went is released when it ends.
+    wait_for("the snapshot to be deletable", Duration::from_secs(30), || {
+        let (status, v) = d.api("DELETE", "/templates/e2e-snap", None);
+        assert!(status == 204 || status == 409, "{status} {v}");
+        (status == 204).then_some(())
+    });
+    assert_eq!(d.api("DELETE", "/templates/e2e-snap", None).0, 404);
+    assert_eq!(d.try_create(json!({"templateID": "e2e-snap"})).err().map(|e| e.0), Some(404));
+
+    // The unnamed snapshot outlives its sandbox and a restart.
+    d.restart();
+    let later = d.create(json!({"templateID": unnamed}));
+    assert_eq!(later.sh("cat /home/user/s.txt").stdout, "two\n");
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", later.id), None).0, 204);
+    assert_eq!(d.api("DELETE", &format!("/templates/{unnamed}"), None).0, 204);
+    wait_for("every frozen layer to be removed", Duration::from_secs(30), || (frozen_layers(&d) == 0).then_some(()));
 }

@@ -40,8 +40,7 @@ fn sandbox_calls(id: &str) -> Vec<(&'static str, String, Option<Value>)> {
 fn teams_see_and_touch_only_their_own() {
     // Teams' keys are new on every run, so an earlier run's sandboxes and pools could not be
     // cleaned up through the API: start from an empty store (the start sweeps their leftovers).
-    let _ = std::fs::remove_file(std::path::Path::new(warren_e2e::ROOT).join("teams/state.redb"));
-    let d = Daemon::start("teams");
+    let d = Daemon::start_fresh("teams");
     let (_, blue) = new_key(&d, "blue", false);
     let (red_id, red) = new_key(&d, "red", false);
 

@@ -33,6 +33,7 @@ impl From<NodeError> for ApiError {
             NodeError::OutOfRange { .. }
             | NodeError::InvalidId(_)
             | NodeError::InvalidPool { .. }
+            | NodeError::Unsupported { .. }
             | NodeError::Rejected { .. } => StatusCode::BAD_REQUEST,
             NodeError::Forbidden { .. } => StatusCode::FORBIDDEN,
             NodeError::TemplateNotReady { .. }
@@ -40,6 +41,7 @@ impl From<NodeError> for ApiError {
             | NodeError::Conflict { .. }
             | NodeError::PoolConflict { .. }
             | NodeError::TemplateTaken { .. }
+            | NodeError::SnapshotInUse { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
             NodeError::Capacity { .. } | NodeError::HostFull { .. } | NodeError::AddressesExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

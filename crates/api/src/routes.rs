@@ -560,12 +560,6 @@ async fn logs_v2(
     Ok(Json(serde_json::json!({ "logs": entries.iter().map(log_entry_json).collect::<Vec<_>>() })).into_response())
 }
 
-/// A call E2B defines that this Warren does not implement yet: 501 with what to do instead, after
-/// the usual 404 for an unknown sandbox. Never retried.
-fn not_yet(what: &str) -> Result<Response, ApiError> {
-    Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, what))
-}
-
 /// Network settings this Warren does not implement (`dnsServers`, `egressProxy`, `rules`, …) are
 /// refused with a 400 when set, never ignored.
 fn refuse_unsupported_network(other: &BTreeMap<String, serde_json::Value>) -> Result<(), ApiError> {
@@ -649,16 +643,68 @@ async fn fork(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-async fn snapshot(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    st.engine.get_owned(&c.team, &id)?;
-    not_yet(
-        "sandbox snapshots are not implemented in this Warren version; pause the sandbox to keep its \
-         state and resume it with connect",
-    )
+#[derive(Deserialize, Default)]
+struct SnapshotBody {
+    name: Option<String>,
+    memory: Option<bool>,
 }
 
-async fn list_snapshots() -> Result<Response, ApiError> {
-    not_yet("sandbox snapshots are not implemented in this Warren version, so none can be listed")
+fn snapshot_info(rec: &warren_node::snapshots::SnapshotRecord) -> serde_json::Value {
+    serde_json::json!({ "snapshotID": rec.id.as_str(), "names": [rec.id.as_str()] })
+}
+
+/// `POST /sandboxes/{id}/snapshots {name?, memory?}`: 201 `{snapshotID, names}`; create sandboxes
+/// (or pools) from it with `templateID = snapshotID`.
+async fn snapshot(
+    State(st): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: SnapshotBody = json_body(body, true).await?;
+    st.engine.touch(&id);
+    let name = req.name.as_deref().filter(|n| !n.is_empty());
+    let rec = st.engine.create_snapshot(&c.team, &id, name, req.memory).await?;
+    Ok((StatusCode::CREATED, Json(snapshot_info(&rec))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotsQuery {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+/// `GET /snapshots`: the team's snapshots, oldest first, paged like the sandbox list.
+async fn list_snapshots(State(st): S, Extension(c): Extension<Caller>, uri: http::Uri) -> Result<Response, ApiError> {
+    let q: SnapshotsQuery = query(&uri)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 10000"));
+    }
+    let mut items = st.engine.list_snapshots(&c.team, q.sandbox_id.as_deref(), q.name.as_deref());
+    if let Some(token) = &q.next_token {
+        match items.iter().position(|s| s.id.as_str() == token) {
+            Some(i) => {
+                items.drain(..=i);
+            }
+            None => {
+                return Err(ApiError::bad_request("nextToken does not match a listed snapshot; start again without it"))
+            }
+        }
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let body: Vec<serde_json::Value> = items.iter().map(snapshot_info).collect();
+    let mut resp = Json(body).into_response();
+    if let (true, Some(last)) = (more, items.last()) {
+        resp.headers_mut()
+            .insert("x-next-token", http::HeaderValue::from_str(last.id.as_str()).expect("ids are ASCII"));
+    }
+    Ok(resp)
 }
 
 async fn stats(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {

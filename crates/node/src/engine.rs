@@ -142,6 +142,7 @@ pub struct Engine {
     cpu_samples: Mutex<HashMap<SandboxId, (std::time::Instant, u64)>>,
     pub(crate) sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
     pub(crate) pools: Mutex<HashMap<String, crate::pools::PoolState>>,
+    pub(crate) snapshots: Mutex<HashMap<TemplateId, crate::snapshots::SnapshotRecord>>,
     /// Serializes pause and resume per sandbox (so concurrent wakes merge into one).
     op_locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each sandbox last saw traffic, and how many requests are in flight to it.
@@ -188,6 +189,7 @@ impl Engine {
             cpu_samples: Mutex::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             telemetry: Default::default(),
@@ -195,6 +197,7 @@ impl Engine {
             boot_permits: tokio::sync::Semaphore::new(cfg_boots.max(1)),
             addresses,
         });
+        engine.load_snapshots()?;
         engine.load_pools()?;
         engine.recover().await?;
         engine.collect_layers();
@@ -312,7 +315,9 @@ impl Engine {
     ) -> Result<Shape, NodeError> {
         let lim = &self.cfg.sandbox;
         let template_id = TemplateId::parse(template)?;
-        if self.templates.get(&template_id).is_some_and(|t| !t.visible_to(team)) {
+        let hidden = self.templates.get(&template_id).is_some_and(|t| !t.visible_to(team))
+            || self.snapshot(&template_id).is_some_and(|s| &s.team != team);
+        if hidden {
             return Err(NodeError::TemplateNotFound { id: template_id.to_string() });
         }
         Ok(Shape {
@@ -362,7 +367,7 @@ impl Engine {
                 return Ok(rec);
             }
         }
-        self.templates.ready_rootfs(&shape.template_id)?;
+        self.template_stack(&shape.template_id)?;
         let t_cold = std::time::Instant::now();
         let (rec, watch) = self.boot(&shape, pool, &[]).await?;
         let rec = self.start_booted(rec, watch, req, timeout, egress, "sandbox created").await?;
@@ -455,7 +460,9 @@ impl Engine {
         layers: &[String],
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         let lim = &self.cfg.sandbox;
-        let rootfs = self.templates.ready_rootfs(&shape.template_id)?;
+        // An explicit stack (a fork's) replaces the template's own layers (a snapshot's).
+        let (rootfs, template_layers) = self.template_stack(&shape.template_id)?;
+        let layers = if layers.is_empty() { &template_layers[..] } else { layers };
         self.check_host_room()?;
         let mut rnd = [0u8; 16];
         getrandom::getrandom(&mut rnd).expect("random source");
@@ -859,6 +866,15 @@ impl Engine {
     }
 
     /// Number of live sandboxes using a template.
+    /// What a sandbox of template `id` is made of: the root filesystem at the bottom and frozen
+    /// layers over it (a snapshot's), or why it cannot be used.
+    pub(crate) fn template_stack(&self, id: &TemplateId) -> Result<(PathBuf, Vec<String>), NodeError> {
+        match self.snapshot(id) {
+            Some(s) => Ok((self.templates.ready_rootfs(&s.base)?, s.layers)),
+            None => Ok((self.templates.ready_rootfs(id)?, Vec::new())),
+        }
+    }
+
     pub fn template_users(&self, id: &TemplateId) -> usize {
         self.sandboxes.lock().unwrap().values().filter(|r| &r.template_id == id).count()
     }
@@ -866,6 +882,9 @@ impl Engine {
     /// Removes a template of the caller's team; public ones need an admin key.
     pub async fn remove_template(&self, caller: &crate::keys::Caller, id: &str) -> Result<(), NodeError> {
         let tid = TemplateId::parse(id)?;
+        if self.snapshot(&tid).is_some() {
+            return self.remove_snapshot(&caller.team, &tid);
+        }
         match self.templates.get(&tid) {
             Some(t) if t.visible_to(&caller.team) => {
                 if t.team.is_none() && !caller.admin {
@@ -876,7 +895,10 @@ impl Engine {
             }
             _ => return Err(NodeError::TemplateNotFound { id: id.into() }),
         }
-        let count = self.template_users(&tid);
+        // Sandboxes, pools and snapshots stacked on it all need it.
+        let count = self.template_users(&tid)
+            + self.pools_of_template(&tid).len()
+            + self.snapshots.lock().unwrap().values().filter(|s| s.base == tid).count();
         if count > 0 {
             return Err(NodeError::TemplateInUse { id: id.into(), count });
         }

@@ -10,7 +10,7 @@ pub enum NodeError {
     TemplateNotFound { id: String },
     #[error("template {id} is not ready yet (status: {status}); follow it with `warren template build {id}`")]
     TemplateNotReady { id: String, status: String },
-    #[error("template {id} is in use by {count} sandbox(es); kill them first")]
+    #[error("template {id} is in use by {count} sandbox(es), pool(s) or snapshot(s); remove them first")]
     TemplateInUse { id: String, count: usize },
     #[error("{field} = {value} is out of range: {allowed}")]
     OutOfRange { field: &'static str, value: String, allowed: String },
@@ -50,6 +50,10 @@ pub enum NodeError {
     KeyNotFound { id: String },
     #[error("{detail}")]
     Forbidden { detail: String },
+    #[error("{detail}")]
+    Unsupported { detail: String },
+    #[error("snapshot {id} is in use by {users}; kill those sandboxes and remove those pools first")]
+    SnapshotInUse { id: String, users: String },
     #[error("template id {id} is taken; choose another id")]
     TemplateTaken { id: String },
 }

@@ -50,7 +50,7 @@ impl Engine {
                 allowed: format!("1 to {}", lim.max_timeout_secs),
             });
         }
-        self.templates.ready_rootfs(&src.template_id)?;
+        self.template_stack(&src.template_id)?;
         let layer = self.freeze_layer_of(&src.id).await?;
         let mut layers = vec![layer.clone()];
         layers.extend(src.layers.iter().cloned());
@@ -157,8 +157,9 @@ impl Engine {
         if layers.is_empty() {
             return Vec::new();
         }
-        let used: std::collections::HashSet<String> =
+        let mut used: std::collections::HashSet<String> =
             self.sandboxes.lock().unwrap().values().flat_map(|r| r.layers.iter().cloned()).collect();
+        used.extend(self.snapshots.lock().unwrap().values().flat_map(|s| s.layers.iter().cloned()));
         layers.iter().filter(|l| !used.contains(*l)).cloned().collect()
     }
 

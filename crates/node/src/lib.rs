@@ -13,6 +13,7 @@ pub mod host;
 pub mod keys;
 pub mod lifecycle;
 pub mod pools;
+pub mod snapshots;
 pub mod store;
 pub mod telemetry;
 pub mod templates;

@@ -278,7 +278,7 @@ impl Engine {
     pub fn create_pool(self: &Arc<Self>, spec: PoolSpec) -> Result<PoolInfo, NodeError> {
         let (spec, shape) = self.resolve_pool(spec)?;
         // Fail now on an unknown template; one still building is fine (the pool fills once it is ready).
-        if self.templates.get(&shape.template_id).is_none() {
+        if self.templates.get(&shape.template_id).is_none() && self.snapshot(&shape.template_id).is_none() {
             return Err(NodeError::TemplateNotFound { id: shape.template_id.to_string() });
         }
         let name = spec.name.clone();
@@ -419,6 +419,11 @@ impl Engine {
     /// The idle policy a pool gives the sandboxes claimed from it.
     pub(crate) fn pool_idle_timeout(&self, name: &str) -> Option<u64> {
         self.pools.lock().unwrap().get(name).and_then(|p| p.spec.idle_timeout)
+    }
+
+    /// Pools (team/name) whose sandboxes are made from template `id`.
+    pub(crate) fn pools_of_template(&self, id: &warren_types::TemplateId) -> Vec<String> {
+        self.pools.lock().unwrap().iter().filter(|(_, p)| &p.shape.template_id == id).map(|(k, _)| k.clone()).collect()
     }
 
     /// The pool serving `shape`, if any.

@@ -14,6 +14,8 @@ const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes_
 const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools_v1");
 /// Key id → JSON key record (the key's SHA-256, never the key itself).
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys_v1");
+/// Snapshot id → JSON snapshot record (root template and frozen layers).
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
 /// (sandbox id, sequence) → JSON [`LogEntry`]. The sequence is the entry's time in microseconds,
 /// bumped past the previous one, so a range over one sandbox reads its log in order.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sandbox_log_v1");
@@ -56,6 +58,7 @@ pub enum Kind {
     Sandbox,
     Pool,
     ApiKey,
+    Snapshot,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Sandbox => SANDBOXES,
             Kind::Pool => POOLS,
             Kind::ApiKey => API_KEYS,
+            Kind::Snapshot => SNAPSHOTS,
         }
     }
 }
@@ -76,6 +80,7 @@ impl Store {
         w.open_table(SANDBOXES).map_err(txn)?;
         w.open_table(POOLS).map_err(txn)?;
         w.open_table(API_KEYS).map_err(txn)?;
+        w.open_table(SNAPSHOTS).map_err(txn)?;
         w.open_table(LOG).map_err(txn)?;
         w.commit().map_err(txn)?;
         Ok(Store { db, last_seq: AtomicU64::new(0) })
@@ -96,6 +101,7 @@ impl Store {
             let mut sandboxes = w.open_table(SANDBOXES).map_err(txn)?;
             let mut pools = w.open_table(POOLS).map_err(txn)?;
             let mut keys = w.open_table(API_KEYS).map_err(txn)?;
+            let mut snapshots = w.open_table(SNAPSHOTS).map_err(txn)?;
             let mut log = w.open_table(LOG).map_err(txn)?;
             for op in ops {
                 match op {
@@ -104,6 +110,7 @@ impl Store {
                             Kind::Sandbox => &mut sandboxes,
                             Kind::Pool => &mut pools,
                             Kind::ApiKey => &mut keys,
+                            Kind::Snapshot => &mut snapshots,
                         };
                         t.insert(key, value.as_slice()).map_err(txn)?;
                     }
@@ -112,6 +119,7 @@ impl Store {
                             Kind::Sandbox => &mut sandboxes,
                             Kind::Pool => &mut pools,
                             Kind::ApiKey => &mut keys,
+                            Kind::Snapshot => &mut snapshots,
                         };
                         t.remove(key).map_err(txn)?;
                     }
