@@ -133,6 +133,20 @@ def test_pause_and_connect_resumes_with_state():
         s.kill()
 
 
+def test_filesystem_pause_frees_processes_and_keeps_files():
+    s = Sandbox.create()
+    try:
+        s.files.write("/home/user/disk.txt", "on disk")
+        s.commands.run("sleep 1000", background=True)
+        s.pause(mode="filesystem")
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        resumed = Sandbox.connect(s.sandbox_id)
+        assert resumed.files.read("/home/user/disk.txt") == "on disk"
+        assert resumed.commands.run("pgrep -x sleep || echo gone").stdout == "gone\n"
+    finally:
+        s.kill()
+
+
 def test_signed_file_urls(sb, warren):
     import urllib.parse
     import urllib.request

@@ -123,7 +123,8 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     if req.uri().path() == "/init" {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "/init is reserved for the Warren daemon"));
     }
-    if sandbox_state == warren_types::SandboxState::Paused && auto_resume {
+    let asleep = matches!(sandbox_state, warren_types::SandboxState::Paused | warren_types::SandboxState::Hibernated);
+    if asleep && auto_resume {
         state.engine.resume_for_traffic(&target.sandbox).await?;
     }
     let (socket, _) = state.engine.agent_socket(&target.sandbox)?;
@@ -184,7 +185,8 @@ async fn forward_port(
         }
     }
     if creds.state != warren_types::SandboxState::Running {
-        if creds.state == warren_types::SandboxState::Paused && creds.auto_resume {
+        let asleep = matches!(creds.state, warren_types::SandboxState::Paused | warren_types::SandboxState::Hibernated);
+        if asleep && creds.auto_resume {
             state.engine.resume_for_traffic(&target.sandbox).await?;
         }
         // Only a running sandbox is reached (a paused one answers 409 like the agent port).

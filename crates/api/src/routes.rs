@@ -363,7 +363,7 @@ async fn connect(
 
 #[derive(Deserialize, Default)]
 struct PauseBody {
-    /// E2B's `false` asks for a filesystem-only pause; Warren always keeps memory too (a superset).
+    /// E2B's `false` asks for a filesystem-only pause: processes end and memory is freed.
     memory: Option<bool>,
 }
 
@@ -377,9 +377,10 @@ async fn pause(
     st.engine.get_owned(&c.team, &id)?;
     let req: PauseBody = json_body(body, true).await?;
     if req.memory == Some(false) {
-        tracing::debug!(sandbox = %id, "filesystem-only pause asked for; memory is kept as well");
+        st.engine.pause_to_disk(&id, "requested").await?;
+    } else {
+        st.engine.pause(&id).await?;
     }
-    st.engine.pause(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -790,6 +791,9 @@ fn template_info(rec: &TemplateRecord) -> TemplateInfo {
         error: rec.error.clone(),
         default_user: rec.default_user.clone(),
         team: rec.team.as_ref().map(|t| t.to_string()),
+        from: rec.from.as_ref().map(|t| t.to_string()),
+        start_cmd: rec.startup.as_ref().map(|s| s.start_cmd.clone()),
+        ready_cmd: rec.startup.as_ref().and_then(|s| s.ready_cmd.clone()),
     }
 }
 
@@ -821,7 +825,34 @@ async fn build_template(State(st): S, Extension(c): Extension<Caller>, body: Bod
         admin_only(&c, "building a public template")?;
     }
     let owner = (!req.public).then(|| c.team.clone());
-    let rec = st.engine.templates.build(tid, req.packages, owner)?;
+    let startup = match (req.start_cmd, req.ready_cmd) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(ApiError::bad_request("readyCmd needs a startCmd (what would become ready?)")),
+        (Some(start), ready) => {
+            let too_long = |s: &str| s.is_empty() || s.len() > 16 * 1024 || s.contains('\0');
+            if too_long(&start) || ready.as_deref().is_some_and(too_long) {
+                return Err(ApiError::bad_request("startCmd and readyCmd must be 1 to 16384 bytes without NUL"));
+            }
+            let secs = req.ready_timeout.unwrap_or(60);
+            if secs == 0 || secs > 3600 {
+                return Err(ApiError::bad_request("readyTimeout must be between 1 and 3600 seconds"));
+            }
+            Some(warren_node::templates::Startup { start_cmd: start, ready_cmd: ready, ready_timeout_secs: secs })
+        }
+    };
+    let rec = match req.from {
+        Some(from) => {
+            if !req.packages.is_empty() {
+                return Err(ApiError::bad_request(
+                    "packages need a build of their own: leave from out (or build a template with them and derive from it)",
+                ));
+            }
+            let from = TemplateId::parse(&from).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let rec = st.engine.templates.derive(tid, from, startup, owner)?;
+            return Ok((StatusCode::CREATED, Json(template_info(&rec))).into_response());
+        }
+        None => st.engine.templates.build(tid, req.packages, owner, startup)?,
+    };
     Ok((StatusCode::ACCEPTED, Json(template_info(&rec))).into_response())
 }
 

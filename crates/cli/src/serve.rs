@@ -112,7 +112,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             let missing = engine.templates.get(&base).is_none_or(|r| r.status != warren_node::templates::Status::Ready);
             if missing {
                 info!("building the base template (first start); follow it with `warren template build base`");
-                engine.templates.build(base, vec![], None)?;
+                engine.templates.build(base, vec![], None, None)?;
             }
         }
         let state = Arc::new(warren_api::AppState {

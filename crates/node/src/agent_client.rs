@@ -114,8 +114,15 @@ impl AgentClient {
     /// codec), discarding its output. Used to warm a pool's ready sandbox: the first command in a
     /// fresh sandbox pays for cold overlay lookups and a fresh agent connection, so a ready
     /// sandbox pays them before anyone waits.
-    pub async fn run_quietly(&self, socket: &Path, cmd: &str, args: &[&str]) -> Result<(), String> {
-        let msg = serde_json::to_vec(&serde_json::json!({"process": {"cmd": cmd, "args": args}})).expect("serializes");
+    /// Runs a command in the sandbox to its end (output dropped). Returns its exit code.
+    pub async fn run_quietly(&self, socket: &Path, cmd: &str, args: &[&str]) -> Result<i32, String> {
+        self.run(socket, serde_json::json!({"process": {"cmd": cmd, "args": args}})).await
+    }
+
+    /// Runs a `process.Process/Start` request (its JSON form) to the end; returns the exit code
+    /// (-1 when the stream ended without one).
+    pub async fn run(&self, socket: &Path, start: serde_json::Value) -> Result<i32, String> {
+        let msg = serde_json::to_vec(&start).expect("serializes");
         let mut frame = Vec::with_capacity(5 + msg.len());
         frame.push(0u8);
         frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
@@ -129,10 +136,26 @@ impl AgentClient {
         let resp = self.send(socket, req).await?;
         let status = resp.status();
         // The stream ends when the process does.
-        let _ = resp.into_body().collect().await;
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         if !status.is_success() {
             return Err(format!("process.Process/Start answered {status}"));
         }
-        Ok(())
+        // Connect envelopes: flags, big-endian length, JSON. The `end` event carries the code
+        // (proto3 JSON leaves a zero out).
+        let mut rest = &body[..];
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let Some(msg) = rest.get(5..5 + len) else { break };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg) {
+                if let Some(end) = v.pointer("/event/end") {
+                    return Ok(end.get("exitCode").and_then(|c| c.as_i64()).unwrap_or(0) as i32);
+                }
+                if let Some(e) = v.get("error") {
+                    return Err(format!("the agent refused the command: {e}"));
+                }
+            }
+            rest = &rest[5 + len..];
+        }
+        Ok(-1)
     }
 }

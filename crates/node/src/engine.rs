@@ -236,6 +236,16 @@ impl Engine {
             if let Some(p) = rec.pool.as_mut().filter(|p| !p.contains('/')) {
                 *p = crate::pools::pool_key(&rec.team, p);
             }
+            // Paused to disk: no process to find; its layer and address wait for the wake.
+            if rec.state == SandboxState::Hibernated && rec.version == RECORD_VERSION {
+                info!(sandbox = %rec.id, "paused to disk; kept");
+                live.push(rec.id.clone());
+                if let (Some(pool), Some(a)) = (&self.addresses, rec.address) {
+                    pool.lock().unwrap().claim(a);
+                }
+                self.sandboxes.lock().unwrap().insert(rec.id.clone(), rec);
+                continue;
+            }
             let alive = matches!(rec.state, SandboxState::Ready | SandboxState::Running | SandboxState::Paused)
                 && rec.version == RECORD_VERSION;
             let watch = match (&rec.handle, alive) {
@@ -290,11 +300,15 @@ impl Engine {
 
     pub(crate) fn watch_exit(self: &Arc<Self>, id: SandboxId, w: warren_runtime::ExitWatch) {
         let me = Arc::downgrade(self);
+        let pid = w.pid();
         tokio::spawn(async move {
             let exit = w.wait().await;
             if let Some(e) = me.upgrade() {
-                let live =
-                    e.sandboxes.lock().unwrap().get(&id).map(|r| r.state != SandboxState::Creating).unwrap_or(false);
+                // Only the init it was started for counts: a sandbox paused to disk (and perhaps
+                // woken with a new init since) let this one go on purpose.
+                let live = e.sandboxes.lock().unwrap().get(&id).is_some_and(|r| {
+                    r.state != SandboxState::Creating && r.handle.as_ref().is_some_and(|h| h.pid == pid)
+                });
                 if live {
                     warn!(sandbox = %id, %exit, "sandbox init exited");
                     let _ = e.kill(&id, KillReason::Exited { detail: exit.to_string() }).await;
@@ -499,7 +513,7 @@ impl Engine {
             map.insert(id.clone(), rec.clone());
         }
         // Bounded boots: the rest of a storm waits here (without holding anything a claim needs).
-        let _permit = self.boot_permits.acquire().await.expect("never closed");
+        let permit = self.boot_permits.acquire().await.expect("never closed");
         // The record is first written once the sandbox runs: a crash before that leaves only
         // leftovers that the next start's sweep removes, and nobody was told of the sandbox.
         let mut spec = SandboxSpec {
@@ -542,10 +556,60 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        drop(permit);
         self.agents.register(&handle.agent_socket);
+        let socket = handle.agent_socket.clone();
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
+        if let Err(e) = self.run_startup(&rec).await {
+            self.agents.forget(&socket);
+            self.abort_create(&id, rec.handle.clone()).await;
+            return Err(e);
+        }
         Ok((rec, watch))
+    }
+
+    /// Launches the template's start command in the background and waits for its ready check,
+    /// so the sandbox is handed out (or put in its pool) with its server already up.
+    async fn run_startup(&self, rec: &SandboxRecord) -> Result<(), NodeError> {
+        let template = self.snapshot(&rec.template_id).map(|s| s.base).unwrap_or_else(|| rec.template_id.clone());
+        let Some(st) = self.templates.startup(&template) else { return Ok(()) };
+        let socket = rec.handle.as_ref().expect("booted").agent_socket.clone();
+        let fail = |detail: String| NodeError::Startup { template: template.to_string(), detail };
+        // The commands travel as environment variables: no quoting of user text into a script.
+        let start = serde_json::json!({"process": {
+            "cmd": "/bin/bash",
+            "args": ["-c", "setsid nohup bash -l -c 'eval \"$WARREN_START_CMD\"' >>/tmp/warren-start.log 2>&1 </dev/null &"],
+            "envs": {"WARREN_START_CMD": st.start_cmd},
+        }});
+        match self.agents.run(&socket, start).await {
+            Ok(0) => {}
+            Ok(code) => return Err(fail(format!("launching the start command exited with {code}"))),
+            Err(e) => return Err(fail(format!("launching the start command: {e}"))),
+        }
+        let Some(ready) = st.ready_cmd else { return Ok(()) };
+        let check = serde_json::json!({"process": {
+            "cmd": "/bin/bash",
+            "args": ["-l", "-c", "eval \"$WARREN_READY_CMD\""],
+            "envs": {"WARREN_READY_CMD": ready},
+        }});
+        let deadline = std::time::Instant::now() + Duration::from_secs(st.ready_timeout_secs);
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            match self.agents.run(&socket, check.clone()).await {
+                Ok(0) => return Ok(()),
+                Ok(code) => last = Some(code),
+                Err(e) => return Err(fail(format!("running the ready check: {e}"))),
+            }
+            // A poll interval: the check itself is a process start and takes milliseconds.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(fail(format!(
+            "the ready check did not pass within {} s (last exit code {}); the start command's output is in \
+             /tmp/warren-start.log inside its sandboxes",
+            st.ready_timeout_secs,
+            last.map_or("none".into(), |c| c.to_string())
+        )))
     }
 
     pub(crate) async fn abort_create(&self, id: &SandboxId, handle: Option<Handle>) {
@@ -730,6 +794,116 @@ impl Engine {
         self.pause_because(id, "requested").await
     }
 
+    /// Pauses to disk (E2B's filesystem mode, `memory: false`): every process ends and its memory
+    /// is freed; the writable layer, address, tokens and settings stay, and a resume boots the
+    /// sandbox again on the same files (the template's start command runs again). A sandbox paused
+    /// with its memory can be moved to disk this way too.
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn pause_to_disk(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
+        let rec = self.get(id)?;
+        if rec.state == SandboxState::Hibernated {
+            return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
+        }
+        let frozen = match rec.state {
+            SandboxState::Running => transition(rec.state, &SandboxEvent::Pause)?,
+            other => other,
+        };
+        let next = transition(frozen, &SandboxEvent::Hibernate)?;
+        let rt = self.runtime.clone();
+        let sid = rec.id.clone();
+        if rec.state == SandboxState::Running {
+            // Frozen first: the files stop changing before the processes go.
+            let rt = rt.clone();
+            let sid = sid.clone();
+            tokio::task::spawn_blocking(move || rt.freeze(&sid)).await.expect("runtime task")?;
+        }
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            "sandbox paused",
+            &[("reason", reason.to_owned()), ("mode", "filesystem".into())],
+        );
+        // Marked before its init goes, so the exit is not taken for a crash.
+        let handle = rec.handle.clone();
+        let updated = self.update(id, Some(entry), |r| {
+            r.state = next;
+            r.handle = None;
+        })?;
+        if let Some(h) = &handle {
+            self.agents.forget(&h.agent_socket);
+        }
+        self.timelines.lock().unwrap().remove(&rec.id);
+        tokio::task::spawn_blocking(move || rt.halt(&sid, handle.as_ref())).await.expect("runtime task")?;
+        info!("sandbox paused to disk");
+        Ok(updated)
+    }
+
+    /// Boots a sandbox paused to disk again: same id, address, files, tokens and settings.
+    async fn wake(self: &Arc<Self>, rec: &SandboxRecord) -> Result<SandboxRecord, NodeError> {
+        let (rootfs, template_layers) = self.template_stack(&rec.template_id)?;
+        let layers = if rec.layers.is_empty() { template_layers } else { rec.layers.clone() };
+        self.check_host_room()?;
+        let spec = SandboxSpec {
+            id: rec.id.clone(),
+            template_rootfs: rootfs,
+            layers: layers.iter().map(|l| self.runtime.layer_path(l)).collect(),
+            cpu_count: rec.cpu_count,
+            memory_mb: rec.memory_mb,
+            disk_mb: rec.disk_mb,
+            pids_max: self.cfg.sandbox.pids_max,
+            address: rec.address,
+        };
+        let permit = self.boot_permits.acquire().await.expect("never closed");
+        let rt = self.runtime.clone();
+        let booted = tokio::task::spawn_blocking(move || {
+            let h = rt.create(&spec)?;
+            let w = rt.watch(&spec.id, &h);
+            Ok::<_, warren_runtime::RuntimeError>((h, w))
+        })
+        .await
+        .expect("runtime task");
+        drop(permit);
+        let halt = |h: Option<warren_runtime::Handle>| {
+            let (rt, id) = (self.runtime.clone(), rec.id.clone());
+            tokio::task::spawn_blocking(move || rt.halt(&id, h.as_ref()))
+        };
+        let (handle, watch) = match booted {
+            Ok((h, Ok(w))) => (h, w),
+            Ok((h, Err(e))) => {
+                let _ = halt(Some(h)).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = halt(None).await;
+                return Err(e.into());
+            }
+        };
+        self.agents.register(&handle.agent_socket);
+        let mut woken = rec.clone();
+        woken.handle = Some(handle.clone());
+        let req = CreateRequest { env_vars: rec.env_vars.clone(), ..Default::default() };
+        let started = async {
+            self.init_agent(&handle.agent_socket, &req).await?;
+            if let Some(e) = &rec.egress {
+                self.set_egress_on(&rec.id, handle.clone(), Some(e)).await?;
+            }
+            self.run_startup(&woken).await
+        };
+        if let Err(e) = started.await {
+            self.agents.forget(&handle.agent_socket);
+            let _ = halt(Some(handle)).await;
+            return Err(e);
+        }
+        // The record takes the new init before the watch can see anything of it.
+        if let Some(r) = self.sandboxes.lock().unwrap().get_mut(&rec.id) {
+            r.handle = Some(handle);
+        }
+        self.watch_exit(rec.id.clone(), watch);
+        Ok(woken)
+    }
+
     /// [`Engine::pause`], logging why (`requested`, `timeout`, `idle`).
     #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn pause_because(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
@@ -737,7 +911,7 @@ impl Engine {
         let _serial = lock.lock().await;
         let t0 = std::time::Instant::now();
         let rec = self.get(id)?;
-        if rec.state == SandboxState::Paused {
+        if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
         }
         let next = transition(rec.state, &SandboxEvent::Pause)?;
@@ -761,7 +935,11 @@ impl Engine {
 
     /// Thaws a paused sandbox; its end time becomes `timeout_secs` from now. Returns whether it
     /// was paused (`false`: it was already running and only the end time moved).
-    pub async fn resume(&self, id: &str, timeout_secs: Option<u64>) -> Result<(SandboxRecord, bool), NodeError> {
+    pub async fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        timeout_secs: Option<u64>,
+    ) -> Result<(SandboxRecord, bool), NodeError> {
         self.resume_because(id, timeout_secs, "requested").await
     }
 
@@ -769,7 +947,7 @@ impl Engine {
     /// it, the others find it running.
     #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn resume_because(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         timeout_secs: Option<u64>,
         reason: &str,
@@ -779,6 +957,25 @@ impl Engine {
         let t0 = std::time::Instant::now();
         let rec = self.get(id)?;
         let max = self.cfg.sandbox.max_timeout_secs;
+        if rec.state == SandboxState::Hibernated {
+            let next = transition(rec.state, &SandboxEvent::Wake)?;
+            let woken = self.wake(&rec).await?;
+            let secs = timeout_secs.unwrap_or(self.cfg.sandbox.default_timeout_secs).min(max);
+            let entry = LogEntry::warren(
+                now_ms(),
+                Level::Info,
+                "sandbox resumed",
+                &[("timeout", secs.to_string()), ("reason", reason.to_owned()), ("mode", "filesystem".into())],
+            );
+            let rec = self.update(id, Some(entry), |r| {
+                r.state = next;
+                r.handle = woken.handle.clone();
+                r.end_at_ms = now_ms() + secs * 1000;
+            })?;
+            self.telemetry.resume_seconds.observe(t0.elapsed().as_secs_f64());
+            info!("sandbox woken from disk");
+            return Ok((rec, true));
+        }
         if rec.state != SandboxState::Paused {
             let rec = match timeout_secs {
                 Some(t) => self.refresh(id, t.min(max))?,
@@ -897,6 +1094,7 @@ impl Engine {
         }
         // Sandboxes, pools and snapshots stacked on it all need it.
         let count = self.template_users(&tid)
+            + self.templates.derived_from(&tid).len()
             + self.pools_of_template(&tid).len()
             + self.snapshots.lock().unwrap().values().filter(|s| s.base == tid).count();
         if count > 0 {
@@ -1033,7 +1231,11 @@ impl Engine {
 
     pub fn stats(&self, id: &str) -> Result<warren_runtime::Stats, NodeError> {
         let rec = self.get(id)?;
-        let h = rec.handle.ok_or_else(|| NodeError::SandboxNotFound { id: id.into() })?;
+        let h = rec.handle.ok_or_else(|| NodeError::Conflict {
+            id: id.into(),
+            state: "paused to disk",
+            action: "reading its live counters",
+        })?;
         let mut s = self.runtime.stats(&rec.id, &h)?;
         s.disk_limit_bytes = rec.disk_mb * 1024 * 1024;
         Ok(s)

@@ -52,6 +52,8 @@ pub enum NodeError {
     Forbidden { detail: String },
     #[error("{detail}")]
     Unsupported { detail: String },
+    #[error("template {template}'s start command failed: {detail}")]
+    Startup { template: String, detail: String },
     #[error("snapshot {id} is in use by {users}; kill those sandboxes and remove those pools first")]
     SnapshotInUse { id: String, users: String },
     #[error("template id {id} is taken; choose another id")]

@@ -126,7 +126,7 @@ impl Engine {
         let lock = self.op_lock(id.as_str());
         let _held = lock.lock().await;
         let state = self.get(id.as_str())?.state;
-        if !matches!(state, SandboxState::Running | SandboxState::Paused) {
+        if !matches!(state, SandboxState::Running | SandboxState::Paused | SandboxState::Hibernated) {
             return Err(NodeError::Conflict {
                 id: id.to_string(),
                 state: "not running",

@@ -101,7 +101,7 @@ impl Engine {
     }
 
     /// Resumes a paused sandbox because traffic arrived for it; concurrent calls merge.
-    pub async fn resume_for_traffic(&self, id: &str) -> Result<(), NodeError> {
+    pub async fn resume_for_traffic(self: &Arc<Self>, id: &str) -> Result<(), NodeError> {
         let rec = self.get(id)?;
         let secs = Some(rec.lifecycle.timeout_secs).filter(|s| *s > 0);
         self.resume_because(id, secs, "traffic").await.map(|_| ())

@@ -54,7 +54,29 @@ pub struct TemplateRecord {
     /// The owning team; `None` for public templates (such as `base`) that every team may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<Team>,
+    /// Made from another template's root filesystem (no build of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<TemplateId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Startup>,
 }
+
+/// What every sandbox of a template runs when it boots, and how to tell it is ready: a server
+/// that should already answer when the caller gets the sandbox (pools boot it ahead of claims).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Startup {
+    /// Run with `bash -l -c`, in the background, as the template's default user.
+    pub start_cmd: String,
+    /// Run with `bash -l -c` until it exits 0; none: do not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
+    /// How long the ready check may take before the boot fails.
+    pub ready_timeout_secs: u64,
+}
+
+/// The longest chain of templates made from templates.
+const MAX_TEMPLATE_DEPTH: usize = 8;
 
 impl TemplateRecord {
     pub fn visible_to(&self, team: &Team) -> bool {
@@ -128,13 +150,101 @@ impl Templates {
         v
     }
 
-    /// The rootfs of a ready template, or why it cannot be used.
+    /// The rootfs of a ready template (a derived one's comes from what it is made from), or why
+    /// it cannot be used.
     pub fn ready_rootfs(&self, id: &TemplateId) -> Result<PathBuf, NodeError> {
-        match self.get(id) {
-            None => Err(NodeError::TemplateNotFound { id: id.to_string() }),
-            Some(r) if r.status == Status::Ready => Ok(self.rootfs(id)),
-            Some(r) => Err(NodeError::TemplateNotReady { id: id.to_string(), status: r.status.as_str().into() }),
+        let mut cur = id.clone();
+        for _ in 0..MAX_TEMPLATE_DEPTH {
+            match self.get(&cur) {
+                None => return Err(NodeError::TemplateNotFound { id: cur.to_string() }),
+                Some(r) if r.status != Status::Ready => {
+                    return Err(NodeError::TemplateNotReady { id: cur.to_string(), status: r.status.as_str().into() })
+                }
+                Some(TemplateRecord { from: Some(f), .. }) => cur = f,
+                Some(_) => return Ok(self.rootfs(&cur)),
+            }
         }
+        Err(NodeError::TemplateNotFound { id: id.to_string() })
+    }
+
+    /// The start command of a template: its own, or the nearest one of what it is made from.
+    pub fn startup(&self, id: &TemplateId) -> Option<Startup> {
+        let mut cur = id.clone();
+        for _ in 0..MAX_TEMPLATE_DEPTH {
+            let r = self.get(&cur)?;
+            if r.startup.is_some() {
+                return r.startup;
+            }
+            cur = r.from?;
+        }
+        None
+    }
+
+    /// Makes template `id` from `from`'s root filesystem with a start command (no build: ready at
+    /// once). An id held by another owner, or by a built template, is refused; a derived one of
+    /// the same owner is updated.
+    pub fn derive(
+        &self,
+        id: TemplateId,
+        from: TemplateId,
+        startup: Option<Startup>,
+        owner: Option<Team>,
+    ) -> Result<TemplateRecord, NodeError> {
+        if id == from {
+            return Err(NodeError::OutOfRange {
+                field: "from",
+                value: from.to_string(),
+                allowed: "another template".into(),
+            });
+        }
+        if let Some(r) = self.get(&id) {
+            if r.team != owner || r.from.is_none() {
+                return Err(NodeError::TemplateTaken { id: id.to_string() });
+            }
+        }
+        // Checks the chain now: the base must exist, be usable by the owner and be short enough.
+        let base = self.get(&from).ok_or_else(|| NodeError::TemplateNotFound { id: from.to_string() })?;
+        let usable = match &owner {
+            Some(t) => base.visible_to(t),
+            // A public template stands on public ones only.
+            None => base.team.is_none(),
+        };
+        if !usable {
+            return Err(NodeError::TemplateNotFound { id: from.to_string() });
+        }
+        let mut depth = 1;
+        let mut cur = base.from.clone();
+        while let Some(c) = cur {
+            depth += 1;
+            if depth >= MAX_TEMPLATE_DEPTH || c == id {
+                return Err(NodeError::OutOfRange {
+                    field: "from",
+                    value: from.to_string(),
+                    allowed: format!("a chain of at most {MAX_TEMPLATE_DEPTH} templates without loops"),
+                });
+            }
+            cur = self.get(&c).and_then(|r| r.from);
+        }
+        let rec = TemplateRecord {
+            version: 1,
+            id,
+            status: Status::Ready,
+            packages: base.packages.clone(),
+            size_bytes: 0,
+            created_at_ms: now_ms(),
+            error: None,
+            default_user: base.default_user.clone(),
+            team: owner,
+            from: Some(from),
+            startup,
+        };
+        self.save(&rec)?;
+        Ok(rec)
+    }
+
+    /// Templates made from `id`.
+    pub fn derived_from(&self, id: &TemplateId) -> Vec<TemplateId> {
+        self.records.lock().unwrap().values().filter(|r| r.from.as_ref() == Some(id)).map(|r| r.id.clone()).collect()
     }
 
     pub fn progress(&self, id: &TemplateId) -> Progress {
@@ -165,6 +275,7 @@ impl Templates {
         id: TemplateId,
         extra: Vec<String>,
         owner: Option<Team>,
+        startup: Option<Startup>,
     ) -> Result<TemplateRecord, NodeError> {
         for p in &extra {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b)) {
@@ -198,6 +309,8 @@ impl Templates {
             error: None,
             default_user: "user".into(),
             team: owner,
+            from: None,
+            startup,
         };
         self.save(&rec)?;
         let (tx, _) = broadcast::channel(1024);

@@ -120,6 +120,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn stop(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     /// Kills every process and frees every resource of the sandbox. Idempotent.
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
+    /// Kills every process and frees what they held (memory, cgroup, network links) but keeps the
+    /// writable layer, so `create` with the same id later starts from the same files (a
+    /// filesystem-mode pause). Idempotent.
+    fn halt(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError>;
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError>;
     /// Replaces a live sandbox's egress policy: destinations in `allow` are always reachable,
     /// those in `deny` are refused; both empty removes the policy. (Its own replies and loopback

@@ -177,6 +177,12 @@ pub struct TemplateInfo {
     /// The team that owns it; absent for public templates (such as `base`), which every team uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
 }
 
 /// `POST /templates` (Warren's own): build a template from Debian packages.
@@ -191,6 +197,19 @@ pub struct NewTemplate {
     /// Usable by every team (only an admin key may build one); otherwise the caller's team's own.
     #[serde(default)]
     pub public: bool,
+    /// Make it from this template's root filesystem instead of building one (ready at once).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Run in the background in every sandbox of the template when it boots (`bash -l -c`).
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    /// Run until it exits 0 before the sandbox is handed out (`bash -l -c`), e.g.
+    /// `curl -sf localhost:8080`.
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    /// Seconds the ready check may take (default 60).
+    #[serde(default)]
+    pub ready_timeout: Option<u64>,
 }
 
 /// `POST /keys` (Warren's own, admin keys only): a new API key for a team.

@@ -282,14 +282,25 @@ impl Runtime for NativeRuntime {
     }
 
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
+        self.halt(id, handle)?;
+        self.layers.remove(id.as_str())
+    }
+
+    fn halt(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
         if let Some(h) = handle {
             if let Ok(w) = ExitWatch::open(h.pid, h.start_time) {
                 w.kill().map_err(|source| RuntimeError::Signal { id: id.clone(), source })?;
             }
         }
+        // Its pid namespace dies with init, and with it the mounts and the network namespace
+        // (and so the veth pair); the cgroup goes once its tasks are gone.
         let cg = self.cgroups.sandbox(id.as_str());
         cg.kill_and_remove(Duration::from_secs(10))?;
-        self.layers.remove(id.as_str())?;
+        if self.settings.network.is_some() {
+            if let Err(e) = network::delete_veth(id.as_str()) {
+                warn!(sandbox = %id, error = %e, "deleting its veth; the kernel removes it with its namespace");
+            }
+        }
         let run = self.run_dir(id.as_str());
         if let Err(e) = fs::remove_dir_all(&run) {
             if e.kind() != std::io::ErrorKind::NotFound {

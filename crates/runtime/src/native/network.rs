@@ -208,14 +208,51 @@ pub struct SandboxLink {
     pub gateway: Ipv4Addr,
 }
 
+/// Sends one netlink route request and waits for its acknowledgement.
+fn netlink_request(payload: netlink_packet_route::RouteNetlinkMessage, flags: u16) -> std::io::Result<()> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    sock.send(&buf, 0)?;
+    let mut reply = vec![0u8; 8192];
+    let n = sock.recv(&mut &mut reply[..], 0)?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| std::io::Error::other(format!("decoding the netlink answer: {e}")))?;
+    if let NetlinkPayload::Error(e) = answer.payload {
+        if let Some(code) = e.code {
+            return Err(std::io::Error::from_raw_os_error(-code.get()));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a sandbox's host-side veth (and with it its peer) now, instead of when the kernel gets
+/// round to cleaning up the dead network namespace: a sandbox woken right after a pause to disk
+/// needs the name again. Absent already is fine.
+pub fn delete_veth(id: &str) -> std::io::Result<()> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(host_veth(id)));
+    match netlink_request(netlink_packet_route::RouteNetlinkMessage::DelLink(msg), 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
 /// Creates the veth pair from the host side (the spawner, as root in the host's network
 /// namespace): `host_veth` up and enslaved to the bridge, its peer `eth0` in the network namespace
 /// of `pid`; then marks the bridge port isolated. One netlink request and one sysfs write, no
 /// helper processes.
 pub fn create_veth(link: &SandboxLink, pid: i32) -> std::io::Result<()> {
-    use netlink_packet_core::{
-        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-    };
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
     use netlink_packet_route::RouteNetlinkMessage;
 
@@ -231,26 +268,7 @@ pub fn create_veth(link: &SandboxLink, pid: i32) -> std::io::Result<()> {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::NewLink(host)));
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-
-    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-    sock.send(&buf, 0)?;
-    let mut reply = vec![0u8; 8192];
-    let n = sock.recv(&mut &mut reply[..], 0)?;
-    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
-        .map_err(|e| std::io::Error::other(format!("decoding the netlink answer: {e}")))?;
-    if let NetlinkPayload::Error(e) = answer.payload {
-        if let Some(code) = e.code {
-            return Err(std::io::Error::from_raw_os_error(-code.get()));
-        }
-    }
+    netlink_request(RouteNetlinkMessage::NewLink(host), NLM_F_CREATE | NLM_F_EXCL)?;
     std::fs::write(format!("/sys/class/net/{}/brport/isolated", link.host_veth), "1")
 }
 
