@@ -14,6 +14,8 @@
 //! * pause and resume latency;
 //! * proxied HTTP to a server inside a sandbox: Warren vs nginx to the same backend (`proxy.rs`);
 //! * fork: N clones of a running sandbox (filesystem mode) until every clone has answered an exec;
+//! * a template whose start command runs a web server: create → the server answers through the
+//!   proxy, cold and claimed from a pool;
 //! * density (`--density N`): N idle sandboxes, host memory per sandbox running and paused, and
 //!   the time to start them all.
 //!
@@ -117,6 +119,7 @@ fn main() -> Result<()> {
         s?
     };
     let exec = warren_exec(&daemon, n * 5)?;
+    let server = server_ready(&daemon, n)?;
     let forked = match args.fork_count {
         0 => None,
         count => Some(fork_many(&daemon, count)?),
@@ -181,6 +184,7 @@ fn main() -> Result<()> {
         "density": density,
         "proxy_vs_nginx": proxied,
         "fork": forked,
+        "template_server_ready": server,
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
@@ -189,7 +193,7 @@ fn main() -> Result<()> {
         rows.extend([&s.total, &s.create, &s.run, &s.kill, direct]);
     }
     rows.extend(tti.iter());
-    rows.extend([&pause, &resume]);
+    rows.extend([&pause, &resume, &server.0, &server.1]);
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
     }
@@ -199,8 +203,8 @@ fn main() -> Result<()> {
     );
     if let Some(dn) = &density {
         println!(
-            "density: {} sandboxes started in {:.1} s ({:.1}/s); host memory {:.2} MiB/sandbox running, {:.2} MiB/sandbox with half paused",
-            dn.sandboxes, dn.start_secs, dn.sandboxes as f64 / dn.start_secs, dn.host_mib_per_sandbox, dn.host_mib_per_sandbox_half_paused
+            "density: {} sandboxes started in {:.1} s ({:.1}/s); host memory {:.2} MiB/sandbox running, {:.2} MiB/sandbox with half paused, {:.2} with half paused to disk",
+            dn.sandboxes, dn.start_secs, dn.sandboxes as f64 / dn.start_secs, dn.host_mib_per_sandbox, dn.host_mib_per_sandbox_half_paused, dn.host_mib_per_sandbox_half_on_disk
         );
     }
     if let Some(f) = &forked {
@@ -234,6 +238,68 @@ fn main() -> Result<()> {
     println!("wrote {}", args.out.display());
     daemon.kill9();
     Ok(())
+}
+
+/// A template that starts `python3 -m http.server` with a ready check: create → first HTTP 200
+/// from the server through the proxy, cold and from a pool of that template.
+fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
+    let tpl = json!({"templateID": "bench-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
+                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
+    let (status, v) = d.api("POST", "/templates", Some(tpl));
+    if status != 201 {
+        bail!("deriving the server template: {status} {v}");
+    }
+    let get = |id: &str| -> Result<()> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port))?;
+        write!(s, "GET / HTTP/1.1\r\nHost: 8080-{id}.localhost:{}\r\nConnection: close\r\n\r\n", d.port)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        if !out.starts_with("HTTP/1.1 200") {
+            bail!("the server of {id} answered: {}", out.lines().next().unwrap_or(""));
+        }
+        Ok(())
+    };
+    let measure = |body: serde_json::Value| -> Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n + 1 {
+            let t = Instant::now();
+            let sb = d.create(body.clone());
+            get(&sb.id)?;
+            samples.push(t.elapsed());
+            d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+        }
+        samples.remove(0);
+        Ok(samples)
+    };
+    let cold = measure(json!({"templateID": "bench-web"}))?;
+    d.api("DELETE", "/pools/bench-web", None);
+    let pool = json!({"name": "bench-web", "templateID": "bench-web", "memoryMB": 384, "minReady": 4, "maxSize": 8});
+    if d.api("POST", "/pools", Some(pool)).0 != 201 {
+        bail!("creating the server pool");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while d.api("GET", "/pools/bench-web", None).1["ready"].as_u64() < Some(4) {
+        if Instant::now() > deadline {
+            bail!("the server pool did not fill");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut warm = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Claims one at a time, each with a refilled pool, as an interactive user would.
+        while d.api("GET", "/pools/bench-web", None).1["ready"].as_u64() < Some(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let t = Instant::now();
+        let sb = d.create(json!({"templateID": "bench-web", "memoryMB": 384}));
+        get(&sb.id)?;
+        warm.push(t.elapsed());
+        d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    }
+    d.api("DELETE", "/pools/bench-web", None);
+    d.api("DELETE", "/templates/bench-web", None);
+    Ok((series("server template: create -> HTTP 200", cold), series("server template: claim -> HTTP 200", warm)))
 }
 
 #[derive(Serialize)]
@@ -518,6 +584,8 @@ struct Density {
     start_secs: f64,
     host_mib_per_sandbox: f64,
     host_mib_per_sandbox_half_paused: f64,
+    /// With half of them paused to disk (`memory: false`).
+    host_mib_per_sandbox_half_on_disk: f64,
 }
 
 fn mem_available_kib() -> f64 {
@@ -559,11 +627,18 @@ fn density(d: &Daemon, n: usize) -> Result<Density> {
             d.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({})));
         }
         let half = (before - mem_available_kib()) / 1024.0 / ids.len() as f64;
+        // The same half moved to disk: its processes end and their memory goes back to the host.
+        for id in ids.iter().step_by(2) {
+            d.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({"memory": false})));
+        }
+        std::thread::sleep(Duration::from_millis(2000));
+        let half_on_disk = (before - mem_available_kib()) / 1024.0 / ids.len() as f64;
         Ok(Density {
             sandboxes: ids.len(),
             start_secs,
             host_mib_per_sandbox: running,
             host_mib_per_sandbox_half_paused: half,
+            host_mib_per_sandbox_half_on_disk: half_on_disk,
         })
     })();
     for id in &ids {
