@@ -206,6 +206,15 @@ fn snapshots_serve_as_templates_and_pools() {
     let later = d.create(json!({"templateID": unnamed}));
     assert_eq!(later.sh("cat /home/user/s.txt").stdout, "two\n");
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", later.id), None).0, 204);
+
+    // A snapshot whose layer was removed behind Warren's back is refused clearly, and can be deleted.
+    let frozen = d.data_dir.join("layers/.frozen");
+    let layer = std::fs::read_dir(&frozen).unwrap().next().unwrap().unwrap().path();
+    let out = std::process::Command::new("btrfs").args(["subvolume", "delete"]).arg(&layer).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, v) = d.try_create(json!({"templateID": unnamed})).err().unwrap();
+    assert_eq!(status, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("is damaged"), "{v}");
     assert_eq!(d.api("DELETE", &format!("/templates/{unnamed}"), None).0, 204);
     wait_for("every frozen layer to be removed", Duration::from_secs(30), || (frozen_layers(&d) == 0).then_some(()));
 }

@@ -42,6 +42,7 @@ impl From<NodeError> for ApiError {
             | NodeError::PoolConflict { .. }
             | NodeError::TemplateTaken { .. }
             | NodeError::SnapshotInUse { .. }
+            | NodeError::SnapshotDamaged { .. }
             | NodeError::Startup { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
             NodeError::Capacity { .. } | NodeError::HostFull { .. } | NodeError::AddressesExhausted { .. } => {

@@ -282,34 +282,50 @@ async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<Lis
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
-    let mut items: Vec<_> = st
+    let items: Vec<_> = st
         .engine
         .list(&c.team)
         .into_iter()
         .filter(|r| want_meta.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
         .filter(|r| states.as_ref().is_none_or(|s| s.iter().any(|x| x == r.state.e2b_name())))
         .collect();
-    if let Some(token) = &q.next_token {
-        match items.iter().position(|r| r.id.as_str() == token) {
+    let (items, next) = page(items, |r| r.id.as_str(), q.next_token.as_deref(), limit, "sandbox")?;
+    let body: Vec<SandboxDetail> = items.iter().map(|r| detail(&st, r)).collect();
+    Ok(with_next_token(Json(body).into_response(), next))
+}
+
+/// One page of `items` (in listing order): those after `next_token`, at most `limit`, and the
+/// token of the page after it when there is one (E2B's `x-next-token`).
+fn page<T>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    next_token: Option<&str>,
+    limit: usize,
+    what: &str,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    if let Some(token) = next_token {
+        match items.iter().position(|x| key(x) == token) {
             Some(i) => {
                 items.drain(..=i);
             }
             None => {
-                return Err(ApiError::bad_request("nextToken does not match a listed sandbox; start again without it"))
+                return Err(ApiError::bad_request(format!(
+                    "nextToken does not match a listed {what}; start again without it"
+                )))
             }
         }
     }
     let more = items.len() > limit;
     items.truncate(limit);
-    let body: Vec<SandboxDetail> = items.iter().map(|r| detail(&st, r)).collect();
-    let mut resp = Json(body).into_response();
-    if more {
-        if let Some(last) = items.last() {
-            resp.headers_mut()
-                .insert("x-next-token", http::HeaderValue::from_str(last.id.as_str()).expect("ids are ASCII"));
-        }
+    let next = if more { items.last().map(|x| key(x).to_owned()) } else { None };
+    Ok((items, next))
+}
+
+fn with_next_token(mut resp: Response, next: Option<String>) -> Response {
+    if let Some(v) = next.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert("x-next-token", v);
     }
-    Ok(resp)
+    resp
 }
 
 async fn info(
@@ -686,26 +702,10 @@ async fn list_snapshots(State(st): S, Extension(c): Extension<Caller>, uri: http
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
-    let mut items = st.engine.list_snapshots(&c.team, q.sandbox_id.as_deref(), q.name.as_deref());
-    if let Some(token) = &q.next_token {
-        match items.iter().position(|s| s.id.as_str() == token) {
-            Some(i) => {
-                items.drain(..=i);
-            }
-            None => {
-                return Err(ApiError::bad_request("nextToken does not match a listed snapshot; start again without it"))
-            }
-        }
-    }
-    let more = items.len() > limit;
-    items.truncate(limit);
+    let items = st.engine.list_snapshots(&c.team, q.sandbox_id.as_deref(), q.name.as_deref());
+    let (items, next) = page(items, |s| s.id.as_str(), q.next_token.as_deref(), limit, "snapshot")?;
     let body: Vec<serde_json::Value> = items.iter().map(snapshot_info).collect();
-    let mut resp = Json(body).into_response();
-    if let (true, Some(last)) = (more, items.last()) {
-        resp.headers_mut()
-            .insert("x-next-token", http::HeaderValue::from_str(last.id.as_str()).expect("ids are ASCII"));
-    }
-    Ok(resp)
+    Ok(with_next_token(Json(body).into_response(), next))
 }
 
 async fn stats(State(st): S, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -227,8 +227,10 @@ impl Engine {
 
     /// Re-attaches sandboxes whose init still runs; cleans up and forgets the rest; sweeps leftovers.
     async fn recover(self: &Arc<Self>) -> Result<(), NodeError> {
-        let records: Vec<SandboxRecord> = self.store.all(Kind::Sandbox)?;
-        let mut live = Vec::new();
+        let (records, unreadable) = self.store.all_readable::<SandboxRecord>(Kind::Sandbox)?;
+        let records: Vec<SandboxRecord> = records.into_iter().map(|(_, r)| r).collect();
+        // A sandbox whose record cannot be read is left alone, leftovers and all.
+        let mut live: Vec<SandboxId> = unreadable.iter().filter_map(|k| SandboxId::parse(k).ok()).collect();
         // Ready sandboxes of pools that are gone or changed shape.
         let mut stale = Vec::new();
         for mut rec in records {
@@ -537,14 +539,7 @@ impl Engine {
                 r.address = Some(a);
             }
         }
-        let rt = self.runtime.clone();
-        let booted = tokio::task::spawn_blocking(move || {
-            let h = rt.create(&spec)?;
-            let w = rt.watch(&spec.id, &h);
-            Ok::<_, warren_runtime::RuntimeError>((h, w))
-        })
-        .await
-        .expect("runtime task");
+        let booted = self.create_on_runtime(spec).await;
         let (handle, watch) = match booted {
             Ok((h, Ok(w))) => (h, w),
             Ok((h, Err(e))) => {
@@ -567,6 +562,23 @@ impl Engine {
             return Err(e);
         }
         Ok((rec, watch))
+    }
+
+    /// Builds the sandbox on the runtime (a blocking call) and opens its exit watch: the handle on
+    /// success, with the watch or why there is none.
+    async fn create_on_runtime(
+        &self,
+        spec: SandboxSpec,
+    ) -> Result<(Handle, Result<warren_runtime::ExitWatch, warren_runtime::RuntimeError>), warren_runtime::RuntimeError>
+    {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let h = rt.create(&spec)?;
+            let w = rt.watch(&spec.id, &h);
+            Ok((h, w))
+        })
+        .await
+        .expect("runtime task")
     }
 
     /// Launches the template's start command in the background and waits for its ready check,
@@ -856,14 +868,7 @@ impl Engine {
             address: rec.address,
         };
         let permit = self.boot_permits.acquire().await.expect("never closed");
-        let rt = self.runtime.clone();
-        let booted = tokio::task::spawn_blocking(move || {
-            let h = rt.create(&spec)?;
-            let w = rt.watch(&spec.id, &h);
-            Ok::<_, warren_runtime::RuntimeError>((h, w))
-        })
-        .await
-        .expect("runtime task");
+        let booted = self.create_on_runtime(spec).await;
         drop(permit);
         let halt = |h: Option<warren_runtime::Handle>| {
             let (rt, id) = (self.runtime.clone(), rec.id.clone());
@@ -1067,7 +1072,13 @@ impl Engine {
     /// layers over it (a snapshot's), or why it cannot be used.
     pub(crate) fn template_stack(&self, id: &TemplateId) -> Result<(PathBuf, Vec<String>), NodeError> {
         match self.snapshot(id) {
-            Some(s) => Ok((self.templates.ready_rootfs(&s.base)?, s.layers)),
+            Some(s) => {
+                // A layer removed or damaged behind Warren's back: refuse clearly, boot nothing.
+                if let Some(l) = s.layers.iter().find(|l| !self.runtime.layer_path(l).is_dir()) {
+                    return Err(NodeError::SnapshotDamaged { id: id.to_string(), layer: l.clone() });
+                }
+                Ok((self.templates.ready_rootfs(&s.base)?, s.layers))
+            }
             None => Ok((self.templates.ready_rootfs(id)?, Vec::new())),
         }
     }

@@ -54,6 +54,8 @@ pub enum NodeError {
     Unsupported { detail: String },
     #[error("template {template}'s start command failed: {detail}")]
     Startup { template: String, detail: String },
+    #[error("snapshot {id} is damaged: its layer {layer} is missing from the layer store; delete the snapshot (DELETE /templates/{id}) and take it again")]
+    SnapshotDamaged { id: String, layer: String },
     #[error("snapshot {id} is in use by {users}; kill those sandboxes and remove those pools first")]
     SnapshotInUse { id: String, users: String },
     #[error("template id {id} is taken; choose another id")]

@@ -34,6 +34,9 @@ fn txn<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Txn(e.to_string())
 }
 
+/// Readable records with their keys, and the keys of unreadable ones.
+pub type Readable<T> = (Vec<(String, T)>, Vec<String>);
+
 pub struct Store {
     db: Database,
     /// Last log sequence handed out (keeps sequences unique within this process).
@@ -234,24 +237,50 @@ impl Store {
         Ok(self.all_keyed(kind)?.into_iter().map(|(_, v)| v).collect())
     }
 
-    /// Every record of a kind with its key.
+    /// Every readable record of a kind with its key. An unreadable one (damaged, or written by a
+    /// newer Warren) is left in the store untouched and reported, so one bad record neither stops
+    /// the daemon nor gets overwritten.
     pub fn all_keyed<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, T)>, StoreError> {
+        Ok(self.all_readable(kind)?.0)
+    }
+
+    /// Like [`Store::all_keyed`], with the keys of the records that could not be read.
+    pub fn all_readable<T: DeserializeOwned>(&self, kind: Kind) -> Result<Readable<T>, StoreError> {
         let r = self.db.begin_read().map_err(txn)?;
         let t = r.open_table(kind.table()).map_err(txn)?;
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         for item in t.iter().map_err(txn)? {
             let (k, v) = item.map_err(txn)?;
-            let rec = serde_json::from_slice(v.value())
-                .map_err(|source| StoreError::Corrupt { key: k.value().to_owned(), source })?;
-            out.push((k.value().to_owned(), rec));
+            match serde_json::from_slice(v.value()) {
+                Ok(rec) => out.push((k.value().to_owned(), rec)),
+                Err(e) => {
+                    let key = k.value().to_owned();
+                    tracing::warn!(key = %key, error = %e, "skipping an unreadable record (left in the store as it is)");
+                    bad.push(key);
+                }
+            }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_record_is_skipped_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        store.put(Kind::Snapshot, "good", &serde_json::json!({"n": 1})).unwrap();
+        store.write(vec![Op::Put { kind: Kind::Snapshot, key: "bad", value: b"{not json".to_vec() }]).unwrap();
+        let (ok, bad) = store.all_readable::<serde_json::Value>(Kind::Snapshot).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad, vec!["bad".to_owned()]);
+        // Still there for someone to look at.
+        assert_eq!(store.all_readable::<serde_json::Value>(Kind::Snapshot).unwrap().1, vec!["bad".to_owned()]);
+    }
 
     #[test]
     fn records_survive_reopen() {
