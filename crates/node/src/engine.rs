@@ -902,8 +902,19 @@ impl Engine {
             return Err(e);
         }
         // The record takes the new init before the watch can see anything of it.
-        if let Some(r) = self.sandboxes.lock().unwrap().get_mut(&rec.id) {
-            r.handle = Some(handle);
+        let kept = match self.sandboxes.lock().unwrap().get_mut(&rec.id) {
+            Some(r) => {
+                r.handle = Some(handle.clone());
+                true
+            }
+            None => false,
+        };
+        if !kept {
+            // Killed while it was waking: what the wake built goes too.
+            self.agents.forget(&handle.agent_socket);
+            let (rt, id) = (self.runtime.clone(), rec.id.clone());
+            let _ = tokio::task::spawn_blocking(move || rt.destroy(&id, Some(&handle))).await;
+            return Err(NodeError::SandboxNotFound { id: rec.id.to_string() });
         }
         self.watch_exit(rec.id.clone(), watch);
         Ok(woken)

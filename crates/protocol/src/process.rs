@@ -99,7 +99,7 @@ pub struct SendInputRequest {
 pub struct StreamInputRequest {
     pub start: Option<StreamInputStart>,
     pub data: Option<StreamInputData>,
-    pub keepalive: Option<serde_json::Value>,
+    pub keepalive: Option<Empty>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,6 +229,13 @@ mod opt_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keepalive_is_an_empty_message() {
+        assert!(serde_json::from_str::<StreamInputRequest>(r#"{"keepalive": {}}"#).unwrap().keepalive.is_some());
+        // Found by fuzzing: anything else was accepted and could not be encoded back.
+        assert!(serde_json::from_str::<StreamInputRequest>(r#"{"keepalive": ""}"#).is_err());
+    }
 
     #[test]
     fn events_use_proto3_json_oneof_shape() {
