@@ -44,6 +44,7 @@ impl Zygote {
                 drop(parent);
                 // SAFETY: plain prctl; the zygote must not outlive the daemon.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                close_inherited(child.as_raw_fd());
                 serve(child)
             }
             nix::unistd::ForkResult::Parent { child: pid } => {
@@ -77,6 +78,31 @@ impl Zygote {
         serde_json::from_str(&out)
             .map_err(|_| io::Error::other(format!("the zygote's spawner answered {out:?}; see the agent log")))
     }
+}
+
+/// Closes every descriptor the daemon had open except stdio and `keep`: the zygote and the
+/// spawners it forks must not hold the daemon's files — above all its data-directory lock, which
+/// would otherwise outlive a killed daemon until the zygote noticed and block the next start.
+fn close_inherited(keep: RawFd) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && *fd != keep) {
+        // SAFETY: closing descriptors this single-threaded child will never use; the one that read
+        // /proc/self/fd is already closed, so EBADF at worst.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Makes `fd` available as `target` across exec. dup2 clears close-on-exec on the copy, but does
+/// nothing at all when the two are already the same descriptor, so that case clears it by hand.
+fn keep_as(fd: RawFd, target: RawFd) -> bool {
+    if fd == target {
+        // SAFETY: fcntl on a descriptor this process owns.
+        return unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == 0;
+    }
+    nix::unistd::dup2(fd, target).is_ok()
 }
 
 /// The zygote's loop. Never returns; exits when the daemon closes its end.
@@ -121,9 +147,7 @@ fn serve(sock: OwnedFd) -> ! {
                         SpawnResult { pid: None, start_time: None, error: Some(format!("bad spawn request: {e}")) }
                     }
                     Ok(req) => {
-                        // dup2 clears close-on-exec on the copies the agent must keep.
-                        let ok = nix::unistd::dup2(listen.as_raw_fd(), LISTEN_FD).is_ok()
-                            && nix::unistd::dup2(log.as_raw_fd(), 2).is_ok();
+                        let ok = keep_as(listen.as_raw_fd(), LISTEN_FD) && keep_as(log.as_raw_fd(), 2);
                         if ok {
                             spawn::run(&req)
                         } else {
