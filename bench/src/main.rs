@@ -57,6 +57,9 @@ struct Args {
     /// Claims per client in the time-to-interactive runs.
     #[arg(long, default_value_t = 10)]
     claims_per_client: usize,
+    /// Samples of the server-template measurement (0 skips it).
+    #[arg(long, default_value_t = 40)]
+    server_iterations: usize,
     /// Clones in the fork measurement (0 skips it).
     #[arg(long, default_value_t = 100)]
     fork_count: usize,
@@ -119,7 +122,10 @@ fn main() -> Result<()> {
         s?
     };
     let exec = warren_exec(&daemon, n * 5)?;
-    let server = server_ready(&daemon, n)?;
+    let server = match args.server_iterations {
+        0 => None,
+        k => Some(server_ready(&daemon, k)?),
+    };
     let forked = match args.fork_count {
         0 => None,
         count => Some(fork_many(&daemon, count)?),
@@ -193,7 +199,10 @@ fn main() -> Result<()> {
         rows.extend([&s.total, &s.create, &s.run, &s.kill, direct]);
     }
     rows.extend(tti.iter());
-    rows.extend([&pause, &resume, &server.0, &server.1]);
+    rows.extend([&pause, &resume]);
+    if let Some((cold, warm)) = &server {
+        rows.extend([cold, warm]);
+    }
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
     }
@@ -252,9 +261,10 @@ fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
     let get = |id: &str| -> Result<()> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
         write!(s, "GET / HTTP/1.1\r\nHost: 8080-{id}.localhost:{}\r\nConnection: close\r\n\r\n", d.port)?;
         let mut out = String::new();
-        s.read_to_string(&mut out)?;
+        s.read_to_string(&mut out).with_context(|| format!("reading the answer of the server in {id}"))?;
         if !out.starts_with("HTTP/1.1 200") {
             bail!("the server of {id} answered: {}", out.lines().next().unwrap_or(""));
         }
@@ -288,7 +298,11 @@ fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
     let mut warm = Vec::with_capacity(n);
     for _ in 0..n {
         // Claims one at a time, each with a refilled pool, as an interactive user would.
+        let refill = Instant::now() + Duration::from_secs(60);
         while d.api("GET", "/pools/bench-web", None).1["ready"].as_u64() < Some(2) {
+            if Instant::now() > refill {
+                bail!("the server pool did not refill");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         let t = Instant::now();
