@@ -6,6 +6,8 @@
 #   python3-venv the E2B SDK test suite's virtualenv
 #   nftables     the sandbox network's rules (one table per daemon); iproute2 sets up veths
 #   nginx, wrk   the proxy benchmark's baseline and load generator
+#   runsc        the gvisor runtime, from bookworm-backports: its 2024 build brings the systrap
+#                platform and a checkpoint that can leave the sandbox running (docs/runtimes.md)
 set -euo pipefail
 need=()
 for pkg in mmdebstrap btrfs-progs crun curl ca-certificates python3-venv nftables iproute2 nginx-light wrk; do
@@ -16,4 +18,23 @@ if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! dpkg-query -W -f='${Version}' runsc 2>/dev/null | grep -q '^0.0~2024'; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    if [ "$codename" = bookworm ]; then
+        list=/etc/apt/sources.list.d/warren-bookworm-backports.list
+        if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo "deb http://deb.debian.org/debian bookworm-backports main" > "$list"
+        fi
+        echo "installing: runsc (bookworm-backports)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports runsc >/dev/null
+    else
+        # Newer Debian releases carry a recent runsc in their main suite.
+        dpkg-query -W -f='${Status}' runsc 2>/dev/null | grep -q "install ok installed" || {
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y -qq --no-install-recommends runsc >/dev/null
+        }
+    fi
 fi

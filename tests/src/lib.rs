@@ -73,9 +73,21 @@ impl Daemon {
         Self::start_with(root, name, "")
     }
 
-    /// Like [`Daemon::start_in`], with `extra` TOML appended to the config (whole tables, e.g.
-    /// `"[sandbox]\nmax_sandboxes = 6000\n"`).
+    /// Like [`Daemon::start_in`], with `extra` TOML added to the config: whole tables (e.g.
+    /// `"[sandbox]\nmax_sandboxes = 6000\n"`), after top-level keys if it starts with any.
+    /// `WARREN_E2E_RUNTIME` sets every test daemon's default runtime (to run suites on gVisor).
     pub fn start_with(root: &Path, name: &str, extra: &str) -> Daemon {
+        let (top, extra) = match extra.find("\n[").map(|i| i + 1).or(extra.starts_with('[').then_some(0)) {
+            Some(i) => extra.split_at(i),
+            None if extra.contains('[') => ("", extra),
+            None => (extra, ""),
+        };
+        let mut top = top.to_owned();
+        if let Ok(rt) = std::env::var("WARREN_E2E_RUNTIME") {
+            if !top.contains("default_runtime") {
+                top.push_str(&format!("default_runtime = {rt:?}\n"));
+            }
+        }
         let data_dir = root.join(name);
         // Each test daemon gets its own bridge and subnet (several run at once).
         let network = if extra.contains("[network]") {
@@ -91,7 +103,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\nrun_dir = {run:?}\nlisten = \"127.0.0.1:{port}\"\n\
+                "data_dir = {data:?}\nrun_dir = {run:?}\nlisten = \"127.0.0.1:{port}\"\n{top}\
                  [native]\ncgroup_parent = \"warren-e2e-{name}\"\nstorage_size_gb = 64\n\
                  [templates]\ndir = {tpl:?}\n{extra}",
                 data = data_dir.display().to_string(),

@@ -1,6 +1,12 @@
 //! `warren-agent`: PID 1 of every sandbox. It reaps orphans, forwards termination signals to the
 //! processes it started, and serves E2B's envd protocol on the listening socket the spawner passed
 //! on fd 3 (the socket file lives outside the sandbox, so nothing inside can reach or replace it).
+//!
+//! Where no listening socket can be handed in (gVisor cannot accept on a host socket), the agent
+//! dials out instead: `WARREN_AGENT_DIAL` names a host socket the daemon listens on, and the agent
+//! keeps a few connections open there, serving HTTP on each as if it had accepted it. Those
+//! connections are host state that a checkpoint cannot keep, so the agent simply dials again
+//! whenever they break (after a restore, a daemon restart, or while the daemon checkpoints it).
 
 mod files;
 mod fs;
@@ -25,8 +31,23 @@ fn log(level: &str, msg: &str) {
     eprintln!("{ts:.3} {level} warren-agent: {msg}");
 }
 
+/// How the daemon reaches this agent.
+enum Transport {
+    /// A listening socket inherited on this fd.
+    Listen(i32),
+    /// A host socket to dial.
+    Dial(std::path::PathBuf),
+}
+
+/// Connections kept dialed and idle in dial mode: the daemon takes one per concurrent request
+/// stream, and each taken one is replaced at once.
+const SPARE_CONNECTIONS: usize = 4;
+
 fn main() {
-    let fd: i32 = std::env::var("WARREN_LISTEN_FD").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let transport = match std::env::var_os("WARREN_AGENT_DIAL") {
+        Some(path) => Transport::Dial(path.into()),
+        None => Transport::Listen(std::env::var("WARREN_LISTEN_FD").ok().and_then(|s| s.parse().ok()).unwrap_or(3)),
+    };
     // Keep the agent's own configuration out of every process it starts.
     for (k, _) in std::env::vars() {
         if k.starts_with("WARREN_") {
@@ -37,20 +58,10 @@ fn main() {
     // A current-thread runtime keeps an idle agent small; blocking file work uses its pool.
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build().expect("runtime");
-    rt.block_on(run(fd));
+    rt.block_on(run(transport));
 }
 
-async fn run(fd: i32) {
-    // SAFETY: fd 3 is the listening socket the spawner placed there for us.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-    // The spawner hands the socket over without close-on-exec; user processes must never inherit
-    // it (they could accept the daemon's connections).
-    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
-        log("error", &format!("cannot mark the listening socket close-on-exec: {e}"));
-        std::process::exit(1);
-    }
-    std_listener.set_nonblocking(true).expect("nonblocking listener");
-    let listener = tokio::net::UnixListener::from_std(std_listener).expect("listener");
+async fn run(transport: Transport) {
     let default_user = if users::lookup("user").is_ok() { "user" } else { "root" };
     let agent = Arc::new(server::Agent {
         processes: process::Processes::default(),
@@ -81,6 +92,26 @@ async fn run(fd: i32) {
 
     log("info", "agent ready");
     process::release_free_memory();
+    let fd = match transport {
+        Transport::Listen(fd) => fd,
+        Transport::Dial(path) => {
+            for _ in 0..SPARE_CONNECTIONS {
+                tokio::spawn(dial_forever(path.clone(), agent.clone()));
+            }
+            let never: std::convert::Infallible = std::future::pending().await;
+            match never {}
+        }
+    };
+    // SAFETY: fd 3 is the listening socket the spawner placed there for us.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    // The spawner hands the socket over without close-on-exec; user processes must never inherit
+    // it (they could accept the daemon's connections).
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
+        log("error", &format!("cannot mark the listening socket close-on-exec: {e}"));
+        std::process::exit(1);
+    }
+    std_listener.set_nonblocking(true).expect("nonblocking listener");
+    let listener = tokio::net::UnixListener::from_std(std_listener).expect("listener");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -89,6 +120,42 @@ async fn run(fd: i32) {
                 continue;
             }
         };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| agent.clone().handle(req));
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Keeps one connection to the daemon dialed: once the daemon uses it (the first bytes arrive) or
+/// it breaks, the next one is dialed while this one is served.
+async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>) {
+    use std::time::{Duration, Instant};
+    let mut failing_since: Option<Instant> = None;
+    let mut warned = false;
+    loop {
+        let stream = match tokio::net::UnixStream::connect(&path).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The daemon is not listening (it is starting, restarting, or checkpointing this
+                // sandbox). A wake waits on this dial, so retry every few milliseconds for a
+                // minute, then slowly.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let long = since.elapsed() > Duration::from_secs(60);
+                if long && !warned {
+                    warned = true;
+                    log("warn", &format!("cannot reach the daemon at {}: {e}", path.display()));
+                }
+                tokio::time::sleep(Duration::from_millis(if long { 200 } else { 3 })).await;
+                continue;
+            }
+        };
+        failing_since = None;
+        warned = false;
+        if stream.readable().await.is_err() {
+            continue;
+        }
         let agent = agent.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| agent.clone().handle(req));

@@ -87,32 +87,57 @@ pub fn name_of(id: u32, file: &'static str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// Whether the kernel has per-thread filesystem ids (gVisor's does not: `setfsuid` is ENOSYS).
+fn fsuid_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: an invalid id changes nothing and returns the current fsuid, or -1 when unsupported.
+    *WORKS.get_or_init(|| unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX as libc::c_long) } >= 0)
+}
+
 /// Runs `f` on the current (blocking) thread with the filesystem identity of `user`, so the kernel
 /// applies that user's permissions and new files belong to them. fsuid/fsgid and the group list are
 /// per-thread at the syscall level; the raw syscalls are used because libc would broadcast them to
-/// every thread.
+/// every thread. Where filesystem ids do not exist, the thread's effective ids are switched
+/// instead (the saved ids stay root, so it switches back).
 pub fn as_user<T>(user: &User, f: impl FnOnce() -> T) -> T {
     if user.uid == 0 {
         return f();
     }
-    // SAFETY: raw per-thread credential syscalls with plain integer / array arguments.
-    unsafe {
-        libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr());
-        libc::syscall(libc::SYS_setfsgid, user.gid);
-        libc::syscall(libc::SYS_setfsuid, user.uid);
-    }
-    struct Restore;
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: as above; back to root's identity for the next task on this thread.
-            unsafe {
-                libc::syscall(libc::SYS_setfsuid, 0);
-                libc::syscall(libc::SYS_setfsgid, 0);
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>());
+    let (set_uid, set_gid) = if fsuid_works() {
+        (libc::SYS_setfsuid, libc::SYS_setfsgid)
+    } else {
+        (libc::SYS_setresuid, libc::SYS_setresgid)
+    };
+    let set = |nr: libc::c_long, id: u32| {
+        // SAFETY: raw per-thread credential syscalls with plain integer arguments.
+        unsafe {
+            if nr == libc::SYS_setresuid || nr == libc::SYS_setresgid {
+                libc::syscall(nr, -1 as libc::c_long, id as libc::c_long, -1 as libc::c_long);
+            } else {
+                libc::syscall(nr, id as libc::c_long);
             }
         }
+    };
+    // SAFETY: raw per-thread syscall with a valid array.
+    unsafe { libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr()) };
+    set(set_gid, user.gid);
+    set(set_uid, user.uid);
+    struct Restore<F: Fn(libc::c_long, u32)> {
+        set: F,
+        set_uid: libc::c_long,
+        set_gid: libc::c_long,
     }
-    let _restore = Restore;
+    impl<F: Fn(libc::c_long, u32)> Drop for Restore<F> {
+        fn drop(&mut self) {
+            // Back to root's identity for the next task on this thread (uid first: only root may
+            // change its groups).
+            (self.set)(self.set_uid, 0);
+            (self.set)(self.set_gid, 0);
+            // SAFETY: raw per-thread syscall with an empty list.
+            unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()) };
+        }
+    }
+    let _restore = Restore { set, set_uid, set_gid };
     f()
 }
 

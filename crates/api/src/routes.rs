@@ -172,6 +172,7 @@ fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
         metadata: r.metadata.clone(),
         domain: Some(st.domain.clone()),
         warren_state: r.state,
+        runtime: r.runtime.clone(),
         lifecycle: LifecycleInfo {
             auto_resume: r.lifecycle.auto_resume,
             on_timeout: if r.lifecycle.pause_on_timeout { "pause" } else { "kill" }.into(),
@@ -249,6 +250,7 @@ async fn create_new(st: &AppState, c: &Caller, body: Body) -> Result<Sandbox, Ap
                 deny_out: net.deny_out,
                 internet: req.allow_internet_access,
             },
+            runtime: req.runtime,
         })
         .await?;
     Ok(sandbox_answer(st, &rec))

@@ -72,6 +72,43 @@ fn network_settings(
     }))
 }
 
+/// The backends this daemon offers, its default first. gVisor is offered when runsc works here;
+/// when it does not, the reason is logged (and starting fails if it is the configured default).
+fn select_runtimes(
+    cfg: &warren_types::config::Config,
+    native: warren_runtime::native::NativeRuntime,
+) -> Result<Arc<dyn warren_runtime::Runtime>> {
+    let layers = native.layer_store();
+    let native: Arc<dyn warren_runtime::Runtime> = Arc::new(native);
+    let mut backends = vec![native];
+    if cfg.gvisor.enabled || cfg.default_runtime == "gvisor" {
+        let settings = warren_runtime::gvisor::GvisorSettings {
+            run_dir: cfg.run_dir.join("gvisor"),
+            runsc: cfg.gvisor.runsc.clone(),
+            platform: cfg.gvisor.platform.clone(),
+            uid_base: cfg.native.uid_base,
+            uid_count: cfg.native.uid_count,
+            agent_binary: agent_binary(cfg)?,
+            cgroup_parent: format!("{}.gvisor", cfg.native.cgroup_parent),
+        };
+        match warren_runtime::gvisor::GvisorRuntime::new(settings, layers) {
+            Ok(g) => {
+                info!(platform = %cfg.gvisor.platform, "gvisor runtime ready");
+                backends.push(Arc::new(g));
+            }
+            Err(e) if cfg.default_runtime == "gvisor" => {
+                return Err(anyhow::Error::new(e).context("starting the gvisor runtime (default_runtime)"))
+            }
+            Err(e) => tracing::warn!(error = %e, "the gvisor runtime is not available"),
+        }
+    }
+    match backends.iter().position(|b| b.name() == cfg.default_runtime) {
+        Some(i) => backends.swap(0, i),
+        None => anyhow::bail!("default_runtime = {:?}: use \"native\" or \"gvisor\"", cfg.default_runtime),
+    }
+    Ok(Arc::new(warren_runtime::select::Runtimes::new(backends)))
+}
+
 pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
@@ -99,6 +136,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         Ok(pid) => info!(pid, "spawner zygote started"),
         Err(e) => tracing::warn!(error = %e, "no spawner zygote; every sandbox will be spawned by exec"),
     }
+    let runtime = select_runtimes(&cfg, runtime)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -106,7 +144,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("binding {} (is another warren serve running?)", cfg.listen))?;
         let domain = cfg.domain();
         let no_base = args.no_base;
-        let engine = warren_node::Engine::start(cfg, Arc::new(runtime)).await.context("starting the node engine")?;
+        let engine = warren_node::Engine::start(cfg, runtime).await.context("starting the node engine")?;
         if !no_base {
             let base = TemplateId::parse("base").expect("valid id");
             let missing = engine.templates.get(&base).is_none_or(|r| r.status != warren_node::templates::Status::Ready);

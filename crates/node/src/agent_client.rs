@@ -1,6 +1,10 @@
 //! HTTP/1.1 to sandbox agents over their unix sockets, with a small pool of kept-alive connections
 //! per agent (a fresh connection and handshake per request cost a measurable share of an exec).
 //! Used by the engine (`/init`) and by the API's proxy.
+//!
+//! Agents that cannot accept connections (inside gVisor) dial in instead: for those the daemon
+//! listens on the sandbox's socket and "connecting" means taking the next connection the agent
+//! dialed (it keeps a few ready).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,21 +25,51 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Idle connections kept per agent.
 const IDLE_PER_AGENT: usize = 8;
 
+/// How long a request waits for a dialing agent to offer a connection: covers a gVisor boot or
+/// restore, after which the agent dials within milliseconds.
+const DIAL_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Default, Clone)]
 pub struct AgentClient {
     idle: Arc<Mutex<HashMap<PathBuf, Vec<SendRequest<Body>>>>>,
+    /// Listeners of agents that dial in, by socket path.
+    dialing: Arc<Mutex<HashMap<PathBuf, Arc<tokio::net::UnixListener>>>>,
+    /// Open connections to agents that dial in: `forget` closes them all, because a checkpoint
+    /// cannot save a sandbox with a host connection open.
+    open: Arc<Mutex<HashMap<PathBuf, Vec<tokio::task::AbortHandle>>>>,
 }
 
 impl AgentClient {
-    async fn connect(socket: &Path) -> Result<SendRequest<Body>, String> {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    async fn connect(&self, socket: &Path) -> Result<SendRequest<Body>, String> {
+        let listener = self.dialing.lock().unwrap().get(socket).cloned();
+        let dialed = listener.is_some();
+        let stream = match listener {
+            Some(l) => match tokio::time::timeout(DIAL_IN_WAIT, l.accept()).await {
+                Ok(Ok((s, _))) => s,
+                Ok(Err(e)) => return Err(format!("accepting the agent's connection on {}: {e}", socket.display())),
+                Err(_) => {
+                    return Err(format!(
+                        "the agent did not dial {} within {} s",
+                        socket.display(),
+                        DIAL_IN_WAIT.as_secs()
+                    ))
+                }
+            },
+            None => tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", socket.display()))?,
+        };
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
+        if dialed {
+            let mut open = self.open.lock().unwrap();
+            let list = open.entry(socket.to_path_buf()).or_default();
+            list.retain(|t| !t.is_finished());
+            list.push(task.abort_handle());
+        }
         Ok(sender)
     }
 
@@ -54,7 +88,7 @@ impl AgentClient {
     pub async fn send(&self, socket: &Path, req: Request<Body>) -> Result<http::Response<Incoming>, String> {
         let mut sender = match self.take_idle(socket) {
             Some(s) => s,
-            None => Self::connect(socket).await?,
+            None => self.connect(socket).await?,
         };
         let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
         // The connection is free again once this response's body has been read; park it then.
@@ -79,9 +113,39 @@ impl AgentClient {
         self.idle.lock().unwrap().entry(socket.to_path_buf()).or_default();
     }
 
-    /// Drops every pooled connection to an agent (its sandbox is gone).
+    /// Starts listening for an agent that dials in on `socket` (replacing a stale socket file;
+    /// a listener already open is kept). The socket is connectable by anyone who can reach the
+    /// file: the runtime keeps its directory private to the sandbox.
+    pub fn register_dialing(&self, socket: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut dialing = self.dialing.lock().unwrap();
+        if !dialing.contains_key(socket) {
+            let _ = std::fs::remove_file(socket);
+            let l = std::os::unix::net::UnixListener::bind(socket)
+                .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
+            // The sandbox's side connects as its own (unprivileged, mapped) root.
+            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| format!("opening {} to the sandbox: {e}", socket.display()))?;
+            l.set_nonblocking(true).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
+            let l =
+                tokio::net::UnixListener::from_std(l).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
+            dialing.insert(socket.to_path_buf(), Arc::new(l));
+        }
+        drop(dialing);
+        self.register(socket);
+        Ok(())
+    }
+
+    /// Drops every pooled connection to an agent (its sandbox is gone), and stops listening for
+    /// it if it dials in: the connections it had dialed break, which a checkpoint needs.
     pub fn forget(&self, socket: &Path) {
         self.idle.lock().unwrap().remove(socket);
+        if self.dialing.lock().unwrap().remove(socket).is_some() {
+            let _ = std::fs::remove_file(socket);
+        }
+        for t in self.open.lock().unwrap().remove(socket).unwrap_or_default() {
+            t.abort();
+        }
     }
 
     /// A JSON POST to the agent, expecting a 2xx. `Err(Ok(msg))` is the agent refusing the request

@@ -77,6 +77,16 @@ pub struct SandboxRecord {
     /// snapshot); each stays on disk while a sandbox or a snapshot uses it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// The runtime backend it runs on (`native`, `gvisor`).
+    #[serde(default = "native_runtime")]
+    pub runtime: String,
+    /// Paused with its memory saved to disk (a wake restores its processes rather than booting).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_image: bool,
+}
+
+fn native_runtime() -> String {
+    "native".into()
 }
 
 /// What happens to a sandbox when its time is up or nobody uses it.
@@ -106,6 +116,8 @@ pub struct Shape {
     pub cpu_count: u32,
     pub memory_mb: u64,
     pub disk_mb: u64,
+    /// The runtime backend (resolved: never the empty default).
+    pub runtime: String,
 }
 
 /// What a caller may ask for at create time (already parsed from the API's JSON).
@@ -128,6 +140,8 @@ pub struct CreateRequest {
     /// Ports reachable only with the sandbox's traffic token.
     pub private_ports: bool,
     pub egress: crate::egress::EgressRequest,
+    /// The runtime backend (the daemon's default when absent).
+    pub runtime: Option<String>,
 }
 
 pub struct Engine {
@@ -258,7 +272,9 @@ impl Engine {
                 Some(w) => {
                     info!(sandbox = %rec.id, "re-attached after restart");
                     if let Some(h) = &rec.handle {
-                        self.agents.register(&h.agent_socket);
+                        if let Err(e) = self.register_agent(h) {
+                            warn!(sandbox = %rec.id, error = %e, "cannot listen for its agent");
+                        }
                     }
                     live.push(rec.id.clone());
                     if let (Some(pool), Some(a)) = (&self.addresses, rec.address) {
@@ -328,6 +344,7 @@ impl Engine {
         cpu_count: Option<u32>,
         memory_mb: Option<u64>,
         disk_mb: Option<u64>,
+        runtime: Option<&str>,
     ) -> Result<Shape, NodeError> {
         let lim = &self.cfg.sandbox;
         let template_id = TemplateId::parse(template)?;
@@ -342,14 +359,47 @@ impl Engine {
             cpu_count: check_range("cpuCount", cpu_count.unwrap_or(lim.default_cpu_count), 1, lim.max_cpu_count)?,
             memory_mb: check_range("memoryMB", memory_mb.unwrap_or(lim.default_memory_mb), 64, lim.max_memory_mb)?,
             disk_mb: check_range("diskSizeMB", disk_mb.unwrap_or(lim.default_disk_mb), 16, lim.max_disk_mb)?,
+            runtime: self.resolve_runtime(runtime)?,
         })
+    }
+
+    /// The backend a sandbox asking for `name` runs on, checked against those this daemon has.
+    pub fn resolve_runtime(&self, name: Option<&str>) -> Result<String, NodeError> {
+        match name {
+            None => Ok(self.runtime.name().to_owned()),
+            Some(n) if self.runtime.backend_capabilities(Some(n)).is_some() => Ok(n.to_owned()),
+            Some(n) => Err(NodeError::OutOfRange {
+                field: "runtime",
+                value: n.to_owned(),
+                allowed: format!(
+                    "one of {} (other runtimes are not available on this daemon; its start-up log says why)",
+                    self.runtime.backends().join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Whether sandboxes of this backend get an address on the sandbox network.
+    pub(crate) fn networked(&self, runtime: &str) -> bool {
+        self.addresses.is_some() && self.runtime.backend_capabilities(Some(runtime)).is_some_and(|c| c.network)
+    }
+
+    /// Starts talking to a sandbox's agent (listening for it, when it dials in).
+    pub(crate) fn register_agent(&self, h: &Handle) -> Result<(), NodeError> {
+        if h.agent_dials {
+            self.agents.register_dialing(&h.agent_socket).map_err(|detail| NodeError::Agent { detail })
+        } else {
+            self.agents.register(&h.agent_socket);
+            Ok(())
+        }
     }
 
     /// Creates a sandbox: claimed from the pool of its shape when there is one, cold otherwise.
     #[instrument(skip_all, fields(template = %req.template_id))]
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxRecord, NodeError> {
         let lim = &self.cfg.sandbox;
-        let shape = self.shape(&req.team, &req.template_id, req.cpu_count, req.memory_mb, req.disk_mb)?;
+        let shape =
+            self.shape(&req.team, &req.template_id, req.cpu_count, req.memory_mb, req.disk_mb, req.runtime.as_deref())?;
         let timeout =
             check_range("timeout", req.timeout_secs.unwrap_or(lim.default_timeout_secs), 1, lim.max_timeout_secs)?;
         for (k, v) in &req.env_vars {
@@ -370,7 +420,16 @@ impl Engine {
             check_range("idleTimeout", idle, 1, lim.max_timeout_secs)?;
         }
         let egress = req.egress.resolve()?;
-        if egress.is_some() && self.addresses.is_none() {
+        if egress.is_some() && self.addresses.is_some() && !self.networked(&shape.runtime) {
+            return Err(NodeError::Unsupported {
+                detail: format!(
+                    "the {} runtime gives sandboxes no network on this host, so egress rules cannot apply; \
+                     leave network.allowOut/denyOut out, or use runtime \"native\"",
+                    shape.runtime
+                ),
+            });
+        }
+        if egress.is_some() && !self.networked(&shape.runtime) {
             return Err(NodeError::Conflict {
                 id: String::new(),
                 state: "configured without networking",
@@ -506,6 +565,8 @@ impl Engine {
             traffic_token: None,
             egress: None,
             layers: layers.to_vec(),
+            runtime: shape.runtime.clone(),
+            memory_image: false,
         };
         {
             let mut map = self.sandboxes.lock().unwrap();
@@ -527,8 +588,9 @@ impl Engine {
             disk_mb: shape.disk_mb,
             pids_max: lim.pids_max,
             address: None,
+            runtime: Some(shape.runtime.clone()),
         };
-        if let Some(pool) = &self.addresses {
+        if let Some(pool) = self.addresses.as_ref().filter(|_| self.networked(&shape.runtime)) {
             let Some(a) = pool.lock().unwrap().allocate() else {
                 self.sandboxes.lock().unwrap().remove(&id);
                 return Err(NodeError::AddressesExhausted { cidr: self.cfg.network.cidr.clone() });
@@ -552,7 +614,10 @@ impl Engine {
             }
         };
         drop(permit);
-        self.agents.register(&handle.agent_socket);
+        if let Err(e) = self.register_agent(&handle) {
+            self.abort_create(&id, Some(handle)).await;
+            return Err(e);
+        }
         let socket = handle.agent_socket.clone();
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
@@ -866,9 +931,21 @@ impl Engine {
             disk_mb: rec.disk_mb,
             pids_max: self.cfg.sandbox.pids_max,
             address: rec.address,
+            runtime: Some(rec.runtime.clone()),
         };
         let permit = self.boot_permits.acquire().await.expect("never closed");
-        let booted = self.create_on_runtime(spec).await;
+        let booted = if rec.memory_image {
+            let rt = self.runtime.clone();
+            tokio::task::spawn_blocking(move || {
+                let h = rt.restore(&spec)?;
+                let w = rt.watch(&spec.id, &h);
+                Ok((h, w))
+            })
+            .await
+            .expect("runtime task")
+        } else {
+            self.create_on_runtime(spec).await
+        };
         drop(permit);
         let halt = |h: Option<warren_runtime::Handle>| {
             let (rt, id) = (self.runtime.clone(), rec.id.clone());
@@ -885,7 +962,10 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        self.agents.register(&handle.agent_socket);
+        if let Err(e) = self.register_agent(&handle) {
+            let _ = halt(Some(handle)).await;
+            return Err(e);
+        }
         let mut woken = rec.clone();
         woken.handle = Some(handle.clone());
         let req = CreateRequest { env_vars: rec.env_vars.clone(), ..Default::default() };
@@ -893,6 +973,10 @@ impl Engine {
             self.init_agent(&handle.agent_socket, &req).await?;
             if let Some(e) = &rec.egress {
                 self.set_egress_on(&rec.id, handle.clone(), Some(e)).await?;
+            }
+            // Restored processes carry on; only a booted sandbox starts its server again.
+            if rec.memory_image {
+                return Ok(());
             }
             self.run_startup(&woken).await
         };
@@ -930,6 +1014,9 @@ impl Engine {
         if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
         }
+        if self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.memory_snapshots) {
+            return self.checkpoint_locked(rec, reason, t0).await;
+        }
         let next = transition(rec.state, &SandboxEvent::Pause)?;
         let rt = self.runtime.clone();
         let sid = rec.id.clone();
@@ -947,6 +1034,60 @@ impl Engine {
         }
         info!("sandbox paused");
         r
+    }
+
+    /// Pauses a sandbox whose runtime saves memory: its processes and memory go to disk and its
+    /// memory is freed; a resume restores them where they were. (The caller holds its op lock.)
+    async fn checkpoint_locked(
+        &self,
+        rec: SandboxRecord,
+        reason: &str,
+        t0: std::time::Instant,
+    ) -> Result<SandboxRecord, NodeError> {
+        let next = transition(transition(rec.state, &SandboxEvent::Pause)?, &SandboxEvent::Hibernate)?;
+        let Some(handle) = rec.handle.clone() else {
+            return Err(NodeError::Conflict { id: rec.id.to_string(), state: "not booted", action: "pausing it" });
+        };
+        let id = rec.id.to_string();
+        let entry = LogEntry::warren(
+            now_ms(),
+            Level::Info,
+            "sandbox paused",
+            &[("reason", reason.to_owned()), ("mode", "memory".into())],
+        );
+        // Marked before its sandbox process goes, so the exit is not taken for a crash.
+        let updated = self.update(&id, Some(entry), |r| {
+            r.state = next;
+            r.handle = None;
+            r.memory_image = true;
+        })?;
+        // Every connection to the agent closes: a checkpoint cannot save them.
+        self.agents.forget(&handle.agent_socket);
+        let (rt, sid, h) = (self.runtime.clone(), rec.id.clone(), handle.clone());
+        match tokio::task::spawn_blocking(move || rt.checkpoint(&sid, &h)).await.expect("runtime task") {
+            Ok(bytes) => {
+                self.timelines.lock().unwrap().remove(&rec.id);
+                self.telemetry.pause_seconds.observe(t0.elapsed().as_secs_f64());
+                info!(
+                    image_bytes = bytes,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "sandbox paused with its memory"
+                );
+                Ok(updated)
+            }
+            Err(e) => {
+                // It keeps running: put it back as it was.
+                let _ = self.update(&id, None, |r| {
+                    r.state = rec.state;
+                    r.handle = Some(handle.clone());
+                    r.memory_image = false;
+                });
+                if let Err(err) = self.register_agent(&handle) {
+                    warn!(error = %err, "listening for its agent again");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Thaws a paused sandbox; its end time becomes `timeout_secs` from now. Returns whether it
@@ -981,12 +1122,17 @@ impl Engine {
                 now_ms(),
                 Level::Info,
                 "sandbox resumed",
-                &[("timeout", secs.to_string()), ("reason", reason.to_owned()), ("mode", "filesystem".into())],
+                &[
+                    ("timeout", secs.to_string()),
+                    ("reason", reason.to_owned()),
+                    ("mode", if rec.memory_image { "memory" } else { "filesystem" }.into()),
+                ],
             );
             let rec = self.update(id, Some(entry), |r| {
                 r.state = next;
                 r.handle = woken.handle.clone();
                 r.end_at_ms = now_ms() + secs * 1000;
+                r.memory_image = false;
             })?;
             self.telemetry.resume_seconds.observe(t0.elapsed().as_secs_f64());
             info!("sandbox woken from disk");

@@ -61,6 +61,7 @@ impl Engine {
             cpu_count: src.cpu_count,
             memory_mb: src.memory_mb,
             disk_mb: src.disk_mb,
+            runtime: src.runtime.clone(),
         };
         let mut env_vars = src.env_vars.clone();
         env_vars.insert(FORKED_FROM_ENV.into(), src.id.to_string());
@@ -79,6 +80,7 @@ impl Engine {
             idle_timeout_secs: src.lifecycle.idle_timeout_secs,
             private_ports: src.traffic_token.is_some(),
             egress: Default::default(),
+            runtime: Some(src.runtime.clone()),
         };
         let started = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();

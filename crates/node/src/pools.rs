@@ -151,18 +151,18 @@ impl Engine {
             )));
         }
         let team = spec.team.get_or_insert_with(Team::default).clone();
-        let shape = self.shape(&team, &spec.template_id, spec.cpu_count, spec.memory_mb, spec.disk_mb)?;
+        let shape = self.shape(
+            &team,
+            &spec.template_id,
+            spec.cpu_count,
+            spec.memory_mb,
+            spec.disk_mb,
+            spec.runtime.as_deref(),
+        )?;
         spec.cpu_count = Some(shape.cpu_count);
         spec.memory_mb = Some(shape.memory_mb);
         spec.disk_mb = Some(shape.disk_mb);
-        let runtime = self.runtime.name();
-        match spec.runtime.as_deref() {
-            None => spec.runtime = Some(runtime.into()),
-            Some(r) if r == runtime => {}
-            Some(r) => {
-                return Err(invalid(format!("runtime {r:?} is not available: this daemon runs the {runtime} runtime")))
-            }
-        }
+        spec.runtime = Some(shape.runtime.clone());
         let max_sandboxes = self.cfg.sandbox.max_sandboxes as u32;
         if spec.target_free_fraction.is_some() && spec.max_size.is_none() {
             return Err(invalid("maxSize is required with targetFreeFraction (it bounds the demand-driven size)"));
@@ -795,6 +795,7 @@ mod tests {
             cpu_count: 1,
             memory_mb: 512,
             disk_mb: 1024,
+            runtime: "native".into(),
         };
         new_state(spec, shape, false)
     }

@@ -1,8 +1,10 @@
 //! The seam between the node engine and whatever isolates a sandbox. The engine depends only on
-//! [`Runtime`]; backends (today `native`, later `gvisor` and `microvm`) live behind it and know nothing
-//! about HTTP.
+//! [`Runtime`]; backends (`native`, `gvisor`, later `microvm`) live behind it and know nothing
+//! about HTTP. [`select::Runtimes`] puts several behind one [`Runtime`], choosing per sandbox.
 
+pub mod gvisor;
 pub mod native;
+pub mod select;
 
 use std::path::PathBuf;
 
@@ -33,6 +35,8 @@ pub struct SandboxSpec {
     pub pids_max: u32,
     /// The sandbox's address when the runtime gives it a network (from the engine's allocator).
     pub address: Option<std::net::Ipv4Addr>,
+    /// The backend to run it on (`None`: the default one).
+    pub runtime: Option<String>,
 }
 
 /// What the engine persists about a live sandbox so that a restarted daemon can find it again.
@@ -49,6 +53,16 @@ pub struct Handle {
     pub agent_socket: PathBuf,
     /// btrfs subvolume (and qgroup) id carrying the disk quota.
     pub project_id: u32,
+    /// The agent dials the daemon on `agent_socket` (the daemon listens) instead of listening.
+    #[serde(default)]
+    pub agent_dials: bool,
+    /// The backend running the sandbox.
+    #[serde(default = "native_backend")]
+    pub backend: String,
+}
+
+fn native_backend() -> String {
+    "native".into()
 }
 
 /// Resource usage of one sandbox at one instant.
@@ -87,6 +101,10 @@ pub enum RuntimeError {
     Network { detail: String },
     #[error("the {backend} runtime cannot {op}")]
     Unsupported { backend: &'static str, op: &'static str },
+    #[error("checkpointing sandbox {id} failed (it keeps running): {detail}")]
+    Checkpoint { id: SandboxId, detail: String },
+    #[error("restoring sandbox {id} from its checkpoint failed: {detail}")]
+    Restore { id: SandboxId, detail: String },
 }
 
 /// How a sandbox's init ended.
@@ -113,6 +131,19 @@ impl std::fmt::Display for Exit {
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> Capabilities;
+    /// What the backend `name` can do (`None`: the default one), or `None` when there is no such
+    /// backend here.
+    fn backend_capabilities(&self, name: Option<&str>) -> Option<Capabilities> {
+        match name {
+            None => Some(self.capabilities()),
+            Some(n) if n == self.name() => Some(self.capabilities()),
+            Some(_) => None,
+        }
+    }
+    /// Names of the backends available (the default first).
+    fn backends(&self) -> Vec<&'static str> {
+        vec![self.name()]
+    }
     /// Builds the sandbox and starts its agent; returns once the agent's socket accepts connections.
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError>;
     /// Sends the sandbox's processes their death (init first; a frozen sandbox is thawed so they
@@ -162,6 +193,33 @@ pub trait Runtime: Send + Sync + 'static {
     /// The last `max_bytes` of the sandbox agent's own log, and whether older bytes were cut off.
     /// Written from inside the sandbox: callers treat it as untrusted text.
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool);
+    /// Saves a running sandbox's processes and memory to disk and stops it, freeing its memory;
+    /// its writable layer and the image stay until `destroy`. On failure the sandbox keeps
+    /// running. The caller closes every connection to the agent first (they cannot be saved).
+    /// Returns the image's size in bytes.
+    fn checkpoint(&self, id: &SandboxId, handle: &Handle) -> Result<u64, RuntimeError> {
+        let _ = (id, handle);
+        Err(RuntimeError::Unsupported { backend: self.name(), op: "save a sandbox's memory" })
+    }
+    /// Starts a checkpointed sandbox again from its image: its processes carry on where they were.
+    fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
+        let _ = spec;
+        Err(RuntimeError::Unsupported { backend: self.name(), op: "restore a sandbox's memory" })
+    }
 }
 
 pub use native::exit_watch::ExitWatch;
+
+/// The last `max_bytes` of a log file, and whether older bytes were cut off.
+pub(crate) fn log_tail(path: &std::path::Path, max_bytes: u64) -> (Vec<u8>, bool) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return (Vec::new(), false) };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max_bytes);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return (Vec::new(), false);
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max_bytes).read_to_end(&mut buf);
+    (buf, start > 0)
+}

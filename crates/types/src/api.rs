@@ -48,6 +48,9 @@ pub struct NewSandbox {
     pub user: Option<String>,
     #[serde(default)]
     pub network: Option<SandboxNetwork>,
+    /// Warren extension: the runtime backend (`native`, `gvisor`; the daemon's default when absent).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 /// E2B's `SandboxNetworkConfig`.
@@ -136,6 +139,8 @@ pub struct SandboxDetail {
     pub domain: Option<String>,
     /// Warren extension: the exact lifecycle state (`creating`, `ready`, `running`, …).
     pub warren_state: crate::SandboxState,
+    /// Warren extension: the runtime backend it runs on (`native`, `gvisor`).
+    pub runtime: String,
     pub lifecycle: LifecycleInfo,
 }
 

@@ -18,7 +18,10 @@ pub struct Config {
     /// Domain reported to E2B clients (`{port}-{id}.{domain}`); defaults to `localhost:<port>`.
     pub domain: Option<String>,
     pub sandbox: SandboxLimits,
+    /// The runtime sandboxes run on when a create or a pool names none: `native` or `gvisor`.
+    pub default_runtime: String,
     pub native: NativeConfig,
+    pub gvisor: GvisorConfig,
     pub templates: TemplateConfig,
     pub network: NetworkConfig,
     /// Warm pools created (or updated) at every start: `[[pools]]` tables.
@@ -77,7 +80,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_PORT)),
             domain: None,
             sandbox: SandboxLimits::default(),
+            default_runtime: "native".into(),
             native: NativeConfig::default(),
+            gvisor: GvisorConfig::default(),
             templates: TemplateConfig::default(),
             network: NetworkConfig::default(),
             pools: Vec::new(),
@@ -171,6 +176,25 @@ impl Default for NativeConfig {
             agent_path: None,
             cgroup_parent: "warren".into(),
         }
+    }
+}
+
+/// The gVisor runtime (`runsc`). It shares the native runtime's layer store, uid range and
+/// agent binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GvisorConfig {
+    /// Offer the runtime when `runsc` works on this host (a warning says why when it does not).
+    pub enabled: bool,
+    /// The `runsc` executable (looked up on `PATH` when relative).
+    pub runsc: PathBuf,
+    /// runsc's platform: `systrap` (fastest without hardware virtualisation) or `ptrace`.
+    pub platform: String,
+}
+
+impl Default for GvisorConfig {
+    fn default() -> Self {
+        GvisorConfig { enabled: true, runsc: PathBuf::from("runsc"), platform: "systrap".into() }
     }
 }
 

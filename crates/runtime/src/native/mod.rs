@@ -48,7 +48,7 @@ pub struct NativeRuntime {
     /// Interface index of the sandbox bridge (with networking on).
     bridge_index: Option<u32>,
     cgroups: cgroup::Layout,
-    layers: storage::LayerStore,
+    layers: std::sync::Arc<storage::LayerStore>,
     zygote: Option<zygote::Zygote>,
 }
 
@@ -78,7 +78,7 @@ impl NativeRuntime {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let cgroups = cgroup::Layout::detect(&settings.cgroup_parent)?;
         cgroups.prepare()?;
-        let layers = storage::LayerStore::open(&settings.data_dir, settings.storage_size_gb)?;
+        let layers = std::sync::Arc::new(storage::LayerStore::open(&settings.data_dir, settings.storage_size_gb)?);
         let dir = settings.run_dir.join("sandboxes");
         fs::create_dir_all(&dir).map_err(|source| RuntimeError::Prepare {
             what: "run directory",
@@ -107,6 +107,11 @@ impl NativeRuntime {
         let pid = z.pid();
         self.zygote = Some(z);
         Ok(pid)
+    }
+
+    /// The layer store, shared with other backends (one btrfs image holds every layer).
+    pub fn layer_store(&self) -> std::sync::Arc<storage::LayerStore> {
+        self.layers.clone()
     }
 
     pub fn cgroup_version(&self) -> u8 {
@@ -260,7 +265,15 @@ impl Runtime for NativeRuntime {
                 boot_us = t2.elapsed().as_micros() as u64,
                 "sandbox created"
             );
-            Ok(Handle { version: HANDLE_VERSION, pid, start_time, agent_socket, project_id: project })
+            Ok(Handle {
+                version: HANDLE_VERSION,
+                pid,
+                start_time,
+                agent_socket,
+                project_id: project,
+                agent_dials: false,
+                backend: "native".into(),
+            })
         })();
         if result.is_err() {
             let _ = self.destroy(&spec.id, None);
@@ -404,15 +417,6 @@ impl Runtime for NativeRuntime {
     }
 
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool) {
-        use std::io::{Seek, SeekFrom};
-        let Ok(mut f) = fs::File::open(self.run_dir(id.as_str()).join("agent.log")) else { return (Vec::new(), false) };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let start = len.saturating_sub(max_bytes);
-        if f.seek(SeekFrom::Start(start)).is_err() {
-            return (Vec::new(), false);
-        }
-        let mut buf = Vec::new();
-        let _ = f.take(max_bytes).read_to_end(&mut buf);
-        (buf, start > 0)
+        crate::log_tail(&self.run_dir(id.as_str()).join("agent.log"), max_bytes)
     }
 }

@@ -1,0 +1,187 @@
+//! The gVisor runtime: sandboxes chosen per create, per pool or as the daemon's default run
+//! inside runsc with the same API; a pause saves their processes and memory to disk and frees
+//! them, a connect restores them where they were, also after a daemon restart; kill leaves
+//! nothing behind.
+
+use std::time::Duration;
+
+use serde_json::json;
+use warren_e2e::{wait_for, Daemon};
+
+fn info(d: &Daemon, id: &str) -> serde_json::Value {
+    let (status, v) = d.api("GET", &format!("/sandboxes/{id}"), None);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Host processes whose command line names the sandbox (runsc's sandbox and gofer processes).
+fn runsc_processes(id: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.starts_with("runsc") && c.contains(id)
+        })
+        .count()
+}
+
+/// A background Python process holding a random value in memory, counting up in a file.
+const COUNTER: &str = "cat > /tmp/counter.py <<'EOF'
+import os, time
+secret = os.urandom(8).hex()
+i = 0
+while True:
+    i += 1
+    with open('/home/user/count.tmp', 'w') as f: f.write(f'{secret} {i}')
+    os.replace('/home/user/count.tmp', '/home/user/count')
+    time.sleep(0.02)
+EOF
+(setsid python3 /tmp/counter.py >/dev/null 2>/tmp/counter.err </dev/null &)
+for _ in $(seq 500); do [ -s /home/user/count ] && break; sleep 0.01; done; cat /home/user/count /tmp/counter.err";
+
+fn counter(sb: &warren_e2e::Sandbox) -> (String, u64) {
+    let r = sb.sh("cat /home/user/count");
+    let (secret, n) = r.stdout.trim().split_once(' ').unwrap_or_else(|| panic!("{r:?}"));
+    (secret.to_owned(), n.parse().unwrap())
+}
+
+#[test]
+fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
+    let d = Daemon::start_fresh("gvisor");
+    let sb = d.create(json!({"templateID": "base", "runtime": "gvisor", "envVars": {"A": "1"}}));
+    let v = info(&d, &sb.id);
+    assert_eq!(v["runtime"], "gvisor", "{v}");
+
+    // The same sandbox API, inside gVisor's kernel.
+    let r = sb.sh("dmesg | head -1; id -un; hostname; echo $A; python3 -c 'print(6 * 7)'");
+    assert!(r.stdout.contains("gVisor"), "{r:?}");
+    assert!(r.stdout.ends_with(&format!("user\n{}\n1\n42\n", sb.id)), "{r:?}");
+    assert_eq!(sb.write_file("/home/user/data.bin", b"\x00\x01binary\xff").0, 200);
+    assert_eq!(sb.read_file("/home/user/data.bin"), (200, b"\x00\x01binary\xff".to_vec()));
+    let (status, stats) = d.api("GET", &format!("/sandboxes/{}/stats", sb.id), None);
+    assert_eq!(status, 200, "{stats}");
+
+    let first = sb.sh(COUNTER);
+    assert_eq!(first.exit_code, Some(0), "{first:?}");
+    assert_eq!(sb.sh("echo in-memory > /tmp/mem").exit_code, Some(0));
+    assert!(runsc_processes(&sb.id) > 0);
+
+    // Pause saves processes and memory and frees them.
+    let pause = |id: &str| d.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({})));
+    assert_eq!(pause(&sb.id).0, 204);
+    let v = info(&d, &sb.id);
+    assert_eq!((v["state"].as_str(), v["warrenState"].as_str()), (Some("paused"), Some("hibernated")), "{v}");
+    assert_eq!(runsc_processes(&sb.id), 0, "runsc still runs for a paused sandbox");
+    assert_eq!(pause(&sb.id).0, 409);
+    let (secret, before) = {
+        // Read from the layer on disk: the process stopped mid-count.
+        let text =
+            std::fs::read_to_string(d.data_dir.join("layers").join(&sb.id).join("upper/home/user/count")).unwrap();
+        let (s, n) = text.split_once(' ').unwrap();
+        (s.to_owned(), n.parse::<u64>().unwrap())
+    };
+
+    // Connect restores them: the same process carries on with the same value in memory.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 120})));
+    assert_eq!(status, 201, "{v}");
+    let after = wait_for("the counter to move on", Duration::from_secs(10), || {
+        let (s, n) = counter(&sb);
+        (n > before).then_some((s, n))
+    });
+    assert_eq!(after.0, secret, "a different process is counting");
+    assert_eq!(sb.sh("cat /tmp/mem; echo $A").stdout, "in-memory\n1\n");
+
+    // Paused across a daemon restart, it still wakes with its memory.
+    assert_eq!(pause(&sb.id).0, 204);
+    d.restart();
+    assert_eq!(info(&d, &sb.id)["warrenState"], "hibernated");
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 120})));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(counter(&sb).0, secret);
+    assert_eq!(info(&d, &sb.id)["runtime"], "gvisor");
+
+    // A running one is re-attached after a restart.
+    d.restart();
+    assert_eq!(sb.sh("cat /tmp/mem").stdout, "in-memory\n");
+
+    // A filesystem-mode fork runs on gVisor too, from the source's files.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", sb.id), Some(json!({"count": 1})));
+    assert_eq!(status, 201, "{v}");
+    let clone = warren_e2e::Sandbox {
+        id: v[0]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned(),
+        token: v[0]["sandbox"]["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+        url: d.url(),
+        http: d.http.clone(),
+    };
+    assert_eq!(info(&d, &clone.id)["runtime"], "gvisor");
+    let r = clone.sh(
+        "cat /home/user/data.bin | od -c | head -1; echo $WARREN_FORKED_FROM; pgrep -f '[c]ounter.py' || echo none",
+    );
+    assert!(r.stdout.contains("b   i   n   a   r   y"), "{r:?}");
+    assert!(r.stdout.ends_with(&format!("{}\nnone\n", sb.id)), "{r:?}");
+    let clone = clone.id;
+
+    // Kill leaves nothing: no runsc process, mount, image or layer.
+    for id in [&sb.id, &clone] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+    for id in [&sb.id, &clone] {
+        wait_for("its layer and image to go", Duration::from_secs(30), || {
+            let layers = d.data_dir.join("layers");
+            (!layers.join(id).exists() && !layers.join(".checkpoints").join(id).exists()).then_some(())
+        });
+        assert_eq!(runsc_processes(id), 0);
+        assert!(!std::path::Path::new(&format!("/run/warren-e2e/gvisor/gvisor/sandboxes/{id}")).exists());
+    }
+}
+
+#[test]
+fn the_runtime_is_chosen_per_pool_and_per_daemon_and_bad_choices_are_refused() {
+    let d = Daemon::start_fresh("gvisor-pools");
+    let _ = std::fs::remove_file(std::path::Path::new(warren_e2e::ROOT).join("gvisor-default/state.redb"));
+    let d2 =
+        Daemon::start_with(std::path::Path::new(warren_e2e::ROOT), "gvisor-default", "default_runtime = \"gvisor\"\n");
+    // The daemon's default.
+    let sb = d2.create(json!({"templateID": "base"}));
+    assert_eq!(info(&d2, &sb.id)["runtime"], "gvisor");
+    assert!(sb.sh("dmesg | head -1").stdout.contains("gVisor"));
+    let native = d2.create(json!({"templateID": "base", "runtime": "native"}));
+    assert_eq!(info(&d2, &native.id)["runtime"], "native");
+    // Pause of a native sandbox still freezes it (memory kept in place).
+    assert_eq!(d2.api("POST", &format!("/sandboxes/{}/pause", native.id), Some(json!({}))).0, 204);
+    assert_eq!(info(&d2, &native.id)["warrenState"], "paused");
+
+    // Unknown runtimes, and networking features gVisor sandboxes lack, are refused clearly.
+    let (status, v) = d.api("POST", "/sandboxes", Some(json!({"templateID": "base", "runtime": "firecracker"})));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("native, gvisor"), "{v}");
+    let (status, v) = d.api(
+        "POST",
+        "/sandboxes",
+        Some(json!({"templateID": "base", "runtime": "gvisor", "network": {"denyOut": ["192.0.2.0/24"]}})),
+    );
+    assert!(status == 400 || status == 409, "{status} {v}");
+    assert!(v["message"].as_str().unwrap().contains("network"), "{v}");
+
+    // A pool of gVisor sandboxes: creates of its shape claim them.
+    let (status, v) =
+        d.api("POST", "/pools", Some(json!({"name": "gv", "templateID": "base", "runtime": "gvisor", "minReady": 1})));
+    assert_eq!(status, 201, "{v}");
+    wait_for("the gVisor pool to fill", Duration::from_secs(60), || {
+        let (_, v) = d.api("GET", "/pools/gv", None);
+        (v["ready"].as_u64() == Some(1)).then_some(())
+    });
+    let claimed = d.create(json!({"templateID": "base", "runtime": "gvisor"}));
+    let v = info(&d, &claimed.id);
+    assert_eq!(v["runtime"], "gvisor", "{v}");
+    assert_eq!(claimed.sh("echo ok").stdout, "ok\n");
+    let (status, v) = d.api("POST", "/pools", Some(json!({"name": "bad", "templateID": "base", "runtime": "kvm"})));
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(d.api("DELETE", "/pools/gv", None).0, 204);
+    for (dd, id) in [(&d, &claimed.id), (&d2, &sb.id), (&d2, &native.id)] {
+        assert_eq!(dd.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+}
