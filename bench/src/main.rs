@@ -17,7 +17,9 @@
 //! * a template whose start command runs a web server: create → the server answers through the
 //!   proxy, cold and claimed from a pool;
 //! * density (`--density N`): N idle sandboxes, host memory per sandbox running and paused, and
-//!   the time to start them all.
+//!   the time to start them all;
+//! * the gVisor runtime beside `runsc` driven directly (`gvisor.rs`): create → output vs `runsc
+//!   run`, and pause/wake of a sandbox holding `--gvisor-mib` MiB vs `runsc checkpoint/restore`.
 //!
 //! Prints a table (p50, p99, ratio) and writes JSON.
 
@@ -31,6 +33,7 @@ use serde::Serialize;
 use serde_json::json;
 use warren_e2e::Daemon;
 
+mod gvisor;
 mod proxy;
 
 #[derive(Parser)]
@@ -66,6 +69,9 @@ struct Args {
     /// Seconds of each wrk run in the proxy comparison (0 skips it).
     #[arg(long, default_value_t = 5)]
     proxy_secs: u32,
+    /// MiB of touched memory in the gVisor pause/wake measurement (0 skips the gVisor runs).
+    #[arg(long, default_value_t = 256)]
+    gvisor_mib: u64,
     /// Run as the proxy benchmark's backend inside a sandbox (internal).
     #[arg(long, hide = true)]
     backend_port: Option<u16>,
@@ -169,6 +175,10 @@ fn main() -> Result<()> {
     let bundle = crun_bundle(&args.root, &rootfs)?;
     let crun_cold = crun_run(&bundle, n)?;
     let crun_exec = crun_exec(&bundle, n * 5)?;
+    let gv = match args.gvisor_mib {
+        0 => None,
+        mib => Some(gvisor::measure(&daemon, &args.root, &bundle, n, mib)?),
+    };
 
     let report = json!({
         "warren_cold_create_to_first_output": cold,
@@ -191,6 +201,7 @@ fn main() -> Result<()> {
         "proxy_vs_nginx": proxied,
         "fork": forked,
         "template_server_ready": server,
+        "gvisor": gv,
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
@@ -203,8 +214,31 @@ fn main() -> Result<()> {
     if let Some((cold, warm)) = &server {
         rows.extend([cold, warm]);
     }
+    if let Some(g) = &gv {
+        rows.extend([
+            &g.warren_create,
+            &g.runsc_run,
+            &g.warren_exec,
+            &g.warren_pause,
+            &g.runsc_checkpoint,
+            &g.warren_wake,
+            &g.runsc_restore,
+        ]);
+    }
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
+    }
+    if let Some(g) = &gv {
+        println!(
+            "gvisor, {} MiB touched: wake p50 {:.0} ms vs runsc restore {:.0} ms (ratio {:.2}); image {:.0} MiB (runsc {:.0} MiB); create p50 ratio to runsc run {:.2}",
+            g.touched_mib,
+            g.warren_wake.p50_ms,
+            g.runsc_restore.p50_ms,
+            g.warren_wake.p50_ms / g.runsc_restore.p50_ms,
+            g.warren_image_mib,
+            g.runsc_image_mib,
+            g.warren_create.p50_ms / g.runsc_run.p50_ms
+        );
     }
     println!(
         "sustained claim+exec+kill: {:.0}/s over {:.0} s with {} clients ({} done, {} errors)",

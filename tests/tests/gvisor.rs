@@ -107,9 +107,15 @@ fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
     d.restart();
     assert_eq!(sb.sh("cat /tmp/mem").stdout, "in-memory\n");
 
-    // A filesystem-mode fork runs on gVisor too, from the source's files.
-    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", sb.id), Some(json!({"count": 1})));
+    // A fork of a running gVisor sandbox: clones restored from a copy of its memory.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", sb.id), Some(json!({"count": 2})));
     assert_eq!(status, 201, "{v}");
+    let second = v[1]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+    let images = std::fs::read_dir(d.data_dir.join("layers/.checkpoints")).unwrap();
+    assert!(
+        images.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("copy-")),
+        "the fork's memory image was left behind"
+    );
     let clone = warren_e2e::Sandbox {
         id: v[0]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned(),
         token: v[0]["sandbox"]["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
@@ -117,18 +123,25 @@ fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
         http: d.http.clone(),
     };
     assert_eq!(info(&d, &clone.id)["runtime"], "gvisor");
-    let r = clone.sh(
-        "cat /home/user/data.bin | od -c | head -1; echo $WARREN_FORKED_FROM; pgrep -f '[c]ounter.py' || echo none",
-    );
+    // Memory mode: the clone's processes carry on from the source's memory (the same secret),
+    // on its own copy of the files, and it is told whose clone it is.
+    let r = clone.sh("cat /home/user/data.bin | od -c | head -1; echo $WARREN_FORKED_FROM; cat /tmp/mem");
     assert!(r.stdout.contains("b   i   n   a   r   y"), "{r:?}");
-    assert!(r.stdout.ends_with(&format!("{}\nnone\n", sb.id)), "{r:?}");
+    assert!(r.stdout.ends_with(&format!("{}\nin-memory\n", sb.id)), "{r:?}");
+    assert_eq!(counter(&clone).0, secret, "the clone's counter is not the source's process");
+    assert_eq!(clone.sh("echo clone-only > /home/user/mine").exit_code, Some(0));
+    assert_eq!(sb.sh("cat /home/user/mine 2>/dev/null || echo absent").stdout, "absent\n");
+    // The source carries on too.
+    let (s, n) = counter(&sb);
+    assert_eq!(s, secret);
+    wait_for("the source's counter to move", Duration::from_secs(10), || (counter(&sb).1 > n).then_some(()));
     let clone = clone.id;
 
     // Kill leaves nothing: no runsc process, mount, image or layer.
-    for id in [&sb.id, &clone] {
+    for id in [&sb.id, &clone, &second] {
         assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
     }
-    for id in [&sb.id, &clone] {
+    for id in [&sb.id, &clone, &second] {
         wait_for("its layer and image to go", Duration::from_secs(30), || {
             let layers = d.data_dir.join("layers");
             (!layers.join(id).exists() && !layers.join(".checkpoints").join(id).exists()).then_some(())

@@ -580,7 +580,10 @@ fn keepalives_arrive_on_quiet_streams() {
 #[test]
 fn pause_freezes_and_connect_resumes() {
     let d = daemon();
-    let sb = d.create(json!({"templateID": "base", "metadata": {"suite": "pause"}}));
+    // A value of this run's own: the shared daemon keeps paused sandboxes of runs that failed.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let suite = format!("pause-{}-{nanos}", std::process::id());
+    let sb = d.create(json!({"templateID": "base", "metadata": {"suite": suite}}));
     // A process that counts; while paused it must not advance.
     sb.run(json!({"process": {"cmd": "/bin/bash", "args": ["-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"]}, "tag": "counter"}), &[("Connect-Timeout-Ms", "300")]);
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 204);
@@ -588,7 +591,7 @@ fn pause_freezes_and_connect_resumes() {
     assert_eq!(status, 409, "{v}");
     let (_, info) = d.api("GET", &format!("/sandboxes/{}", sb.id), None);
     assert_eq!(info["state"], "paused");
-    let (_, listed) = d.api("GET", "/sandboxes?state=paused&metadata=suite%3Dpause", None);
+    let (_, listed) = d.api("GET", &format!("/sandboxes?state=paused&metadata=suite%3D{suite}"), None);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let stats =
         |d: &Daemon| d.api("GET", &format!("/sandboxes/{}/stats", sb.id), None).1["cpuUsageNs"].as_u64().unwrap();

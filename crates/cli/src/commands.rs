@@ -52,6 +52,7 @@ fn create_body(shape: &ShapeArgs, metadata: &[(String, String)]) -> serde_json::
         "cpuCount": shape.cpu,
         "memoryMB": shape.memory,
         "diskSizeMB": shape.disk,
+        "runtime": shape.runtime,
         "envVars": shape.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "metadata": metadata.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
     })

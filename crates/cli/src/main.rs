@@ -86,6 +86,9 @@ pub struct ShapeArgs {
     /// Environment variable for every process (KEY=VALUE; repeatable).
     #[arg(long = "env", short = 'e', value_parser = parse_kv)]
     pub env: Vec<(String, String)>,
+    /// Runtime: `native` or `gvisor` (default: the daemon's).
+    #[arg(long)]
+    pub runtime: Option<String>,
 }
 
 #[derive(Args)]
@@ -124,7 +127,8 @@ pub enum SandboxCmd {
     },
     /// Set a sandbox's remaining lifetime in seconds.
     Timeout { id: String, seconds: u64 },
-    /// Freeze every process of a sandbox (memory and files stay; it uses no CPU).
+    /// Pause a sandbox: its processes stop with their memory kept (frozen in place on native,
+    /// saved to disk on gvisor); resume carries on where it was.
     Pause { id: String },
     /// Thaw a paused sandbox.
     Resume {

@@ -534,6 +534,18 @@ impl Engine {
         pool: Option<String>,
         layers: &[String],
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
+        self.boot_from(shape, pool, layers, None).await
+    }
+
+    /// [`Engine::boot`], or with `image` a start from another sandbox's memory image (a fork in
+    /// memory mode): its processes carry on, so the template's start command is not run again.
+    pub(crate) async fn boot_from(
+        self: &Arc<Self>,
+        shape: &Shape,
+        pool: Option<String>,
+        layers: &[String],
+        image: Option<&str>,
+    ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         let lim = &self.cfg.sandbox;
         // An explicit stack (a fork's) replaces the template's own layers (a snapshot's).
         let (rootfs, template_layers) = self.template_stack(&shape.template_id)?;
@@ -601,7 +613,19 @@ impl Engine {
                 r.address = Some(a);
             }
         }
-        let booted = self.create_on_runtime(spec).await;
+        let booted = match image {
+            None => self.create_on_runtime(spec).await,
+            Some(img) => {
+                let (rt, img) = (self.runtime.clone(), img.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let h = rt.restore_copy(&spec, &img)?;
+                    let w = rt.watch(&spec.id, &h);
+                    Ok((h, w))
+                })
+                .await
+                .expect("runtime task")
+            }
+        };
         let (handle, watch) = match booted {
             Ok((h, Ok(w))) => (h, w),
             Ok((h, Err(e))) => {
@@ -621,6 +645,9 @@ impl Engine {
         let socket = handle.agent_socket.clone();
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
+        if image.is_some() {
+            return Ok((rec, watch));
+        }
         if let Err(e) = self.run_startup(&rec).await {
             self.agents.forget(&socket);
             self.abort_create(&id, rec.handle.clone()).await;

@@ -1,8 +1,10 @@
 //! Forks: new sandboxes from the current disk state of a live one. The source's writable layer is
 //! frozen into a shared read-only layer (a btrfs snapshot taken while the source is paused for a
 //! moment); every clone stacks its own empty writable layer on top of it and of the source's own
-//! frozen layers, so forks of forks work and clones share disk copy-on-write. Clones start fresh
-//! processes (filesystem mode): memory is not carried over on this runtime. Each clone has a new id,
+//! frozen layers, so forks of forks work and clones share disk copy-on-write. On the native runtime
+//! clones start fresh processes (filesystem mode); on a runtime that saves memory (gVisor) a
+//! running source's processes and memory are copied in the same pause, and every clone is
+//! restored from that copy (memory mode: its processes carry on from the source's state). Each clone has a new id,
 //! address and tokens, the source's shape, metadata, environment, lifecycle and egress policy, and
 //! `WARREN_FORKED_FROM=<source id>` in its environment so agents can tell (and reseed RNGs).
 //! Frozen layers are deleted when no sandbox uses them any more.
@@ -51,7 +53,9 @@ impl Engine {
             });
         }
         self.template_stack(&src.template_id)?;
-        let layer = self.freeze_layer_of(&src.id).await?;
+        let memory = src.state == SandboxState::Running
+            && self.runtime.backend_capabilities(Some(&src.runtime)).is_some_and(|c| c.memory_snapshots);
+        let (layer, image) = self.freeze_for_fork(&src.id, memory).await?;
         let mut layers = vec![layer.clone()];
         layers.extend(src.layers.iter().cloned());
 
@@ -85,10 +89,10 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for i in 0..count {
-            let (me, shape, layers, req, egress) =
-                (self.clone(), shape.clone(), layers.clone(), req.clone(), src.egress.clone());
+            let (me, shape, layers, req, egress, image) =
+                (self.clone(), shape.clone(), layers.clone(), req.clone(), src.egress.clone(), image.clone());
             set.spawn(async move {
-                let r = match me.boot(&shape, None, &layers).await {
+                let r = match me.boot_from(&shape, None, &layers, image.as_deref()).await {
                     Ok((rec, watch)) => me.start_booted(rec, watch, req, timeout, egress, "sandbox forked").await,
                     Err(e) => Err(e),
                 };
@@ -106,6 +110,11 @@ impl Engine {
             .map(|r| r.unwrap_or_else(|| Err(NodeError::Agent { detail: "the clone's start was interrupted".into() })))
             .collect();
         let ok = results.iter().filter(|r| r.is_ok()).count();
+        if let Some(img) = image {
+            // Every clone has loaded it by now (their agents answered).
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.remove_image(&img)).await;
+        }
         if ok == 0 {
             self.release_layers(std::slice::from_ref(&layer));
         }
@@ -113,18 +122,31 @@ impl Engine {
             now_ms(),
             Level::Info,
             "sandbox forked",
-            &[("clones", ok.to_string()), ("asked", count.to_string()), ("layer", layer)],
+            &[
+                ("clones", ok.to_string()),
+                ("asked", count.to_string()),
+                ("layer", layer),
+                ("mode", if memory { "memory" } else { "filesystem" }.into()),
+            ],
         );
         if let Err(e) = self.store.write(vec![Op::Log { sandbox: src.id.as_str(), entry: &entry }]) {
             warn!(sandbox = %src.id, error = %e, "recording a fork in the log");
         }
-        info!(sandbox = %src.id, clones = ok, asked = count, ms = started.elapsed().as_millis() as u64, "forked");
+        info!(sandbox = %src.id, clones = ok, asked = count, memory, ms = started.elapsed().as_millis() as u64, "forked");
         Ok(results)
     }
 
     /// Freezes the sandbox's writable layer into a new frozen layer, pausing it around the copy
     /// (a paused sandbox stays paused). Serialized with pause and resume.
     pub(crate) async fn freeze_layer_of(&self, id: &SandboxId) -> Result<String, NodeError> {
+        Ok(self.freeze_for_fork(id, false).await?.0)
+    }
+
+    /// [`Engine::freeze_layer_of`], and with `memory` (a running sandbox on a runtime that saves
+    /// memory) a copy of its processes and memory taken in the same pause, so files and memory
+    /// agree. Returns the layer and the memory image's name. The agent's connections are closed
+    /// around the copy (a checkpoint cannot keep them); it dials in again right after.
+    async fn freeze_for_fork(&self, id: &SandboxId, memory: bool) -> Result<(String, Option<String>), NodeError> {
         let lock = self.op_lock(id.as_str());
         let _held = lock.lock().await;
         let state = self.get(id.as_str())?.state;
@@ -136,13 +158,23 @@ impl Engine {
             });
         }
         let layer = format!("l{}", random_hex(8));
-        let (rt, sid, l) = (self.runtime.clone(), id.clone(), layer.clone());
         let running = state == SandboxState::Running;
+        let handle = if memory && running { self.get(id.as_str())?.handle } else { None };
+        let image = handle.as_ref().map(|_| layer.clone());
+        if let Some(h) = &handle {
+            self.agents.forget(&h.agent_socket);
+        }
+        let (rt, sid, l, h, img) = (self.runtime.clone(), id.clone(), layer.clone(), handle.clone(), image.clone());
         let r = tokio::task::spawn_blocking(move || {
             if running {
                 rt.freeze(&sid)?;
             }
-            let frozen = rt.freeze_layer(&sid, &l);
+            let frozen = rt.freeze_layer(&sid, &l).and_then(|p| match (&h, &img) {
+                (Some(h), Some(img)) => rt.checkpoint_copy(&sid, h, img).map(|_| p).inspect_err(|_| {
+                    let _ = rt.remove_layer(&l);
+                }),
+                _ => Ok(p),
+            });
             if running {
                 rt.thaw(&sid)?;
             }
@@ -150,8 +182,13 @@ impl Engine {
         })
         .await
         .map_err(|e| NodeError::Agent { detail: format!("freezing the layer: {e}") })?;
+        if let Some(h) = &handle {
+            if let Err(e) = self.register_agent(h) {
+                warn!(sandbox = %id, error = %e, "listening for its agent again after the fork");
+            }
+        }
         r?;
-        Ok(layer)
+        Ok((layer, image))
     }
 
     /// Those of `layers` that no sandbox uses.

@@ -229,6 +229,47 @@ impl GvisorRuntime {
         self.layers.root().join(".checkpoints").join(id)
     }
 
+    /// Runs `runsc checkpoint` into `image` (emptied first); returns the image's size. A host
+    /// connection the agent has not let go of yet makes runsc refuse: retried briefly.
+    fn checkpoint_into(&self, id: &SandboxId, image: &Path, leave_running: bool) -> Result<u64, RuntimeError> {
+        let _ = fs::remove_dir_all(image);
+        fs::create_dir_all(image).map_err(prep("checkpoint image", image))?;
+        let failed = |detail: String| {
+            let _ = fs::remove_dir_all(image);
+            RuntimeError::Checkpoint { id: id.clone(), detail }
+        };
+        let mut attempt = 0;
+        loop {
+            let mut cmd = self.runsc();
+            cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
+            if leave_running {
+                cmd.arg("--leave-running");
+            }
+            let out = cmd.arg(id.as_str()).output().map_err(|source| RuntimeError::SpawnerExec { source })?;
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            // runsc cannot save a host connection: the agent may still hold one the daemon has
+            // just closed (it lets go within milliseconds). Anything else is final.
+            if err.contains("SCMConnectedEndpoint") && attempt < 6 {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 << attempt));
+                continue;
+            }
+            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").to_owned();
+            return Err(failed(format!("runsc checkpoint exited with {}: {first}", out.status)));
+        }
+        Ok(fs::read_dir(image)
+            .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0))
+    }
+
+    /// Where the image `name` of a fork lives.
+    fn copy_dir(&self, name: &str) -> PathBuf {
+        self.layers.root().join(".checkpoints").join(format!("copy-{name}"))
+    }
+
     /// Prepares the layer and the host-side overlay, then starts runsc (`run`, or `restore` from
     /// `image`). Returns the sandbox process's pid.
     fn boot(&self, spec: &SandboxSpec, layer_dir: &Path, image: Option<&Path>) -> Result<i32, RuntimeError> {
@@ -402,44 +443,40 @@ impl Runtime for GvisorRuntime {
     }
 
     fn checkpoint(&self, id: &SandboxId, handle: &Handle) -> Result<u64, RuntimeError> {
-        let image = self.image_dir(id.as_str());
-        let _ = fs::remove_dir_all(&image);
-        fs::create_dir_all(&image).map_err(prep("checkpoint image", &image))?;
-        let failed = |detail: String| {
-            let _ = fs::remove_dir_all(&image);
-            RuntimeError::Checkpoint { id: id.clone(), detail }
-        };
-        let mut attempt = 0;
-        loop {
-            let out = self
-                .runsc()
-                .arg("checkpoint")
-                .arg(format!("--image-path={}", image.display()))
-                .arg(id.as_str())
-                .output()
-                .map_err(|source| RuntimeError::SpawnerExec { source })?;
-            if out.status.success() {
-                break;
-            }
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            // runsc cannot save a host connection: the agent may still hold one the daemon has
-            // just closed (it lets go within milliseconds). Anything else is final.
-            if err.contains("SCMConnectedEndpoint") && attempt < 6 {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(5 << attempt));
-                continue;
-            }
-            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").to_owned();
-            return Err(failed(format!("runsc checkpoint exited with {}: {first}", out.status)));
-        }
-        let bytes = fs::read_dir(&image)
-            .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0);
+        let bytes = self.checkpoint_into(id, &self.image_dir(id.as_str()), false)?;
         // The sandbox stops on its own after a checkpoint; once it is gone, free what is left
         // of it but its layer and the image.
         wait_gone(handle.pid, handle.start_time, Duration::from_secs(5));
         self.halt(id, Some(handle))?;
         Ok(bytes)
+    }
+
+    fn checkpoint_copy(&self, id: &SandboxId, _handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
+        self.checkpoint_into(id, &self.copy_dir(image), true)
+    }
+
+    fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
+        let image = self.copy_dir(image);
+        if !image.join("checkpoint.img").is_file() {
+            return Err(RuntimeError::Restore {
+                id: spec.id.clone(),
+                detail: format!("the memory image {} is missing", image.display()),
+            });
+        }
+        let result = self.start(spec, Some(&image));
+        if result.is_err() {
+            let _ = self.destroy(&spec.id, None);
+        }
+        result
+    }
+
+    fn remove_image(&self, image: &str) {
+        let dir = self.copy_dir(image);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(image, error = %e, "removing a fork's memory image");
+            }
+        }
     }
 
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
@@ -591,6 +628,16 @@ impl Runtime for GvisorRuntime {
             match self.halt(&id, None) {
                 Ok(()) => swept.push(id),
                 Err(e) => warn!(sandbox = %id, error = %e, "sweeping gVisor leftovers failed"),
+            }
+        }
+        // Memory images of sandboxes gone, and of forks a crash interrupted (none is in flight
+        // at start).
+        if let Ok(rd) = fs::read_dir(self.layers.root().join(".checkpoints")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("copy-") || !is_live(&name) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
         swept

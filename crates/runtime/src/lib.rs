@@ -206,6 +206,21 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = spec;
         Err(RuntimeError::Unsupported { backend: self.name(), op: "restore a sandbox's memory" })
     }
+    /// Saves a copy of a frozen sandbox's processes and memory as the image `image` (for forks);
+    /// the sandbox stays as it was. The caller closes every connection to the agent first.
+    fn checkpoint_copy(&self, id: &SandboxId, handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
+        let _ = (id, handle, image);
+        Err(RuntimeError::Unsupported { backend: self.name(), op: "copy a sandbox's memory" })
+    }
+    /// Starts a new sandbox (`spec`: its own id and layers) from the image `image` of another.
+    fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
+        let _ = (spec, image);
+        Err(RuntimeError::Unsupported { backend: self.name(), op: "start a sandbox from another's memory" })
+    }
+    /// Deletes the image `image`. Idempotent.
+    fn remove_image(&self, image: &str) {
+        let _ = image;
+    }
 }
 
 pub use native::exit_watch::ExitWatch;

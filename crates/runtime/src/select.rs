@@ -202,4 +202,29 @@ impl Runtime for Runtimes {
         self.by_id.write().unwrap().insert(spec.id.clone(), i);
         self.backends[i].restore(spec)
     }
+
+    fn checkpoint_copy(&self, id: &SandboxId, handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
+        self.of_handle(handle).checkpoint_copy(id, handle, image)
+    }
+
+    fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
+        let i = self.index(spec.runtime.as_deref().unwrap_or(self.backends[0].name())).ok_or(
+            RuntimeError::Unsupported {
+                backend: "select",
+                op: "restore a sandbox on a runtime this daemon does not have",
+            },
+        )?;
+        self.by_id.write().unwrap().insert(spec.id.clone(), i);
+        let h = self.backends[i].restore_copy(spec, image);
+        if h.is_err() {
+            self.by_id.write().unwrap().remove(&spec.id);
+        }
+        h
+    }
+
+    fn remove_image(&self, image: &str) {
+        for b in &self.backends {
+            b.remove_image(image);
+        }
+    }
 }
