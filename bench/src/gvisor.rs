@@ -25,6 +25,11 @@ pub struct Gvisor {
     pub runsc_checkpoint: Series,
     pub runsc_restore: Series,
     pub runsc_image_mib: f64,
+    /// A template whose start command runs `python3 -m http.server`: create → the server answers
+    /// (asked from inside: gVisor sandboxes have loopback only), booted cold and started from a
+    /// memory snapshot of a ready sandbox.
+    pub server_cold: Series,
+    pub server_from_memory: Series,
 }
 
 /// A Python process that touches `mib` MiB of random bytes (incompressible, like real state) and
@@ -99,6 +104,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     }
     d.api("DELETE", &format!("/sandboxes/{}", big.id), None);
 
+    let (server_cold, server_from_memory) = server_ready(d, n)?;
     let (run, ckpt, restore, runsc_image) = runsc_direct(root, crun_bundle, n, rounds, touched_mib)?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
@@ -111,7 +117,53 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         runsc_checkpoint: ckpt,
         runsc_restore: restore,
         runsc_image_mib: runsc_image,
+        server_cold,
+        server_from_memory,
     })
+}
+
+fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
+    let tpl = json!({"templateID": "bench-gv-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
+                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
+    let (status, v) = d.api("POST", "/templates", Some(tpl));
+    if status != 201 {
+        bail!("deriving the server template: {status} {v}");
+    }
+    let ask = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/').status)\"";
+    let measure = |template: &str| -> Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n + 1 {
+            let t = Instant::now();
+            let sb = d.create(json!({"templateID": template, "runtime": "gvisor"}));
+            let r = sb.sh(ask);
+            samples.push(t.elapsed());
+            d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+            if r.stdout.trim() != "200" {
+                bail!("the server of {template} answered {r:?}");
+            }
+        }
+        samples.remove(0);
+        Ok(samples)
+    };
+    let result = (|| {
+        let cold = measure("bench-gv-web")?;
+        let src = d.create(json!({"templateID": "bench-gv-web", "runtime": "gvisor"}));
+        let (status, v) = d.api(
+            "POST",
+            &format!("/sandboxes/{}/snapshots", src.id),
+            Some(json!({"name": "bench-gv-web-mem", "memory": true})),
+        );
+        d.api("DELETE", &format!("/sandboxes/{}", src.id), None);
+        if status != 201 {
+            bail!("the memory snapshot: {status} {v}");
+        }
+        let warm = measure("bench-gv-web-mem");
+        d.api("DELETE", "/templates/bench-gv-web-mem", None);
+        Ok((cold, warm?))
+    })();
+    d.api("DELETE", "/templates/bench-gv-web", None);
+    let (cold, warm) = result?;
+    Ok((series("gvisor server template: create -> 200", cold), series("gvisor from memory snapshot: -> 200", warm)))
 }
 
 /// `runsc` on the crun baseline's bundle (same root filesystem, same limits), with the flags

@@ -223,6 +223,8 @@ fn main() -> Result<()> {
             &g.runsc_checkpoint,
             &g.warren_wake,
             &g.runsc_restore,
+            &g.server_cold,
+            &g.server_from_memory,
         ]);
     }
     for s in rows {

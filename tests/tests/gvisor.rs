@@ -198,3 +198,63 @@ fn the_runtime_is_chosen_per_pool_and_per_daemon_and_bad_choices_are_refused() {
         assert_eq!(dd.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
     }
 }
+
+#[test]
+fn memory_snapshots_start_sandboxes_with_their_processes_running() {
+    let d = Daemon::start_fresh("gvisor-snap");
+    let src = d.create(json!({"templateID": "base", "runtime": "gvisor"}));
+    assert_eq!(src.sh(COUNTER).exit_code, Some(0));
+    assert_eq!(src.sh("echo in-memory > /tmp/mem").exit_code, Some(0));
+    let (secret, _) = counter(&src);
+
+    // Refused where memory cannot be kept.
+    let native = d.create(json!({"templateID": "base", "runtime": "native"}));
+    let (status, v) =
+        d.api("POST", &format!("/sandboxes/{}/snapshots", native.id), Some(json!({"name": "x", "memory": true})));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("gvisor"), "{v}");
+
+    let (status, v) =
+        d.api("POST", &format!("/sandboxes/{}/snapshots", src.id), Some(json!({"name": "gv-mem", "memory": true})));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["memory"], true, "{v}");
+    assert_eq!(counter(&src).0, secret, "the source lost its process");
+
+    // Sandboxes of it start with the source's processes and memory; also after a restart, and
+    // from a pool.
+    let check = |sb: &warren_e2e::Sandbox| {
+        assert_eq!(wait_for("its counter", Duration::from_secs(10), || Some(counter(sb))).0, secret);
+        assert_eq!(sb.sh("cat /tmp/mem").stdout, "in-memory\n");
+    };
+    let a = d.create(json!({"templateID": "gv-mem", "runtime": "gvisor"}));
+    check(&a);
+    d.restart();
+    let b = d.create(json!({"templateID": "gv-mem", "runtime": "gvisor"}));
+    check(&b);
+    let (status, v) = d.api(
+        "POST",
+        "/pools",
+        Some(json!({"name": "gv-mem-pool", "templateID": "gv-mem", "runtime": "gvisor", "minReady": 1})),
+    );
+    assert_eq!(status, 201, "{v}");
+    wait_for("the pool to fill", Duration::from_secs(60), || {
+        (d.api("GET", "/pools/gv-mem-pool", None).1["ready"].as_u64() == Some(1)).then_some(())
+    });
+    let c = d.create(json!({"templateID": "gv-mem", "runtime": "gvisor"}));
+    check(&c);
+
+    // In use: refused with its users; once free, deleting it removes its memory image.
+    let (status, v) = d.api("DELETE", "/templates/gv-mem", None);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(d.api("DELETE", "/pools/gv-mem-pool", None).0, 204);
+    for id in [&a.id, &b.id, &c.id, &src.id, &native.id] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+    wait_for("the snapshot to be free", Duration::from_secs(30), || {
+        (d.api("DELETE", "/templates/gv-mem", None).0 == 204).then_some(())
+    });
+    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("layers/.checkpoints"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| !n.starts_with("copy-")), "memory images left: {left:?}");
+}

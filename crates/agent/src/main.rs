@@ -5,8 +5,10 @@
 //! Where no listening socket can be handed in (gVisor cannot accept on a host socket), the agent
 //! dials out instead: `WARREN_AGENT_DIAL` names a host socket the daemon listens on, and the agent
 //! keeps a few connections open there, serving HTTP on each as if it had accepted it. Those
-//! connections are host state that a checkpoint cannot keep, so the agent simply dials again
-//! whenever they break (after a restore, a daemon restart, or while the daemon checkpoints it).
+//! connections are host state that a checkpoint cannot keep (a checkpoint with one open breaks
+//! the sandbox), so before one the daemon removes its socket and sends `POST /warren/quiesce`:
+//! the agent closes every other host connection, answers, and closes that one too. It dials again
+//! once the daemon listens again (after the checkpoint, in the source or in a restored copy).
 
 mod files;
 mod fs;
@@ -95,8 +97,9 @@ async fn run(transport: Transport) {
     let fd = match transport {
         Transport::Listen(fd) => fd,
         Transport::Dial(path) => {
+            let links = Arc::new(HostLinks::default());
             for _ in 0..SPARE_CONNECTIONS {
-                tokio::spawn(dial_forever(path.clone(), agent.clone()));
+                tokio::spawn(dial_forever(path.clone(), agent.clone(), links.clone()));
             }
             let never: std::convert::Infallible = std::future::pending().await;
             match never {}
@@ -128,9 +131,59 @@ async fn run(transport: Transport) {
     }
 }
 
+/// The agent's connections to the daemon in dial mode: how many are open (each holds a
+/// [`LinkGuard`]), the tasks serving them, and a generation bumped by a quiesce so that dialers
+/// drop the spare connections they hold.
+#[derive(Default)]
+struct HostLinks {
+    open: std::sync::atomic::AtomicUsize,
+    serving: std::sync::Mutex<Vec<(u64, tokio::task::AbortHandle)>>,
+    next_id: std::sync::atomic::AtomicU64,
+    generation: std::sync::atomic::AtomicU64,
+    quiesced: tokio::sync::Notify,
+}
+
+struct LinkGuard(Arc<HostLinks>);
+
+impl LinkGuard {
+    fn new(links: &Arc<HostLinks>) -> LinkGuard {
+        links.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LinkGuard(links.clone())
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `POST /warren/quiesce` on connection `me`: closes every other connection to the daemon and
+/// answers once only `me` is left; `Connection: close` makes the server close `me` right after.
+async fn quiesce(links: &Arc<HostLinks>, me: u64) -> hyper::Response<server::Body> {
+    use std::sync::atomic::Ordering::SeqCst;
+    links.generation.fetch_add(1, SeqCst);
+    links.quiesced.notify_waiters();
+    for (id, task) in links.serving.lock().unwrap().iter() {
+        if *id != me {
+            task.abort();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while links.open.load(SeqCst) > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let status = if links.open.load(SeqCst) > 1 { 503 } else { 204 };
+    hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONNECTION, "close")
+        .body(server::empty_body())
+        .expect("valid response")
+}
+
 /// Keeps one connection to the daemon dialed: once the daemon uses it (the first bytes arrive) or
 /// it breaks, the next one is dialed while this one is served.
-async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>) {
+async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>, links: Arc<HostLinks>) {
     use std::time::{Duration, Instant};
     let mut failing_since: Option<Instant> = None;
     let mut warned = false;
@@ -151,15 +204,38 @@ async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>) {
                 continue;
             }
         };
+        let guard = LinkGuard::new(&links);
         failing_since = None;
         warned = false;
-        if stream.readable().await.is_err() {
+        let generation = links.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let quiesced = links.quiesced.notified();
+        tokio::pin!(quiesced);
+        if links.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
             continue;
         }
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| agent.clone().handle(req));
+        tokio::select! {
+            r = stream.readable() => if r.is_err() { continue },
+            // A quiesce: this spare goes (the daemon no longer listens; dialing fails until it
+            // does again).
+            _ = &mut quiesced => continue,
+        }
+        let id = links.next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (agent, links2) = (agent.clone(), links.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (agent, links) = (agent.clone(), links2.clone());
+                async move {
+                    if req.uri().path() == "/warren/quiesce" && req.method() == hyper::Method::POST {
+                        return Ok::<_, std::convert::Infallible>(quiesce(&links, id).await);
+                    }
+                    agent.handle(req).await
+                }
+            });
             let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
         });
+        let mut serving = links.serving.lock().unwrap();
+        serving.retain(|(_, t)| !t.is_finished());
+        serving.push((id, task.abort_handle()));
     }
 }

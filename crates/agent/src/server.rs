@@ -52,6 +52,11 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .expect("valid response")
 }
 
+/// An empty body.
+pub fn empty_body() -> Body {
+    Full::new(Bytes::new()).boxed_unsync()
+}
+
 pub fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
     full(status, "application/json", serde_json::to_vec(v).expect("serializes"))
 }

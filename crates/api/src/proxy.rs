@@ -120,8 +120,11 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
             ),
         ));
     }
-    if req.uri().path() == "/init" {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "/init is reserved for the Warren daemon"));
+    if req.uri().path() == "/init" || req.uri().path().starts_with("/warren/") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is reserved for the Warren daemon", req.uri().path()),
+        ));
     }
     let asleep = matches!(sandbox_state, warren_types::SandboxState::Paused | warren_types::SandboxState::Hibernated);
     if asleep && auto_resume {

@@ -669,7 +669,7 @@ struct SnapshotBody {
 }
 
 fn snapshot_info(rec: &warren_node::snapshots::SnapshotRecord) -> serde_json::Value {
-    serde_json::json!({ "snapshotID": rec.id.as_str(), "names": [rec.id.as_str()] })
+    serde_json::json!({ "snapshotID": rec.id.as_str(), "names": [rec.id.as_str()], "memory": rec.memory_image.is_some() })
 }
 
 /// `POST /sandboxes/{id}/snapshots {name?, memory?}`: 201 `{snapshotID, names}`; create sandboxes

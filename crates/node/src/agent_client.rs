@@ -136,6 +136,54 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Before a checkpoint of a sandbox whose agent dials in: stops listening for it, and has it
+    /// close every connection to the daemon (`POST /warren/quiesce`, carried by one of the
+    /// connections it had dialed, which it closes last). When this returns Ok the agent holds no
+    /// host connection and cannot make one until `register_dialing` listens again.
+    pub async fn quiesce(&self, socket: &Path) -> Result<(), String> {
+        let Some(listener) = self.dialing.lock().unwrap().remove(socket) else {
+            return Err(format!("the agent on {} does not dial in", socket.display()));
+        };
+        let accepted = tokio::time::timeout(DIAL_IN_WAIT, listener.accept()).await;
+        // With the socket gone nothing new connects, and the spares still queued are reset.
+        drop(listener);
+        let _ = std::fs::remove_file(socket);
+        self.idle.lock().unwrap().remove(socket);
+        for t in self.open.lock().unwrap().remove(socket).unwrap_or_default() {
+            t.abort();
+        }
+        let stream = match accepted {
+            Ok(Ok((s, _))) => s,
+            Ok(Err(e)) => return Err(format!("accepting the agent's connection: {e}")),
+            Err(_) => {
+                return Err(format!("the agent did not dial {} within {} s", socket.display(), DIAL_IN_WAIT.as_secs()))
+            }
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = Request::post("http://agent/warren/quiesce")
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONNECTION, "close")
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .expect("valid request");
+        let resp = sender.send_request(req).await.map_err(|e| format!("asking the agent to let go: {e}"))?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        drop(sender);
+        // The agent closes this connection after its answer: once it has, it holds none.
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+            .await
+            .map_err(|_| "the agent kept its last connection open".to_owned())?
+            .map_err(|e| format!("closing the agent's connection: {e}"))?
+            .map_err(|e| format!("closing the agent's connection: {e}"))?;
+        if status != http::StatusCode::NO_CONTENT {
+            return Err(format!("the agent could not close its connections ({status})"));
+        }
+        Ok(())
+    }
+
     /// Drops every pooled connection to an agent (its sandbox is gone), and stops listening for
     /// it if it dials in: the connections it had dialed break, which a checkpoint needs.
     pub fn forget(&self, socket: &Path) {

@@ -534,7 +534,15 @@ impl Engine {
         pool: Option<String>,
         layers: &[String],
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
-        self.boot_from(shape, pool, layers, None).await
+        // A memory snapshot's sandboxes on its runtime start from its memory image.
+        let image = match layers.is_empty() {
+            true => self
+                .snapshot(&shape.template_id)
+                .filter(|s| s.runtime.as_deref() == Some(shape.runtime.as_str()))
+                .and_then(|s| s.memory_image),
+            false => None,
+        };
+        self.boot_from(shape, pool, layers, image.as_deref()).await
     }
 
     /// [`Engine::boot`], or with `image` a start from another sandbox's memory image (a fork in
@@ -1088,10 +1096,17 @@ impl Engine {
             r.handle = None;
             r.memory_image = true;
         })?;
-        // Every connection to the agent closes: a checkpoint cannot save them.
+        // Every connection to the agent closes: a checkpoint with one open would break the sandbox.
+        let quiet = self.agents.quiesce(&handle.agent_socket).await;
         self.agents.forget(&handle.agent_socket);
-        let (rt, sid, h) = (self.runtime.clone(), rec.id.clone(), handle.clone());
-        match tokio::task::spawn_blocking(move || rt.checkpoint(&sid, &h)).await.expect("runtime task") {
+        let checkpointed = match quiet {
+            Ok(()) => {
+                let (rt, sid, h) = (self.runtime.clone(), rec.id.clone(), handle.clone());
+                tokio::task::spawn_blocking(move || rt.checkpoint(&sid, &h)).await.expect("runtime task")
+            }
+            Err(detail) => Err(warren_runtime::RuntimeError::Checkpoint { id: rec.id.clone(), detail }),
+        };
+        match checkpointed {
             Ok(bytes) => {
                 self.timelines.lock().unwrap().remove(&rec.id);
                 self.telemetry.pause_seconds.observe(t0.elapsed().as_secs_f64());

@@ -137,16 +137,15 @@ impl Engine {
     }
 
     /// Freezes the sandbox's writable layer into a new frozen layer, pausing it around the copy
-    /// (a paused sandbox stays paused). Serialized with pause and resume.
-    pub(crate) async fn freeze_layer_of(&self, id: &SandboxId) -> Result<String, NodeError> {
-        Ok(self.freeze_for_fork(id, false).await?.0)
-    }
-
-    /// [`Engine::freeze_layer_of`], and with `memory` (a running sandbox on a runtime that saves
-    /// memory) a copy of its processes and memory taken in the same pause, so files and memory
+    /// (a paused sandbox stays paused; serialized with pause and resume), and with `memory` (a
+    /// running sandbox on a runtime that saves memory) a copy of its processes and memory taken in the same pause, so files and memory
     /// agree. Returns the layer and the memory image's name. The agent's connections are closed
     /// around the copy (a checkpoint cannot keep them); it dials in again right after.
-    async fn freeze_for_fork(&self, id: &SandboxId, memory: bool) -> Result<(String, Option<String>), NodeError> {
+    pub(crate) async fn freeze_for_fork(
+        &self,
+        id: &SandboxId,
+        memory: bool,
+    ) -> Result<(String, Option<String>), NodeError> {
         let lock = self.op_lock(id.as_str());
         let _held = lock.lock().await;
         let state = self.get(id.as_str())?.state;
@@ -162,7 +161,15 @@ impl Engine {
         let handle = if memory && running { self.get(id.as_str())?.handle } else { None };
         let image = handle.as_ref().map(|_| layer.clone());
         if let Some(h) = &handle {
+            // A checkpoint with a connection to the agent open would break the sandbox.
+            let quiet = self.agents.quiesce(&h.agent_socket).await;
             self.agents.forget(&h.agent_socket);
+            if let Err(detail) = quiet {
+                if let Err(e) = self.register_agent(h) {
+                    warn!(sandbox = %id, error = %e, "listening for its agent again");
+                }
+                return Err(NodeError::Agent { detail });
+            }
         }
         let (rt, sid, l, h, img) = (self.runtime.clone(), id.clone(), layer.clone(), handle.clone(), image.clone());
         let r = tokio::task::spawn_blocking(move || {
@@ -207,10 +214,16 @@ impl Engine {
         remove_layers(self.runtime.as_ref(), &self.unused_layers(layers));
     }
 
-    /// At start: deletes frozen layers that no recovered sandbox uses.
+    /// At start: deletes frozen layers that no recovered sandbox uses, and memory images no
+    /// snapshot names (those of forks a crash interrupted).
     pub(crate) fn collect_layers(&self) {
         let on_disk = self.runtime.layers();
         self.release_layers(&on_disk);
+        let named: std::collections::HashSet<String> =
+            self.snapshots.lock().unwrap().values().filter_map(|s| s.memory_image.clone()).collect();
+        for img in self.runtime.images().into_iter().filter(|i| !named.contains(i)) {
+            self.runtime.remove_image(&img);
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Snapshots: a sandbox's disk state kept as a template. Taking one freezes the sandbox's writable
 //! layer (as a fork does) and records the stack — the root template plus frozen layers, topmost
 //! first — under a template id the team can create sandboxes and pools from. Sandboxes of a
-//! snapshot start fresh processes from its files (filesystem mode; memory is not kept on this
-//! runtime). Snapshots live in this daemon's state store (`snapshots_v1`, versioned records) next
+//! snapshot start fresh processes from its files (filesystem mode), or, for a memory snapshot of a
+//! sandbox on a runtime that saves memory (gVisor, `memory: true`), are restored from the memory
+//! image taken in the same pause: a server its start command launched is already up. Snapshots live in this daemon's state store (`snapshots_v1`, versioned records) next
 //! to the frozen layers they name in its layer store, not in the shared templates directory.
 //! A snapshot is deleted with `DELETE /templates/{id}`, refused while sandboxes or pools use it;
 //! its layers go once nothing else uses them.
@@ -32,6 +33,12 @@ pub struct SnapshotRecord {
     /// The sandbox it was taken from.
     pub sandbox_id: SandboxId,
     pub created_at_ms: u64,
+    /// A memory snapshot: the runtime's image of the source's processes and memory, and that
+    /// runtime (sandboxes of the snapshot on it are restored from the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl Engine {
@@ -59,16 +66,25 @@ impl Engine {
         name: Option<&str>,
         memory: Option<bool>,
     ) -> Result<SnapshotRecord, NodeError> {
-        if memory == Some(true) {
+        let src = self.get_owned(team, id)?;
+        let memory = memory == Some(true);
+        if memory && !self.runtime.backend_capabilities(Some(&src.runtime)).is_some_and(|c| c.memory_snapshots) {
             return Err(NodeError::Unsupported {
                 detail: format!(
                     "memory snapshots are not available on the {} runtime; snapshot the filesystem only \
-                     (memory: false, the SDK's mode=\"filesystem\"), or pause the sandbox to keep its memory",
-                    self.runtime.name()
+                     (memory: false, the SDK's mode=\"filesystem\"), pause the sandbox to keep its memory, \
+                     or use runtime \"gvisor\"",
+                    src.runtime
                 ),
             });
         }
-        let src = self.get_owned(team, id)?;
+        if memory && src.state != warren_types::SandboxState::Running {
+            return Err(NodeError::Conflict {
+                id: src.id.to_string(),
+                state: "paused",
+                action: "taking a memory snapshot (resume it first, or take a filesystem snapshot)",
+            });
+        }
         let snap_id = match name {
             Some(n) => TemplateId::parse(n)?,
             None => TemplateId::parse(&format!("snap-{}", random_hex(8)))?,
@@ -85,7 +101,7 @@ impl Engine {
             Some(s) => s.base,
             None => src.template_id.clone(),
         };
-        let layer = self.freeze_layer_of(&src.id).await?;
+        let (layer, memory_image) = self.freeze_for_fork(&src.id, memory).await?;
         let mut layers = vec![layer];
         layers.extend(src.layers.iter().cloned());
         let rec = SnapshotRecord {
@@ -96,18 +112,26 @@ impl Engine {
             layers,
             sandbox_id: src.id.clone(),
             created_at_ms: now_ms(),
+            runtime: memory_image.as_ref().map(|_| src.runtime.clone()),
+            memory_image,
         };
         let old = {
             let mut map = self.snapshots.lock().unwrap();
             if let Err(e) = self.store.put(Kind::Snapshot, snap_id.as_str(), &rec) {
                 drop(map);
                 self.release_layers(&rec.layers[..1]);
+                if let Some(img) = &rec.memory_image {
+                    self.runtime.remove_image(img);
+                }
                 return Err(e.into());
             }
             map.insert(snap_id.clone(), rec.clone())
         };
         if let Some(old) = old {
             self.release_layers(&old.layers);
+            if let Some(img) = &old.memory_image {
+                self.runtime.remove_image(img);
+            }
         }
         info!(snapshot = %snap_id, sandbox = %src.id, "snapshot taken");
         Ok(rec)
@@ -153,6 +177,9 @@ impl Engine {
             map.remove(id);
         }
         self.release_layers(&snap.layers);
+        if let Some(img) = &snap.memory_image {
+            self.runtime.remove_image(img);
+        }
         info!(snapshot = %id, "snapshot deleted");
         Ok(())
     }

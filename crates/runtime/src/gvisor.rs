@@ -229,8 +229,9 @@ impl GvisorRuntime {
         self.layers.root().join(".checkpoints").join(id)
     }
 
-    /// Runs `runsc checkpoint` into `image` (emptied first); returns the image's size. A host
-    /// connection the agent has not let go of yet makes runsc refuse: retried briefly.
+    /// Runs `runsc checkpoint` into `image` (emptied first); returns the image's size. The agent
+    /// must hold no host connection (the engine quiesces it): runsc cannot save one, and a failed
+    /// save leaves the sandbox broken.
     fn checkpoint_into(&self, id: &SandboxId, image: &Path, leave_running: bool) -> Result<u64, RuntimeError> {
         let _ = fs::remove_dir_all(image);
         fs::create_dir_all(image).map_err(prep("checkpoint image", image))?;
@@ -238,25 +239,14 @@ impl GvisorRuntime {
             let _ = fs::remove_dir_all(image);
             RuntimeError::Checkpoint { id: id.clone(), detail }
         };
-        let mut attempt = 0;
-        loop {
-            let mut cmd = self.runsc();
-            cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
-            if leave_running {
-                cmd.arg("--leave-running");
-            }
-            let out = cmd.arg(id.as_str()).output().map_err(|source| RuntimeError::SpawnerExec { source })?;
-            if out.status.success() {
-                break;
-            }
+        let mut cmd = self.runsc();
+        cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
+        if leave_running {
+            cmd.arg("--leave-running");
+        }
+        let out = cmd.arg(id.as_str()).output().map_err(|source| RuntimeError::SpawnerExec { source })?;
+        if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            // runsc cannot save a host connection: the agent may still hold one the daemon has
-            // just closed (it lets go within milliseconds). Anything else is final.
-            if err.contains("SCMConnectedEndpoint") && attempt < 6 {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(5 << attempt));
-                continue;
-            }
             let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").to_owned();
             return Err(failed(format!("runsc checkpoint exited with {}: {first}", out.status)));
         }
@@ -479,6 +469,16 @@ impl Runtime for GvisorRuntime {
         }
     }
 
+    fn images(&self) -> Vec<String> {
+        fs::read_dir(self.layers.root().join(".checkpoints"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("copy-").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
         let image = self.image_dir(spec.id.as_str());
         if !image.join("checkpoint.img").is_file() {
@@ -630,12 +630,12 @@ impl Runtime for GvisorRuntime {
                 Err(e) => warn!(sandbox = %id, error = %e, "sweeping gVisor leftovers failed"),
             }
         }
-        // Memory images of sandboxes gone, and of forks a crash interrupted (none is in flight
-        // at start).
+        // Memory images of sandboxes gone (copies made for forks and snapshots are the
+        // engine's to collect: it knows which snapshots name them).
         if let Ok(rd) = fs::read_dir(self.layers.root().join(".checkpoints")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("copy-") || !is_live(&name) {
+                if !name.starts_with("copy-") && !is_live(&name) {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }

@@ -221,6 +221,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove_image(&self, image: &str) {
         let _ = image;
     }
+    /// Names of the memory images on disk made by `checkpoint_copy` (for garbage collection at
+    /// start).
+    fn images(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub use native::exit_watch::ExitWatch;

@@ -227,4 +227,8 @@ impl Runtime for Runtimes {
             b.remove_image(image);
         }
     }
+
+    fn images(&self) -> Vec<String> {
+        self.backends.iter().flat_map(|b| b.images()).collect()
+    }
 }
