@@ -134,7 +134,7 @@ fn snapshots_serve_as_templates_and_pools() {
     // Names are template ids, unique per daemon; one of the team's snapshots takes the new state.
     let (status, v) = snap(json!({"name": "e2e-snap"}));
     assert_eq!(status, 201, "{v}");
-    assert_eq!(v, json!({"snapshotID": "e2e-snap", "names": ["e2e-snap"]}));
+    assert_eq!(v, json!({"snapshotID": "e2e-snap", "names": ["e2e-snap"], "memory": false}));
     let first = d.create(json!({"templateID": "e2e-snap"}));
     assert_eq!(src.sh("echo two > /home/user/s.txt && echo ok").stdout, "ok\n");
     assert_eq!(snap(json!({"name": "e2e-snap"})).0, 201);

@@ -24,7 +24,7 @@ pub enum NodeError {
     Capacity { max: usize },
     #[error("the host is short of {resource}: {available_mb} MiB free, and Warren keeps {reserve_mb} MiB free ({setting}); kill or pause sandboxes, or lower {setting}")]
     HostFull { resource: &'static str, available_mb: u64, reserve_mb: u64, setting: &'static str },
-    #[error("creating the sandbox failed: {0}")]
+    #[error("the sandbox runtime failed: {0}")]
     Runtime(#[from] warren_runtime::RuntimeError),
     #[error("the state store failed: {0}")]
     Store(#[from] crate::store::StoreError),
