@@ -38,6 +38,27 @@ impl Runtimes {
         &self.backends[i]
     }
 
+    /// The backend a spec names (the default one when it names none), remembered for its id.
+    fn pick(&self, spec: &SandboxSpec) -> Result<usize, RuntimeError> {
+        let i = match spec.runtime.as_deref() {
+            None => 0,
+            Some(n) => self.index(n).ok_or(RuntimeError::Unsupported {
+                backend: "select",
+                op: "run a sandbox on a runtime this daemon does not have",
+            })?,
+        };
+        self.by_id.write().unwrap().insert(spec.id.clone(), i);
+        Ok(i)
+    }
+
+    /// Forgets a sandbox whose start failed.
+    fn unpick<T>(&self, id: &SandboxId, r: Result<T, RuntimeError>) -> Result<T, RuntimeError> {
+        if r.is_err() {
+            self.by_id.write().unwrap().remove(id);
+        }
+        r
+    }
+
     fn remember(&self, id: &SandboxId, backend: &str) {
         if let Some(i) = self.index(backend) {
             self.by_id.write().unwrap().insert(id.clone(), i);
@@ -86,19 +107,8 @@ impl Runtime for Runtimes {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
-        let i = match spec.runtime.as_deref() {
-            None => 0,
-            Some(n) => self.index(n).ok_or(RuntimeError::Unsupported {
-                backend: "select",
-                op: "run a sandbox on a runtime this daemon does not have",
-            })?,
-        };
-        self.by_id.write().unwrap().insert(spec.id.clone(), i);
-        let h = self.backends[i].create(spec);
-        if h.is_err() {
-            self.by_id.write().unwrap().remove(&spec.id);
-        }
-        h
+        let i = self.pick(spec)?;
+        self.unpick(&spec.id, self.backends[i].create(spec))
     }
 
     fn stop(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
@@ -192,14 +202,8 @@ impl Runtime for Runtimes {
     }
 
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
-        let i = match spec.runtime.as_deref() {
-            None => 0,
-            Some(n) => self.index(n).ok_or(RuntimeError::Unsupported {
-                backend: "select",
-                op: "restore a sandbox on a runtime this daemon does not have",
-            })?,
-        };
-        self.by_id.write().unwrap().insert(spec.id.clone(), i);
+        // A failed wake leaves the sandbox paused on this backend: it stays remembered.
+        let i = self.pick(spec)?;
         self.backends[i].restore(spec)
     }
 
@@ -208,18 +212,8 @@ impl Runtime for Runtimes {
     }
 
     fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
-        let i = self.index(spec.runtime.as_deref().unwrap_or(self.backends[0].name())).ok_or(
-            RuntimeError::Unsupported {
-                backend: "select",
-                op: "restore a sandbox on a runtime this daemon does not have",
-            },
-        )?;
-        self.by_id.write().unwrap().insert(spec.id.clone(), i);
-        let h = self.backends[i].restore_copy(spec, image);
-        if h.is_err() {
-            self.by_id.write().unwrap().remove(&spec.id);
-        }
-        h
+        let i = self.pick(spec)?;
+        self.unpick(&spec.id, self.backends[i].restore_copy(spec, image))
     }
 
     fn remove_image(&self, image: &str) {
