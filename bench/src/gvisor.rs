@@ -22,14 +22,34 @@ pub struct Gvisor {
     pub warren_pause: Series,
     pub warren_wake: Series,
     pub warren_image_mib: f64,
+    /// runsc with the flags Warren checkpoints with (no compression, zero pages skipped).
     pub runsc_checkpoint: Series,
     pub runsc_restore: Series,
+    /// runsc with its default flags (compressed images).
+    pub runsc_checkpoint_default: Series,
+    pub runsc_restore_default: Series,
     pub runsc_image_mib: f64,
     /// A template whose start command runs `python3 -m http.server`: create → the server answers
-    /// (asked from inside: gVisor sandboxes have loopback only), booted cold and started from a
-    /// memory snapshot of a ready sandbox.
+    /// (asked from inside: gVisor sandboxes have loopback only), booted cold (the start command
+    /// runs) and restored from the template's memory image (taken once, after its ready check).
     pub server_cold: Series,
     pub server_from_memory: Series,
+    /// How long taking the template's memory image took (boot, start, ready check, checkpoint).
+    pub server_image_took_ms: u64,
+    /// Forks in memory mode of a sandbox holding `touched_mib`, and of one holding 16 MiB.
+    pub forks: Vec<MemoryFork>,
+}
+
+/// A fork of 10 in memory mode: the call, and until every clone answered an exec; the source's
+/// and (the mean) clone's memory: the PSS of their processes on the host.
+#[derive(Serialize)]
+pub struct MemoryFork {
+    pub touched_mib: u64,
+    pub clones: usize,
+    pub call_ms: f64,
+    pub all_answer_ms: f64,
+    pub source_pss_mib: f64,
+    pub clone_pss_mib: f64,
 }
 
 /// A Python process that touches `mib` MiB of random bytes (incompressible, like real state) and
@@ -85,7 +105,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     });
     let (mut pause, mut wake) = (Vec::new(), Vec::new());
     let mut image_mib = 0.0;
-    let rounds = (n / 4).max(3);
+    let rounds = (n / 2).max(5);
     for _ in 0..rounds {
         let t = Instant::now();
         let (s, v) = d.api("POST", &format!("/sandboxes/{}/pause", big.id), Some(json!({})));
@@ -96,33 +116,116 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         image_mib = dir_mib(&d.data_dir.join("layers/.checkpoints").join(&big.id));
         let t = Instant::now();
         let (s, v) = d.api("POST", &format!("/sandboxes/{}/connect", big.id), Some(json!({"timeout": 600})));
-        let r = big.sh("pgrep -c python3");
+        // The same first command as runsc's side: `cat /tmp/ready`, no shell.
+        let r = big.run(json!({"process": {"cmd": "/bin/cat", "args": ["/tmp/ready"]}}), &[]);
         wake.push(t.elapsed());
-        if s != 201 || r.stdout.trim() != "1" {
-            bail!("gvisor wake: {s} {v} {r:?}");
+        let held = big.sh("pgrep -c python3");
+        if s != 201 || r.stdout != "1" || held.stdout.trim() != "1" {
+            bail!("gvisor wake: {s} {v} {r:?} {held:?}");
         }
     }
+    // Fork 10 clones of it in memory mode (it keeps running), and of a sandbox holding little.
+    let fork_big = fork_memory(d, &big, touched_mib);
     d.api("DELETE", &format!("/sandboxes/{}", big.id), None);
+    let fork_big = fork_big?;
+    let small = d.create(json!({"templateID": "base", "runtime": "gvisor"}));
+    small.sh(&format!("({} >/dev/null 2>&1 &)", holder(16)));
+    warren_e2e::wait_for("the small memory holder", Duration::from_secs(120), || {
+        (small.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
+    });
+    let fork_small = fork_memory(d, &small, 16);
+    d.api("DELETE", &format!("/sandboxes/{}", small.id), None);
+    let forks = vec![fork_big, fork_small?];
 
-    let (server_cold, server_from_memory) = server_ready(d, n)?;
-    let (run, ckpt, restore, runsc_image) = runsc_direct(root, crun_bundle, n, rounds, touched_mib)?;
+    let (server_cold, server_from_memory, server_image_took_ms) = server_ready(d, root, n)?;
+    let direct = runsc_direct(root, crun_bundle, n, rounds, touched_mib)?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
-        runsc_run: run,
+        runsc_run: direct.run,
         warren_exec: series("warren gvisor: exec true", exec),
         touched_mib,
         warren_pause: series("warren gvisor: pause (checkpoint)", pause),
         warren_wake: series("warren gvisor: wake -> exec", wake),
         warren_image_mib: image_mib,
-        runsc_checkpoint: ckpt,
-        runsc_restore: restore,
-        runsc_image_mib: runsc_image,
+        runsc_checkpoint: direct.checkpoint,
+        runsc_restore: direct.restore,
+        runsc_checkpoint_default: direct.checkpoint_default,
+        runsc_restore_default: direct.restore_default,
+        runsc_image_mib: direct.image_mib,
         server_cold,
         server_from_memory,
+        server_image_took_ms,
+        forks,
     })
 }
 
-fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
+/// Forks 10 clones of `src` (a sandbox running a memory holder of `mib` MiB) in memory mode.
+fn fork_memory(d: &Daemon, src: &warren_e2e::Sandbox, mib: u64) -> Result<MemoryFork> {
+    let clones = 10;
+    let source_mib = sandbox_pss_mib(&src.id)?;
+    let t = Instant::now();
+    let (s, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": clones, "timeout": 600})));
+    let call = t.elapsed();
+    let forked = crate::fork_clones(d, &v);
+    // Each clone carries on with the source's memory holder.
+    let answered = forked.iter().all(|c| c.sh("pgrep -c python3").stdout.trim() == "1");
+    let all = t.elapsed();
+    let per_clone: Vec<f64> = forked.iter().filter_map(|c| sandbox_pss_mib(&c.id).ok()).collect();
+    for c in &forked {
+        d.api("DELETE", &format!("/sandboxes/{}", c.id), None);
+    }
+    if s != 201 || forked.len() != clones || !answered {
+        bail!("gvisor fork of {clones}: {s} {v}");
+    }
+    Ok(MemoryFork {
+        touched_mib: mib,
+        clones,
+        call_ms: call.as_secs_f64() * 1e3,
+        all_answer_ms: all.as_secs_f64() * 1e3,
+        source_pss_mib: source_mib,
+        clone_pss_mib: per_clone.iter().sum::<f64>() / per_clone.len().max(1) as f64,
+    })
+}
+
+/// Proportional set size of a gVisor sandbox: every process in its cgroup (runsc's sandbox and
+/// gofer and the sandbox's address-space stubs), shared pages split among their users.
+fn sandbox_pss_mib(id: &str) -> Result<f64> {
+    let sentry = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .find(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            c.starts_with(b"runsc-sandbox") && String::from_utf8_lossy(&c).contains(id)
+        })
+        .ok_or_else(|| anyhow::anyhow!("no runsc-sandbox process for {id}"))?;
+    let cgroups = std::fs::read_to_string(sentry.path().join("cgroup"))?;
+    let procs = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            match ctl {
+                "memory" => Some(format!("/sys/fs/cgroup/memory{path}/cgroup.procs")),
+                "" => Some(format!("/sys/fs/cgroup{path}/cgroup.procs")),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| anyhow::anyhow!("no memory cgroup for {id}"))?;
+    let mut kib = 0u64;
+    for pid in std::fs::read_to_string(&procs)?.split_whitespace() {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        kib += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib as f64 / 1024.0)
+}
+
+/// Cold on `d` (its daemon takes no template images), then restored from the template's memory
+/// image on a second daemon whose default runtime is gVisor (it takes the image at start).
+fn server_ready(d: &Daemon, root: &Path, n: usize) -> Result<(Series, Series, u64)> {
     let tpl = json!({"templateID": "bench-gv-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
                      "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
     let (status, v) = d.api("POST", "/templates", Some(tpl));
@@ -130,51 +233,60 @@ fn server_ready(d: &Daemon, n: usize) -> Result<(Series, Series)> {
         bail!("deriving the server template: {status} {v}");
     }
     let ask = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/').status)\"";
-    let measure = |template: &str| -> Result<Vec<Duration>> {
+    let measure = |d: &Daemon| -> Result<Vec<Duration>> {
         let mut samples = Vec::with_capacity(n);
         for _ in 0..n + 1 {
             let t = Instant::now();
-            let sb = d.create(json!({"templateID": template, "runtime": "gvisor"}));
+            let sb = d.create(json!({"templateID": "bench-gv-web", "runtime": "gvisor"}));
             let r = sb.sh(ask);
             samples.push(t.elapsed());
             d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
             if r.stdout.trim() != "200" {
-                bail!("the server of {template} answered {r:?}");
+                bail!("the template's server answered {r:?}");
             }
         }
         samples.remove(0);
         Ok(samples)
     };
-    let result = (|| {
-        let cold = measure("bench-gv-web")?;
-        let src = d.create(json!({"templateID": "bench-gv-web", "runtime": "gvisor"}));
-        let (status, v) = d.api(
-            "POST",
-            &format!("/sandboxes/{}/snapshots", src.id),
-            Some(json!({"name": "bench-gv-web-mem", "memory": true})),
-        );
-        d.api("DELETE", &format!("/sandboxes/{}", src.id), None);
-        if status != 201 {
-            bail!("the memory snapshot: {status} {v}");
+    let cold = measure(d);
+    let _ = std::fs::remove_file(root.join("bench-gv/state.redb"));
+    let warm_daemon = Daemon::start_with(
+        root,
+        "bench-gv",
+        "default_runtime = \"gvisor\"\n[gvisor]\ntemplate_memory_snapshots = true\n[network]\nenabled = false\n",
+    );
+    let warm = (|| {
+        let img = warren_e2e::wait_for("the template's memory image", Duration::from_secs(180), || {
+            let (_, v) = warm_daemon.api("GET", "/templates/bench-gv-web", None);
+            v["memorySnapshots"].as_array().and_then(|a| a.iter().find(|s| s["runtime"] == "gvisor").cloned())
+        });
+        if img["status"] != "ready" {
+            bail!("the template's memory image: {img}");
         }
-        let warm = measure("bench-gv-web-mem");
-        d.api("DELETE", "/templates/bench-gv-web-mem", None);
-        Ok((cold, warm?))
+        Ok((measure(&warm_daemon)?, img["tookMs"].as_u64().unwrap_or(0)))
     })();
+    warm_daemon.api("DELETE", "/templates/bench-gv-web", None);
     d.api("DELETE", "/templates/bench-gv-web", None);
-    let (cold, warm) = result?;
-    Ok((series("gvisor server template: create -> 200", cold), series("gvisor from memory snapshot: -> 200", warm)))
+    let (cold, (warm, took)) = (cold?, warm?);
+    Ok((
+        series("gvisor server template: create -> 200", cold),
+        series("gvisor from template memory image: -> 200", warm),
+        took,
+    ))
+}
+
+struct RunscDirect {
+    run: Series,
+    checkpoint: Series,
+    restore: Series,
+    checkpoint_default: Series,
+    restore_default: Series,
+    image_mib: f64,
 }
 
 /// `runsc` on the crun baseline's bundle (same root filesystem, same limits), with the flags
 /// Warren uses: run → output, then checkpoint / restore of a container holding the same memory.
-fn runsc_direct(
-    root: &Path,
-    crun_bundle: &Path,
-    n: usize,
-    rounds: usize,
-    touched_mib: u64,
-) -> Result<(Series, Series, Series, f64)> {
+fn runsc_direct(root: &Path, crun_bundle: &Path, n: usize, rounds: usize, touched_mib: u64) -> Result<RunscDirect> {
     let state = root.join("runsc-state");
     std::fs::create_dir_all(&state)?;
     let runsc = || {
@@ -229,18 +341,28 @@ fn runsc_direct(
         std::thread::sleep(Duration::from_millis(100));
     }
     let (mut ckpt, mut restore) = (Vec::new(), Vec::new());
+    let (mut ckpt_default, mut restore_default) = (Vec::new(), Vec::new());
     let mut image_mib = 0.0;
     let result = (|| {
-        for _ in 0..rounds {
+        // Rounds with Warren's checkpoint flags, then with runsc's defaults (compressed images).
+        for round in 0..rounds * 2 {
+            let warren_flags = round < rounds;
             let _ = std::fs::remove_dir_all(&image);
             std::fs::create_dir_all(&image)?;
             let t = Instant::now();
-            let out = runsc().arg("checkpoint").arg(format!("--image-path={}", image.display())).arg(&id).output()?;
-            ckpt.push(t.elapsed());
+            let mut cmd = runsc();
+            cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
+            if warren_flags {
+                cmd.args(["--compression=none", "--exclude-committed-zero-pages"]);
+            }
+            let out = cmd.arg(&id).output()?;
+            if warren_flags { &mut ckpt } else { &mut ckpt_default }.push(t.elapsed());
             if !out.status.success() {
                 bail!("runsc checkpoint: {}", String::from_utf8_lossy(&out.stderr));
             }
-            image_mib = dir_mib(&image);
+            if warren_flags {
+                image_mib = dir_mib(&image);
+            }
             let _ = runsc().args(["delete", "--force", &id]).output();
             let t = Instant::now();
             let st = runsc()
@@ -253,7 +375,7 @@ fn runsc_direct(
                 .status()?;
             // Restored once a command runs in it again, as Warren's wake is timed.
             let ok = st.success() && ready();
-            restore.push(t.elapsed());
+            if warren_flags { &mut restore } else { &mut restore_default }.push(t.elapsed());
             if !ok {
                 bail!("runsc restore failed");
             }
@@ -263,10 +385,12 @@ fn runsc_direct(
     let _ = runsc().args(["delete", "--force", &id]).output();
     let _ = std::fs::remove_dir_all(&image);
     result?;
-    Ok((
-        series("runsc: run -> output", run),
-        series("runsc: checkpoint", ckpt),
-        series("runsc: restore -> exec", restore),
+    Ok(RunscDirect {
+        run: series("runsc: run -> output", run),
+        checkpoint: series("runsc: checkpoint (Warren's flags)", ckpt),
+        restore: series("runsc: restore -> exec (Warren's flags)", restore),
+        checkpoint_default: series("runsc: checkpoint (defaults)", ckpt_default),
+        restore_default: series("runsc: restore -> exec (defaults)", restore_default),
         image_mib,
-    ))
+    })
 }

@@ -99,6 +99,23 @@ fn series(name: &str, mut d: Vec<Duration>) -> Series {
     }
 }
 
+/// The clones a fork call answered with (the failed ones left out).
+pub(crate) fn fork_clones(d: &Daemon, v: &serde_json::Value) -> Vec<warren_e2e::Sandbox> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let sb = e.get("sandbox")?;
+            Some(warren_e2e::Sandbox {
+                id: sb["sandboxID"].as_str()?.to_owned(),
+                token: sb["envdAccessToken"].as_str()?.to_owned(),
+                url: d.url(),
+                http: d.http.clone(),
+            })
+        })
+        .collect()
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.backend_port {
@@ -221,8 +238,10 @@ fn main() -> Result<()> {
             &g.warren_exec,
             &g.warren_pause,
             &g.runsc_checkpoint,
+            &g.runsc_checkpoint_default,
             &g.warren_wake,
             &g.runsc_restore,
+            &g.runsc_restore_default,
             &g.server_cold,
             &g.server_from_memory,
         ]);
@@ -232,15 +251,24 @@ fn main() -> Result<()> {
     }
     if let Some(g) = &gv {
         println!(
-            "gvisor, {} MiB touched: wake p50 {:.0} ms vs runsc restore {:.0} ms (ratio {:.2}); image {:.0} MiB (runsc {:.0} MiB); create p50 ratio to runsc run {:.2}",
+            "gvisor, {} MiB touched: wake p50 {:.0} ms vs runsc restore {:.0} ms with the same flags (ratio {:.2}), {:.0} ms with its defaults (ratio {:.2}); image {:.0} MiB (runsc {:.0} MiB); create p50 ratio to runsc run {:.2}",
             g.touched_mib,
             g.warren_wake.p50_ms,
             g.runsc_restore.p50_ms,
             g.warren_wake.p50_ms / g.runsc_restore.p50_ms,
+            g.runsc_restore_default.p50_ms,
+            g.warren_wake.p50_ms / g.runsc_restore_default.p50_ms,
             g.warren_image_mib,
             g.runsc_image_mib,
             g.warren_create.p50_ms / g.runsc_run.p50_ms
         );
+        for f in &g.forks {
+            println!(
+                "gvisor fork {} clones in memory mode ({} MiB touched): call {:.0} ms, all answered an exec after {:.0} ms; PSS {:.0} MiB per clone (source {:.0} MiB)",
+                f.clones, f.touched_mib, f.call_ms, f.all_answer_ms, f.clone_pss_mib, f.source_pss_mib
+            );
+        }
+        println!("gvisor server template: memory image taken in {} ms", g.server_image_took_ms);
     }
     println!(
         "sustained claim+exec+kill: {:.0}/s over {:.0} s with {} clients ({} done, {} errors)",
@@ -376,20 +404,7 @@ fn fork_many(d: &Daemon, count: usize) -> Result<Fork> {
     if status != 201 {
         bail!("fork answered {status}: {v}");
     }
-    let clones: Vec<warren_e2e::Sandbox> = v
-        .as_array()
-        .context("fork answer")?
-        .iter()
-        .filter_map(|e| {
-            let sb = e.get("sandbox")?;
-            Some(warren_e2e::Sandbox {
-                id: sb["sandboxID"].as_str()?.to_owned(),
-                token: sb["envdAccessToken"].as_str()?.to_owned(),
-                url: d.url(),
-                http: d.http.clone(),
-            })
-        })
-        .collect();
+    let clones = fork_clones(d, &v);
     let failed = count - clones.len();
     std::thread::scope(|s| {
         for chunk in clones.chunks(clones.len().div_ceil(8).max(1)) {

@@ -96,7 +96,10 @@ impl Daemon {
             let (bridge, cidr) = test_network(name);
             format!("[network]\nbridge = \"{bridge}\"\ncidr = \"{cidr}\"\n")
         };
-        let extra = format!("{extra}{network}");
+        // Test daemons share one templates directory: a template one test makes would otherwise
+        // be warmed up by every daemon started after it. Tests of that feature turn it on.
+        let warm = if extra.contains("[gvisor]") { "" } else { "[gvisor]\ntemplate_memory_snapshots = false\n" };
+        let extra = format!("{extra}{network}{warm}");
         std::fs::create_dir_all(&data_dir).unwrap();
         let port = free_port();
         let config = data_dir.join("config.toml");

@@ -258,3 +258,132 @@ fn memory_snapshots_start_sandboxes_with_their_processes_running() {
         .unwrap_or_default();
     assert!(left.iter().all(|n| !n.starts_with("copy-")), "memory images left: {left:?}");
 }
+
+/// The template's memory image on gVisor, once its warm-up ended (`None` while it runs).
+fn template_image(d: &Daemon, id: &str) -> Option<serde_json::Value> {
+    let (status, v) = d.api("GET", &format!("/templates/{id}"), None);
+    assert_eq!(status, 200, "{v}");
+    v["memorySnapshots"].as_array()?.iter().find(|s| s["runtime"] == "gvisor").cloned()
+}
+
+#[test]
+fn templates_with_a_start_command_start_from_a_memory_image_on_gvisor() {
+    let root = std::path::Path::new(warren_e2e::ROOT);
+    let _ = std::fs::remove_file(root.join("gvisor-tpl/state.redb"));
+    // On a daemon whose default runtime is gVisor, a template gets its image as soon as it is made
+    // (elsewhere, once a sandbox of it is first started on gVisor).
+    let d = Daemon::start_with(
+        root,
+        "gvisor-tpl",
+        "default_runtime = \"gvisor\"\n[gvisor]\ntemplate_memory_snapshots = true\n",
+    );
+    // The start command notes where it ran: a sandbox restored from the image did not run it.
+    let start = |version: &str| {
+        format!(
+            "echo {version} > /home/user/version; hostname > /home/user/started-in; echo x >> /home/user/starts; \
+             exec python3 -m http.server 8082"
+        )
+    };
+    let tpl = |version: &str| {
+        json!({"templateID": "gv-web-e2e", "from": "base", "startCmd": start(version),
+               "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8082'", "readyTimeout": 30})
+    };
+    let (status, v) = d.api("POST", "/templates", Some(tpl("v1")));
+    assert_eq!(status, 201, "{v}");
+    let img = wait_for("the template's memory image", Duration::from_secs(120), || template_image(&d, "gv-web-e2e"));
+    assert_eq!(img["status"], "ready", "{img}");
+
+    let probe = "curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8082/; cat /home/user/version \
+                 /home/user/started-in; wc -l < /home/user/starts";
+    let check = |sb: &warren_e2e::Sandbox, version: &str| {
+        let r = sb.sh(probe);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{r:?}");
+        assert_eq!((lines[0], lines[1], lines[3]), ("200", version, "1"), "{r:?}");
+        assert_ne!(lines[2], sb.id, "the start command ran in the sandbox itself: {r:?}");
+    };
+    let a = d.create(json!({"templateID": "gv-web-e2e", "runtime": "gvisor"}));
+    check(&a, "v1");
+    // The native runtime keeps no memory: its sandboxes run the start command at boot.
+    let n = d.create(json!({"templateID": "gv-web-e2e", "runtime": "native"}));
+    assert_eq!(n.sh("cat /home/user/started-in").stdout.trim(), n.id);
+
+    // The image is kept across restarts, and taken again when the start command changes.
+    d.restart();
+    let b = d.create(json!({"templateID": "gv-web-e2e", "runtime": "gvisor"}));
+    check(&b, "v1");
+    let (status, v) = d.api("POST", "/templates", Some(tpl("v2")));
+    assert_eq!(status, 201, "{v}");
+    let img = wait_for("the new memory image", Duration::from_secs(120), || template_image(&d, "gv-web-e2e"));
+    assert_eq!(img["status"], "ready", "{img}");
+    let c = d.create(json!({"templateID": "gv-web-e2e", "runtime": "gvisor"}));
+    check(&c, "v2");
+    check(&a, "v1");
+
+    // A ready check that never passes: no image, and the template says why.
+    let never = json!({"templateID": "gv-never-e2e", "from": "base", "startCmd": "sleep 1000",
+                       "readyCmd": "false", "readyTimeout": 1});
+    assert_eq!(d.api("POST", "/templates", Some(never)).0, 201);
+    let img = wait_for("the failed warm-up", Duration::from_secs(60), || template_image(&d, "gv-never-e2e"));
+    assert_eq!(img["status"], "failed", "{img}");
+    assert!(img["error"].as_str().unwrap().contains("ready check"), "{img}");
+
+    for sb in [&a, &b, &c, &n] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", sb.id), None).0, 204);
+    }
+    assert_eq!(d.api("DELETE", "/templates/gv-web-e2e", None).0, 204);
+    assert_eq!(d.api("DELETE", "/templates/gv-never-e2e", None).0, 204);
+    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("layers/.checkpoints"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "memory images left: {left:?}");
+    let layers: Vec<String> = std::fs::read_dir(d.data_dir.join("layers"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(layers.iter().all(|l| !(l.starts_with('l') && l.len() == 17)), "frozen layers left: {layers:?}");
+}
+
+#[test]
+fn a_full_disk_during_a_pause_and_a_corrupt_image_fail_cleanly() {
+    let d = Daemon::start_fresh("gvisor-bad");
+    let sb = d.create(json!({"templateID": "base", "runtime": "gvisor", "timeout": 600}));
+    assert_eq!(sb.sh(COUNTER).exit_code, Some(0));
+    let (secret, _) = counter(&sb);
+    let state = |d: &Daemon| info(d, &sb.id)["warrenState"].as_str().unwrap().to_owned();
+
+    // The disk fills up during the checkpoint: its image directory is a 4 MiB tmpfs.
+    let img = d.data_dir.join("layers/.checkpoints").join(&sb.id);
+    std::fs::create_dir_all(&img).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&img).status();
+    assert!(mounted.unwrap().success());
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({})));
+    let left = std::fs::read_dir(&img).map(|rd| rd.count()).unwrap_or(0);
+    assert!(std::process::Command::new("umount").arg(&img).status().unwrap().success());
+    assert_eq!(status, 500, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("checkpoint"), "{v}");
+    assert_eq!(left, 0, "the partial image was left behind");
+    // It keeps running with its processes and memory.
+    assert_eq!(state(&d), "running");
+    let (s, n) = wait_for("its counter", Duration::from_secs(10), || Some(counter(&sb)));
+    assert_eq!(s, secret);
+    wait_for("its counter to move on", Duration::from_secs(10), || (counter(&sb).1 > n).then_some(()));
+
+    // A corrupt image: the wake is refused with the reason, the sandbox stays paused, the daemon
+    // keeps serving, and a kill frees everything.
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({}))).0, 204);
+    assert_eq!(state(&d), "hibernated");
+    std::fs::write(img.join("checkpoint.img"), b"not a checkpoint").unwrap();
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 60})));
+    assert!(status >= 400, "{status} {v}");
+    assert!(v["message"].as_str().unwrap().contains("restoring"), "{v}");
+    assert_eq!(state(&d), "hibernated");
+    assert_eq!(d.api("GET", "/sandboxes", None).0, 200);
+    let other = d.create(json!({"templateID": "base", "runtime": "gvisor"}));
+    assert_eq!(other.sh("echo ok").stdout, "ok\n");
+    for id in [&sb.id, &other.id] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{id}"), None).0, 204);
+    }
+    assert_eq!(runsc_processes(&sb.id), 0);
+    assert!(!img.exists(), "its image is left");
+}

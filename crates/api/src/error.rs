@@ -38,6 +38,7 @@ impl From<NodeError> for ApiError {
             NodeError::Forbidden { .. } => StatusCode::FORBIDDEN,
             NodeError::TemplateNotReady { .. }
             | NodeError::TemplateInUse { .. }
+            | NodeError::TemplateWarming { .. }
             | NodeError::Conflict { .. }
             | NodeError::PoolConflict { .. }
             | NodeError::TemplateTaken { .. }

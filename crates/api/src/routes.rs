@@ -23,7 +23,7 @@ use warren_node::templates::TemplateRecord;
 use warren_node::{rfc3339, CreateRequest};
 use warren_types::api::{
     ApiKeyInfo, LifecycleInfo, NewApiKey, NewSandbox, NewTemplate, Refresh, Sandbox, SandboxDetail, SetTimeout,
-    TemplateInfo,
+    TemplateInfo, TemplateMemorySnapshot,
 };
 use warren_types::pool::{PoolInfo, PoolResize, PoolSpec};
 use warren_types::{Team, TemplateId, ENVD_VERSION};
@@ -784,8 +784,23 @@ async fn remove_pool(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn template_info(rec: &TemplateRecord) -> TemplateInfo {
+fn template_info(engine: &warren_node::Engine, rec: &TemplateRecord) -> TemplateInfo {
+    use warren_node::template_images::ImageState;
+    let mut memory_snapshots: Vec<TemplateMemorySnapshot> = engine
+        .template_image_states(&rec.id)
+        .into_iter()
+        .map(|s| match s {
+            ImageState::Ready { runtime, took_ms } => {
+                TemplateMemorySnapshot { runtime, status: "ready".into(), took_ms: Some(took_ms), error: None }
+            }
+            ImageState::Failed { runtime, error } => {
+                TemplateMemorySnapshot { runtime, status: "failed".into(), took_ms: None, error: Some(error) }
+            }
+        })
+        .collect();
+    memory_snapshots.sort_by(|a, b| a.runtime.cmp(&b.runtime));
     TemplateInfo {
+        memory_snapshots,
         template_id: rec.id.to_string(),
         status: rec.status.as_str().into(),
         size_bytes: rec.size_bytes,
@@ -800,7 +815,15 @@ fn template_info(rec: &TemplateRecord) -> TemplateInfo {
 }
 
 async fn list_templates(State(st): S, Extension(c): Extension<Caller>) -> Json<Vec<TemplateInfo>> {
-    Json(st.engine.templates.list().iter().filter(|t| t.visible_to(&c.team)).map(template_info).collect())
+    Json(
+        st.engine
+            .templates
+            .list()
+            .iter()
+            .filter(|t| t.visible_to(&c.team))
+            .map(|t| template_info(&st.engine, t))
+            .collect(),
+    )
 }
 
 /// A template the caller's team may use; another team's is reported as missing.
@@ -817,7 +840,7 @@ async fn template_info_route(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<TemplateInfo>, ApiError> {
-    Ok(Json(template_info(&visible_template(&st, &c, &id)?)))
+    Ok(Json(template_info(&st.engine, &visible_template(&st, &c, &id)?)))
 }
 
 async fn build_template(State(st): S, Extension(c): Extension<Caller>, body: Body) -> Result<Response, ApiError> {
@@ -851,11 +874,11 @@ async fn build_template(State(st): S, Extension(c): Extension<Caller>, body: Bod
             }
             let from = TemplateId::parse(&from).map_err(|e| ApiError::bad_request(e.to_string()))?;
             let rec = st.engine.templates.derive(tid, from, startup, owner)?;
-            return Ok((StatusCode::CREATED, Json(template_info(&rec))).into_response());
+            return Ok((StatusCode::CREATED, Json(template_info(&st.engine, &rec))).into_response());
         }
         None => st.engine.templates.build(tid, req.packages, owner, startup)?,
     };
-    Ok((StatusCode::ACCEPTED, Json(template_info(&rec))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(template_info(&st.engine, &rec))).into_response())
 }
 
 async fn remove_template(

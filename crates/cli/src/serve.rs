@@ -90,6 +90,7 @@ fn select_runtimes(
             uid_count: cfg.native.uid_count,
             agent_binary: agent_binary(cfg)?,
             cgroup_parent: format!("{}.gvisor", cfg.native.cgroup_parent),
+            compress_images: cfg.gvisor.compress_images,
         };
         match warren_runtime::gvisor::GvisorRuntime::new(settings, layers) {
             Ok(g) => {

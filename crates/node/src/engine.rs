@@ -157,6 +157,11 @@ pub struct Engine {
     pub(crate) sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
     pub(crate) pools: Mutex<HashMap<String, crate::pools::PoolState>>,
     pub(crate) snapshots: Mutex<HashMap<TemplateId, crate::snapshots::SnapshotRecord>>,
+    pub(crate) template_images: Mutex<crate::template_images::TemplateImages>,
+    /// Per template: held by its warm-up, and by its removal (which waits for it).
+    pub(crate) warm_locks: Mutex<HashMap<TemplateId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wakes the template warmer (a template's image was asked for, or a warm-up ended).
+    pub(crate) warm_wake: Arc<tokio::sync::Notify>,
     /// Serializes pause and resume per sandbox (so concurrent wakes merge into one).
     op_locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each sandbox last saw traffic, and how many requests are in flight to it.
@@ -204,6 +209,9 @@ impl Engine {
             sandboxes: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            template_images: Default::default(),
+            warm_locks: Mutex::new(HashMap::new()),
+            warm_wake: Default::default(),
             op_locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             telemetry: Default::default(),
@@ -212,10 +220,12 @@ impl Engine {
             addresses,
         });
         engine.load_snapshots()?;
+        engine.load_template_images()?;
         engine.load_pools()?;
         engine.recover().await?;
         engine.collect_layers();
         engine.start_pools();
+        engine.start_template_warmer();
         engine.start_sampler();
         let clock = Arc::downgrade(&engine);
         tokio::spawn(async move {
@@ -534,15 +544,32 @@ impl Engine {
         pool: Option<String>,
         layers: &[String],
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
+        if !layers.is_empty() {
+            return self.boot_from(shape, pool, layers, None).await;
+        }
         // A memory snapshot's sandboxes on its runtime start from its memory image.
-        let image = match layers.is_empty() {
-            true => self
-                .snapshot(&shape.template_id)
-                .filter(|s| s.runtime.as_deref() == Some(shape.runtime.as_str()))
-                .and_then(|s| s.memory_image),
-            false => None,
+        let image = self
+            .snapshot(&shape.template_id)
+            .filter(|s| s.runtime.as_deref() == Some(shape.runtime.as_str()))
+            .and_then(|s| s.memory_image);
+        if image.is_some() {
+            return self.boot_from(shape, pool, layers, image.as_deref()).await;
+        }
+        // So do a template's, once its start command has run and its image was taken.
+        let Some(img) = self.template_image(&shape.template_id, &shape.runtime) else {
+            self.want_template_image(&shape.template_id, &shape.runtime);
+            return self.boot_from(shape, pool, layers, None).await;
         };
-        self.boot_from(shape, pool, layers, image.as_deref()).await
+        match self.boot_from(shape, pool.clone(), &img.layers, Some(&img.memory_image)).await {
+            Ok(booted) => Ok(booted),
+            // A damaged image costs the speed-up, not the sandbox: boot it the slow way.
+            Err(e @ NodeError::Runtime(_)) => {
+                warn!(template = %shape.template_id, runtime = %shape.runtime, error = %e,
+                      "restoring from the template's memory image failed; booting it cold");
+                self.boot_from(shape, pool, layers, None).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Engine::boot`], or with `image` a start from another sandbox's memory image (a fork in
@@ -1017,6 +1044,15 @@ impl Engine {
         };
         if let Err(e) = started.await {
             self.agents.forget(&handle.agent_socket);
+            // What the agent said is the best clue to a failed wake: keep it in the sandbox's log
+            // (the halt removes the file it is in).
+            let tail = self.agent_log_entries(&rec.id);
+            let failed = LogEntry::warren(now_ms(), Level::Warn, "wake failed", &[("error", e.to_string())]);
+            let mut ops: Vec<Op> = tail.iter().map(|l| Op::Log { sandbox: rec.id.as_str(), entry: l }).collect();
+            ops.push(Op::Log { sandbox: rec.id.as_str(), entry: &failed });
+            if let Err(err) = self.store.write(ops) {
+                warn!(sandbox = %rec.id, error = %err, "recording a failed wake in the log");
+            }
             let _ = halt(Some(handle)).await;
             return Err(e);
         }
@@ -1302,6 +1338,8 @@ impl Engine {
             }
             _ => return Err(NodeError::TemplateNotFound { id: id.into() }),
         }
+        // A warm-up of the template holds a sandbox of it: wait for it to end.
+        let _no_warm_up = self.stop_template_warm_up(&tid).await?;
         // Sandboxes, pools and snapshots stacked on it all need it.
         let count = self.template_users(&tid)
             + self.templates.derived_from(&tid).len()
@@ -1310,7 +1348,8 @@ impl Engine {
         if count > 0 {
             return Err(NodeError::TemplateInUse { id: id.into(), count });
         }
-        self.templates.remove(&tid).await
+        self.templates.remove(&tid).await?;
+        self.drop_template_images(&tid)
     }
 
     /// The sandbox's resource use in envd's `/metrics` shape. CPU % is over the time since the

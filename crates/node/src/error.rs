@@ -58,6 +58,8 @@ pub enum NodeError {
     SnapshotDamaged { id: String, layer: String },
     #[error("snapshot {id} is in use by {users}; kill those sandboxes and remove those pools first")]
     SnapshotInUse { id: String, users: String },
+    #[error("template {id}'s memory image is being taken (its start command and ready check are running); retry once GET /templates/{id} lists it under memorySnapshots")]
+    TemplateWarming { id: String },
     #[error("template id {id} is taken; choose another id")]
     TemplateTaken { id: String },
 }

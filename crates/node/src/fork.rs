@@ -149,7 +149,11 @@ impl Engine {
         let lock = self.op_lock(id.as_str());
         let _held = lock.lock().await;
         let state = self.get(id.as_str())?.state;
-        if !matches!(state, SandboxState::Running | SandboxState::Paused | SandboxState::Hibernated) {
+        // Ready: an unclaimed sandbox (a template's warm-up).
+        if !matches!(
+            state,
+            SandboxState::Running | SandboxState::Ready | SandboxState::Paused | SandboxState::Hibernated
+        ) {
             return Err(NodeError::Conflict {
                 id: id.to_string(),
                 state: "not running",
@@ -157,7 +161,7 @@ impl Engine {
             });
         }
         let layer = format!("l{}", random_hex(8));
-        let running = state == SandboxState::Running;
+        let running = matches!(state, SandboxState::Running | SandboxState::Ready);
         let handle = if memory && running { self.get(id.as_str())?.handle } else { None };
         let image = handle.as_ref().map(|_| layer.clone());
         if let Some(h) = &handle {
@@ -206,6 +210,7 @@ impl Engine {
         let mut used: std::collections::HashSet<String> =
             self.sandboxes.lock().unwrap().values().flat_map(|r| r.layers.iter().cloned()).collect();
         used.extend(self.snapshots.lock().unwrap().values().flat_map(|s| s.layers.iter().cloned()));
+        used.extend(self.template_image_layers());
         layers.iter().filter(|l| !used.contains(*l)).cloned().collect()
     }
 
@@ -215,12 +220,13 @@ impl Engine {
     }
 
     /// At start: deletes frozen layers that no recovered sandbox uses, and memory images no
-    /// snapshot names (those of forks a crash interrupted).
+    /// snapshot or template names (those of forks a crash interrupted).
     pub(crate) fn collect_layers(&self) {
         let on_disk = self.runtime.layers();
         self.release_layers(&on_disk);
-        let named: std::collections::HashSet<String> =
+        let mut named: std::collections::HashSet<String> =
             self.snapshots.lock().unwrap().values().filter_map(|s| s.memory_image.clone()).collect();
+        named.extend(self.template_image_names());
         for img in self.runtime.images().into_iter().filter(|i| !named.contains(i)) {
             self.runtime.remove_image(&img);
         }

@@ -16,6 +16,7 @@ pub mod pools;
 pub mod snapshots;
 pub mod store;
 pub mod telemetry;
+pub mod template_images;
 pub mod templates;
 pub mod timeline;
 

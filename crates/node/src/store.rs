@@ -16,6 +16,9 @@ const POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("pools_v1");
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys_v1");
 /// Snapshot id → JSON snapshot record (root template and frozen layers).
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
+/// "template@runtime" → JSON template memory image record (frozen layer and image of a warmed-up
+/// sandbox of the template).
+const TEMPLATE_IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("template_images_v1");
 /// (sandbox id, sequence) → JSON [`LogEntry`]. The sequence is the entry's time in microseconds,
 /// bumped past the previous one, so a range over one sandbox reads its log in order.
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sandbox_log_v1");
@@ -62,6 +65,7 @@ pub enum Kind {
     Pool,
     ApiKey,
     Snapshot,
+    TemplateImage,
 }
 
 impl Kind {
@@ -71,6 +75,7 @@ impl Kind {
             Kind::Pool => POOLS,
             Kind::ApiKey => API_KEYS,
             Kind::Snapshot => SNAPSHOTS,
+            Kind::TemplateImage => TEMPLATE_IMAGES,
         }
     }
 }
@@ -84,6 +89,7 @@ impl Store {
         w.open_table(POOLS).map_err(txn)?;
         w.open_table(API_KEYS).map_err(txn)?;
         w.open_table(SNAPSHOTS).map_err(txn)?;
+        w.open_table(TEMPLATE_IMAGES).map_err(txn)?;
         w.open_table(LOG).map_err(txn)?;
         w.commit().map_err(txn)?;
         Ok(Store { db, last_seq: AtomicU64::new(0) })
@@ -105,6 +111,7 @@ impl Store {
             let mut pools = w.open_table(POOLS).map_err(txn)?;
             let mut keys = w.open_table(API_KEYS).map_err(txn)?;
             let mut snapshots = w.open_table(SNAPSHOTS).map_err(txn)?;
+            let mut template_images = w.open_table(TEMPLATE_IMAGES).map_err(txn)?;
             let mut log = w.open_table(LOG).map_err(txn)?;
             for op in ops {
                 match op {
@@ -114,6 +121,7 @@ impl Store {
                             Kind::Pool => &mut pools,
                             Kind::ApiKey => &mut keys,
                             Kind::Snapshot => &mut snapshots,
+                            Kind::TemplateImage => &mut template_images,
                         };
                         t.insert(key, value.as_slice()).map_err(txn)?;
                     }
@@ -123,6 +131,7 @@ impl Store {
                             Kind::Pool => &mut pools,
                             Kind::ApiKey => &mut keys,
                             Kind::Snapshot => &mut snapshots,
+                            Kind::TemplateImage => &mut template_images,
                         };
                         t.remove(key).map_err(txn)?;
                     }

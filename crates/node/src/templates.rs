@@ -95,6 +95,8 @@ pub struct Templates {
     uid_base: u32,
     records: Mutex<HashMap<TemplateId, TemplateRecord>>,
     builds: Mutex<HashMap<TemplateId, Build>>,
+    /// Woken whenever a record changes (the engine then takes memory images of new templates).
+    changed: tokio::sync::Notify,
 }
 
 /// A subscription to a build's progress: lines so far, then live lines until the build ends.
@@ -114,6 +116,7 @@ impl Templates {
             uid_base,
             records: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
         };
         for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
             let meta = entry.path().join("template.json");
@@ -265,7 +268,13 @@ impl Templates {
         std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes")).map_err(err)?;
         std::fs::rename(&tmp, dir.join("template.json")).map_err(err)?;
         self.records.lock().unwrap().insert(r.id.clone(), r.clone());
+        self.changed.notify_one();
         Ok(())
+    }
+
+    /// Resolves when a template record changed since the last call returned (or ever, the first time).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Starts building `id` for `owner` (`None`: public) unless it is ready or already building.

@@ -37,6 +37,8 @@ pub struct GvisorSettings {
     pub agent_binary: PathBuf,
     /// cgroup (under each controller's root) holding this daemon's gVisor sandboxes.
     pub cgroup_parent: String,
+    /// Compress memory images (smaller on disk, slower to take and to restore).
+    pub compress_images: bool,
 }
 
 pub struct GvisorRuntime {
@@ -241,6 +243,12 @@ impl GvisorRuntime {
         };
         let mut cmd = self.runsc();
         cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
+        // Untouched-but-committed pages are skipped either way; compression costs about as much
+        // time on restore as reading the pages does (a wake waits for both).
+        cmd.arg("--exclude-committed-zero-pages");
+        if !self.settings.compress_images {
+            cmd.arg("--compression=none");
+        }
         if leave_running {
             cmd.arg("--leave-running");
         }
@@ -369,6 +377,59 @@ impl GvisorRuntime {
             backend: "gvisor".into(),
         })
     }
+
+    /// Ends the sandbox's processes and frees what runsc and the cgroups hold. The layer and any
+    /// image stay. With `keep_rootfs` (a pause to disk) the overlay root stays mounted and the
+    /// agent's log stays: a wake restores onto the same mount, and the pause does not wait for
+    /// the unmount, which flushes the layer store (the freshly written image included) to disk.
+    fn teardown(&self, id: &SandboxId, handle: Option<&Handle>, keep_rootfs: bool) -> Result<(), RuntimeError> {
+        self.stop(id, handle)?;
+        // runsc waits for the sandbox process to disappear, which a zombie never does.
+        if let Some(h) = handle {
+            wait_gone(h.pid, h.start_time, Duration::from_secs(5));
+        }
+        // A sandbox frozen for a checkpoint: its other processes (gofer, stubs) die only once
+        // thawed, and `runsc delete` waits seconds for them. The sandbox process is gone, so
+        // nothing of the sandbox runs again.
+        let _ = self.cgroups.sandbox(id.as_str()).thaw_quietly();
+        let dir = self.sandbox_dir(id.as_str());
+        if self.settings.run_dir.join("state").join(id.as_str()).exists() || dir.exists() {
+            // Forgets the container (and its cgroups); fails harmlessly when runsc never knew it.
+            let out = output_reaping(self.runsc().args(["delete", "--force", id.as_str()]));
+            if let Ok(o) = out {
+                if !o.status.success() {
+                    debug!(sandbox = %id, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "runsc delete");
+                }
+            }
+        }
+        self.cgroups.sandbox(id.as_str()).kill_and_remove(Duration::from_secs(10))?;
+        let rootfs = dir.join("rootfs");
+        if keep_rootfs {
+            // Never a recursive delete here: the sandbox's files are below the mounted root.
+            for name in ["bundle", "uds", "pid"] {
+                let p = dir.join(name);
+                let gone = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                if let Err(e) = gone {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(sandbox = %id, error = %e, path = %p.display(), "removing a gVisor sandbox file");
+                    }
+                }
+            }
+            reap_orphans();
+            return Ok(());
+        }
+        if is_mountpoint(&rootfs) {
+            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| prep("overlay root filesystem", &rootfs)(std::io::Error::from(e)))?;
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(sandbox = %id, error = %e, "removing the gVisor sandbox directory");
+            }
+        }
+        reap_orphans();
+        Ok(())
+    }
 }
 
 /// Reaps runsc's exited helper processes. runsc's sandbox, gofer and setup processes outlive the
@@ -392,6 +453,20 @@ pub fn reap_orphans() {
                 );
             }
         }
+    }
+}
+
+/// Runs `cmd` to completion, reaping runsc's exited helpers meanwhile: runsc waits for the
+/// processes it kills (a gofer) to disappear, and those re-parented to the daemon stay zombies,
+/// holding it up for seconds, until the daemon reaps them.
+fn output_reaping(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    loop {
+        reap_orphans();
+        if child.try_wait()?.is_some() {
+            return child.wait_with_output();
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -433,11 +508,28 @@ impl Runtime for GvisorRuntime {
     }
 
     fn checkpoint(&self, id: &SandboxId, handle: &Handle) -> Result<u64, RuntimeError> {
-        let bytes = self.checkpoint_into(id, &self.image_dir(id.as_str()), false)?;
-        // The sandbox stops on its own after a checkpoint; once it is gone, free what is left
-        // of it but its layer and the image.
-        wait_gone(handle.pid, handle.start_time, Duration::from_secs(5));
-        self.halt(id, Some(handle))?;
+        let t0 = Instant::now();
+        // Frozen first and saved with `--leave-running`: a checkpoint that fails (a full disk)
+        // then leaves the sandbox as it was, to be thawed, where a plain one would end it.
+        self.freeze(id)?;
+        let bytes = match self.checkpoint_into(id, &self.image_dir(id.as_str()), true) {
+            Ok(b) => b,
+            Err(e) => {
+                if let Err(t) = self.thaw(id) {
+                    warn!(sandbox = %id, error = %t, "thawing after a failed checkpoint");
+                }
+                return Err(e);
+            }
+        };
+        let t1 = Instant::now();
+        // Saved: the (still frozen) sandbox goes; its layer, root mount and image stay.
+        self.teardown(id, Some(handle), true)?;
+        debug!(
+            sandbox = %id,
+            checkpoint_ms = (t1 - t0).as_millis() as u64,
+            teardown_ms = t1.elapsed().as_millis() as u64,
+            "gvisor sandbox checkpointed"
+        );
         Ok(bytes)
     }
 
@@ -517,34 +609,7 @@ impl Runtime for GvisorRuntime {
     }
 
     fn halt(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
-        self.stop(id, handle)?;
-        // runsc waits for the sandbox process to disappear, which a zombie never does.
-        if let Some(h) = handle {
-            wait_gone(h.pid, h.start_time, Duration::from_secs(5));
-        }
-        let dir = self.sandbox_dir(id.as_str());
-        if self.settings.run_dir.join("state").join(id.as_str()).exists() || dir.exists() {
-            // Forgets the container (and its cgroups); fails harmlessly when runsc never knew it.
-            let out = self.runsc().args(["delete", "--force", id.as_str()]).output();
-            if let Ok(o) = out {
-                if !o.status.success() {
-                    debug!(sandbox = %id, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "runsc delete");
-                }
-            }
-        }
-        self.cgroups.sandbox(id.as_str()).kill_and_remove(Duration::from_secs(10))?;
-        let rootfs = dir.join("rootfs");
-        if is_mountpoint(&rootfs) {
-            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| prep("overlay root filesystem", &rootfs)(std::io::Error::from(e)))?;
-        }
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(sandbox = %id, error = %e, "removing the gVisor sandbox directory");
-            }
-        }
-        reap_orphans();
-        Ok(())
+        self.teardown(id, handle, false)
     }
 
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {

@@ -188,6 +188,24 @@ pub struct TemplateInfo {
     pub start_cmd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_cmd: Option<String>,
+    /// Memory images taken after the start command became ready, per runtime that saves memory:
+    /// sandboxes of the template on that runtime start from one with the server running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_snapshots: Vec<TemplateMemorySnapshot>,
+}
+
+/// A template's memory image on one runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMemorySnapshot {
+    pub runtime: String,
+    /// `ready` or `failed` (its sandboxes then run the start command at boot).
+    pub status: String,
+    /// How long boot, start command, ready check and checkpoint took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /templates` (Warren's own): build a template from Debian packages.

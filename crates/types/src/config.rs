@@ -190,11 +190,23 @@ pub struct GvisorConfig {
     pub runsc: PathBuf,
     /// runsc's platform: `systrap` (fastest without hardware virtualisation) or `ptrace`.
     pub platform: String,
+    /// Boot every template that has a start command once on gVisor, wait for its ready check and
+    /// keep the sandbox's memory image: its gVisor sandboxes then start with the server running.
+    pub template_memory_snapshots: bool,
+    /// Compress memory images: smaller on disk for compressible memory, but a wake (and a pause)
+    /// spends about as long in compression as in moving the pages.
+    pub compress_images: bool,
 }
 
 impl Default for GvisorConfig {
     fn default() -> Self {
-        GvisorConfig { enabled: true, runsc: PathBuf::from("runsc"), platform: "systrap".into() }
+        GvisorConfig {
+            enabled: true,
+            runsc: PathBuf::from("runsc"),
+            platform: "systrap".into(),
+            template_memory_snapshots: true,
+            compress_images: false,
+        }
     }
 }
 
