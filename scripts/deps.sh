@@ -8,6 +8,7 @@
 #   nginx, wrk   the proxy benchmark's baseline and load generator
 #   runsc        the gvisor runtime, from bookworm-backports: its 2024 build brings the systrap
 #                platform and a checkpoint that can leave the sandbox running (docs/runtimes.md)
+#   criu         4.1.1 built from Debian's source into /opt/warren/criu (scripts/criu.sh)
 set -euo pipefail
 need=()
 for pkg in mmdebstrap btrfs-progs crun curl ca-certificates python3-venv nftables iproute2 nginx-light wrk; do
@@ -38,3 +39,5 @@ if ! dpkg-query -W -f='${Version}' runsc 2>/dev/null | grep -q '^0.0~2024'; then
         }
     fi
 fi
+# CRIU ≥ 4 for memory snapshots of native sandboxes, built once into /opt/warren/criu.
+"$(dirname "$0")/criu.sh"

@@ -57,6 +57,12 @@ fn main() {
             unsafe { std::env::remove_var(k) };
         }
     }
+    // As a sandbox's init, lead its own session: a checkpoint of the sandbox (CRIU) must find
+    // every session leader inside the sandbox's pid namespace. (Fails harmlessly when it already
+    // leads one, as under gVisor.)
+    if std::process::id() == 1 {
+        let _ = nix::unistd::setsid();
+    }
     // A current-thread runtime keeps an idle agent small; blocking file work uses its pool.
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build().expect("runtime");

@@ -80,6 +80,20 @@ fn select_runtimes(
 ) -> Result<Arc<dyn warren_runtime::Runtime>> {
     let layers = native.layer_store();
     let native: Arc<dyn warren_runtime::Runtime> = Arc::new(native);
+    // Memory snapshots of native sandboxes stand on CRIU: say whether this host has a working one.
+    match warren_runtime::native::criu::probe(&cfg.native.criu) {
+        Ok(version) => info!(
+            criu = %cfg.native.criu.display(),
+            version,
+            "native runtime: CRIU works here, but this version keeps a native sandbox's memory only by \
+             freezing it in place (pause); memory snapshots, pauses to disk with memory and forks with \
+             memory need runtime \"gvisor\""
+        ),
+        Err(why) => info!(
+            "native runtime: no memory snapshots: {why}; pauses freeze in place, and runtime \"gvisor\" \
+             keeps memory on disk"
+        ),
+    }
     let mut backends = vec![native];
     if cfg.gvisor.enabled || cfg.default_runtime == "gvisor" {
         let settings = warren_runtime::gvisor::GvisorSettings {

@@ -165,6 +165,8 @@ pub struct NativeConfig {
     pub agent_path: Option<PathBuf>,
     /// Name of the cgroup (under each controller's root) that holds this daemon's sandboxes.
     pub cgroup_parent: String,
+    /// CRIU ≥ 4 (`scripts/criu.sh` builds it here), for memory snapshots of native sandboxes.
+    pub criu: PathBuf,
 }
 
 impl Default for NativeConfig {
@@ -175,6 +177,7 @@ impl Default for NativeConfig {
             storage_size_gb: 256,
             agent_path: None,
             cgroup_parent: "warren".into(),
+            criu: PathBuf::from("/opt/warren/criu/sbin/criu"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! layer store, seccomp and dropped capabilities. See `spawn.rs` for the order of the set-up steps.
 
 pub mod cgroup;
+pub mod criu;
 pub mod exit_watch;
 pub mod network;
 pub mod seccomp;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs CRIU 4.1.1 into Warren's own prefix (/opt/warren/criu), built from Debian's source
+# package (idempotent; quiet when it is already there). Debian 12's own criu (3.17) cannot dump on
+# newer kernels ("vdso: Unexpected rt vDSO area bounds"), and Debian 13's binary needs a newer
+# glibc, so the source of Debian 13's package is built here against Debian 12's libraries. The
+# system's criu, apt sources and lists are left alone: the source is fetched with a private apt
+# configuration under /var/cache/warren.
+set -euo pipefail
+version=4.1.1
+prefix=/opt/warren/criu
+if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version"; then
+    exit 0
+fi
+echo "building CRIU $version into $prefix (once)" >&2
+need=()
+for pkg in build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev \
+    protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev \
+    libaio-dev xz-utils; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cache=/var/cache/warren/criu
+mkdir -p "$cache/apt/lists/partial" "$cache/apt/archives/partial" "$cache/src"
+tarball="$cache/src/criu_$version.orig.tar.xz"
+if [ ! -s "$tarball" ]; then
+    echo "deb-src http://deb.debian.org/debian trixie main" > "$cache/apt/sources.list"
+    apt_private=(-o "Dir::Etc::SourceList=$cache/apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$cache/apt/lists" -o "Dir::Cache::Archives=$cache/apt/archives"
+        -o "APT::Get::List-Cleanup=0")
+    apt-get "${apt_private[@]}" update -qq
+    (cd "$cache/src" && apt-get "${apt_private[@]}" source --download-only "criu=$version*" >/dev/null 2>&1 ||
+        apt-get "${apt_private[@]}" source --download-only criu >/dev/null 2>&1 || true)
+    if [ ! -s "$tarball" ]; then
+        echo "criu.sh: Debian's source for criu $version was not found (have: $(ls "$cache/src"))" >&2
+        exit 1
+    fi
+fi
+build=$(mktemp -d /tmp/warren-criu.XXXXXX)
+trap 'rm -rf "$build"' EXIT
+tar -xJf "$tarball" -C "$build"
+cd "$build"/criu-*
+# Only the criu binary: no docs (asciidoc), no Python bindings, no compel plugins beyond its own.
+make -j"$(nproc)" criu >/dev/null 2>"$build/make.log" || { tail -30 "$build/make.log" >&2; exit 1; }
+install -D -m 0755 criu/criu "$prefix/sbin/criu.new"
+mv -f "$prefix/sbin/criu.new" "$prefix/sbin/criu"
+"$prefix/sbin/criu" --version >&2
