@@ -32,6 +32,12 @@ echo "== E2B compatibility: the unmodified Python (sync + async) and JS SDKs"
 python3 -m venv target/e2b-venv
 target/e2b-venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2b_sdk/requirements.txt
 WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest -q -p no:cacheprovider tests/e2b_sdk
+echo "== the E2B Python SDK suite again, on the gvisor runtime"
+# Skipped there (docs/runtimes.md): a port reached through the proxy and egress rules (gVisor
+# sandboxes have no network on this host) and file metadata (gVisor keeps no user xattrs).
+WARREN_E2E_RUNTIME=gvisor WARREN_BIN="$PWD/target/warren/bin/warren" target/e2b-venv/bin/python -m pytest -q \
+    -p no:cacheprovider tests/e2b_sdk/test_sync.py tests/e2b_sdk/test_async.py \
+    -k "not get_host and not update_network and not test_files_gzip_and_metadata"
 echo "== API robustness: schemathesis drives the OpenAPI document; no input may cause a 5xx"
 python3 -m venv target/schema-venv
 target/schema-venv/bin/pip install --quiet --disable-pip-version-check -r tests/api_schema/requirements.txt

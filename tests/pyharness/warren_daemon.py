@@ -61,9 +61,12 @@ def daemon(name, bridge, cidr, extra="", fresh=False):
         os.remove(os.path.join(data, "state.redb"))
     port = free_port()
     config = os.path.join(data, "config.toml")
+    # WARREN_E2E_RUNTIME runs a suite on another runtime (every sandbox it creates gets it).
+    runtime = os.environ.get("WARREN_E2E_RUNTIME")
+    top = f'default_runtime = "{runtime}"\n' if runtime else ""
     with open(config, "w") as f:
         f.write(
-            f'data_dir = "{data}"\nrun_dir = "/run/warren-e2e/{name}"\nlisten = "127.0.0.1:{port}"\n'
+            f'data_dir = "{data}"\nrun_dir = "/run/warren-e2e/{name}"\nlisten = "127.0.0.1:{port}"\n{top}'
             f'[native]\ncgroup_parent = "warren-e2e-{name}"\nstorage_size_gb = 64\n'
             f'[templates]\ndir = "{ROOT}/templates"\n'
             f'[network]\nbridge = "{bridge}"\ncidr = "{cidr}"\n{extra}'

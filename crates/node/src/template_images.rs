@@ -21,6 +21,9 @@ use crate::{now_ms, NodeError};
 
 const TEMPLATE_IMAGE_RECORD_VERSION: u32 = 1;
 
+/// Further checkpoint attempts of a warm-up sandbox after a failed one.
+const WARM_UP_CHECKPOINT_RETRIES: usize = 2;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateImageRecord {
@@ -279,7 +282,20 @@ impl Engine {
         let (sb, _watch) = self.boot_from(&shape, None, &[], None).await?;
         // Booted: the freeze below goes by the engine's record of it.
         self.sandboxes.lock().unwrap().insert(sb.id.clone(), sb.clone());
-        let frozen = self.freeze_for_fork(&sb.id, true).await;
+        // runsc's checkpoint fails now and then on a sandbox whose network stack is mid-change
+        // (a nil dereference while encoding, seen right after a ready check's connection
+        // closed); the sandbox keeps running, so give it a moment and try again.
+        let mut frozen = self.freeze_for_fork(&sb.id, true).await;
+        for _ in 0..WARM_UP_CHECKPOINT_RETRIES {
+            match &frozen {
+                Err(NodeError::Runtime(e)) => {
+                    warn!(template = %template, error = %e, "the warm-up's checkpoint failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    frozen = self.freeze_for_fork(&sb.id, true).await;
+                }
+                _ => break,
+            }
+        }
         if let Some(h) = &sb.handle {
             self.agents.forget(&h.agent_socket);
         }

@@ -45,6 +45,9 @@ pub struct GvisorRuntime {
     settings: GvisorSettings,
     layers: Arc<LayerStore>,
     cgroups: cgroup::Layout,
+    /// One restore at a time per memory image: runsc restores of one image that overlap now and
+    /// then leave a sandbox that never runs (its agent never starts) or exits at once.
+    restoring: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
 
 const HANDLE_VERSION: u32 = 1;
@@ -82,7 +85,7 @@ impl GvisorRuntime {
         }
         let version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
         debug!(%version, platform = %settings.platform, "gvisor runtime ready");
-        Ok(GvisorRuntime { settings, layers, cgroups })
+        Ok(GvisorRuntime { settings, layers, cgroups, restoring: Default::default() })
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -545,7 +548,11 @@ impl Runtime for GvisorRuntime {
                 detail: format!("the memory image {} is missing", image.display()),
             });
         }
-        let result = self.start(spec, Some(&image));
+        let lock = self.restoring.lock().unwrap().entry(image.display().to_string()).or_default().clone();
+        let result = {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.start(spec, Some(&image))
+        };
         if result.is_err() {
             let _ = self.destroy(&spec.id, None);
         }
@@ -554,6 +561,7 @@ impl Runtime for GvisorRuntime {
 
     fn remove_image(&self, image: &str) {
         let dir = self.copy_dir(image);
+        self.restoring.lock().unwrap().remove(&dir.display().to_string());
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(image, error = %e, "removing a fork's memory image");
