@@ -40,19 +40,28 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
+    /// Waits up to `wait` for a dialing agent's first connection and keeps it for the next
+    /// request. A restored agent dials within milliseconds; one that has not after a few seconds
+    /// never will (the caller restores it again).
+    pub async fn await_dial(&self, socket: &Path, wait: std::time::Duration) -> Result<(), String> {
+        let sender = self.connect_within(socket, wait).await?;
+        self.idle.lock().unwrap().entry(socket.to_path_buf()).or_default().push(sender);
+        Ok(())
+    }
+
     async fn connect(&self, socket: &Path) -> Result<SendRequest<Body>, String> {
+        self.connect_within(socket, DIAL_IN_WAIT).await
+    }
+
+    async fn connect_within(&self, socket: &Path, wait: std::time::Duration) -> Result<SendRequest<Body>, String> {
         let listener = self.dialing.lock().unwrap().get(socket).cloned();
         let dialed = listener.is_some();
         let stream = match listener {
-            Some(l) => match tokio::time::timeout(DIAL_IN_WAIT, l.accept()).await {
+            Some(l) => match tokio::time::timeout(wait, l.accept()).await {
                 Ok(Ok((s, _))) => s,
                 Ok(Err(e)) => return Err(format!("accepting the agent's connection on {}: {e}", socket.display())),
                 Err(_) => {
-                    return Err(format!(
-                        "the agent did not dial {} within {} s",
-                        socket.display(),
-                        DIAL_IN_WAIT.as_secs()
-                    ))
+                    return Err(format!("the agent did not dial {} within {} s", socket.display(), wait.as_secs()))
                 }
             },
             None => tokio::net::UnixStream::connect(socket)

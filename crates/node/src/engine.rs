@@ -85,6 +85,12 @@ pub struct SandboxRecord {
     pub memory_image: bool,
 }
 
+/// Restores of one sandbox from a memory image before its create fails.
+const RESTORE_ATTEMPTS: u32 = 3;
+
+/// How long a sandbox restored from a memory image has to dial in before it is restored again.
+const RESTORED_DIAL_WAIT: Duration = Duration::from_secs(5);
+
 fn native_runtime() -> String {
     "native".into()
 }
@@ -648,35 +654,57 @@ impl Engine {
                 r.address = Some(a);
             }
         }
-        let booted = match image {
-            None => self.create_on_runtime(spec).await,
-            Some(img) => {
-                let (rt, img) = (self.runtime.clone(), img.to_owned());
-                tokio::task::spawn_blocking(move || {
-                    let h = rt.restore_copy(&spec, &img)?;
-                    let w = rt.watch(&spec.id, &h);
-                    Ok((h, w))
-                })
-                .await
-                .expect("runtime task")
+        // A sandbox restored from an image whose agent does not dial in (runsc leaves one
+        // stuck now and then) is restored again, a few times.
+        let mut attempts = if image.is_some() { RESTORE_ATTEMPTS } else { 1 };
+        let (handle, watch) = loop {
+            attempts -= 1;
+            let booted = match image {
+                None => self.create_on_runtime(spec.clone()).await,
+                Some(img) => {
+                    let (rt, img, spec) = (self.runtime.clone(), img.to_owned(), spec.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let h = rt.restore_copy(&spec, &img)?;
+                        let w = rt.watch(&spec.id, &h);
+                        Ok((h, w))
+                    })
+                    .await
+                    .expect("runtime task")
+                }
+            };
+            let (handle, watch) = match booted {
+                Ok((h, Ok(w))) => (h, w),
+                Ok((h, Err(e))) => {
+                    self.abort_create(&id, Some(h)).await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    self.abort_create(&id, None).await;
+                    return Err(e.into());
+                }
+            };
+            if let Err(e) = self.register_agent(&handle) {
+                self.abort_create(&id, Some(handle)).await;
+                return Err(e);
             }
-        };
-        let (handle, watch) = match booted {
-            Ok((h, Ok(w))) => (h, w),
-            Ok((h, Err(e))) => {
-                self.abort_create(&id, Some(h)).await;
-                return Err(e.into());
+            if image.is_none() || !handle.agent_dials {
+                break (handle, watch);
             }
-            Err(e) => {
-                self.abort_create(&id, None).await;
-                return Err(e.into());
+            match self.agents.await_dial(&handle.agent_socket, RESTORED_DIAL_WAIT).await {
+                Ok(()) => break (handle, watch),
+                Err(detail) => {
+                    self.agents.forget(&handle.agent_socket);
+                    let (rt, sid) = (self.runtime.clone(), id.clone());
+                    let _ = tokio::task::spawn_blocking(move || rt.destroy(&sid, Some(&handle))).await;
+                    if attempts == 0 {
+                        self.abort_create(&id, None).await;
+                        return Err(NodeError::Agent { detail });
+                    }
+                    warn!(sandbox = %id, %detail, "the restored sandbox's agent did not dial in; restoring it again");
+                }
             }
         };
         drop(permit);
-        if let Err(e) = self.register_agent(&handle) {
-            self.abort_create(&id, Some(handle)).await;
-            return Err(e);
-        }
         let socket = handle.agent_socket.clone();
         rec.handle = Some(handle);
         rec.state = transition(rec.state, &SandboxEvent::Booted)?;
