@@ -79,7 +79,9 @@ fn kill_9_restart_reattaches_live_sandboxes_and_cleans_dead_ones() {
     wait_for("the dead sandbox's cgroup to go", Duration::from_secs(10), || {
         (!cgroup_children(parent).contains(&doomed.id)).then_some(())
     });
-    assert!(!d.data_dir.join("layers").join(&doomed.id).exists());
+    wait_for("the dead sandbox's layer to go", Duration::from_secs(10), || {
+        (!d.data_dir.join("layers").join(&doomed.id).exists()).then_some(())
+    });
 
     // Stopping everything leaves nothing behind.
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", keep.id), None).0, 204);
