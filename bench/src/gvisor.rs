@@ -105,15 +105,17 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     });
     let (mut pause, mut wake) = (Vec::new(), Vec::new());
     let mut image_mib = 0.0;
-    let rounds = (n / 2).max(5);
-    for _ in 0..rounds {
+    // runsc's rounds alternate with Warren's, so a drift of the host's speed hits both alike.
+    let mut direct = RunscDirect::start(root, crun_bundle, n, touched_mib)?;
+    let rounds = n.max(6);
+    let warren_round = |pause: &mut Vec<Duration>, wake: &mut Vec<Duration>, image_mib: &mut f64| -> Result<()> {
         let t = Instant::now();
         let (s, v) = d.api("POST", &format!("/sandboxes/{}/pause", big.id), Some(json!({})));
         pause.push(t.elapsed());
         if s != 204 {
             bail!("gvisor pause: {s} {v}");
         }
-        image_mib = dir_mib(&d.data_dir.join("layers/.checkpoints").join(&big.id));
+        *image_mib = dir_mib(&d.data_dir.join("layers/.checkpoints").join(&big.id));
         let t = Instant::now();
         let (s, v) = d.api("POST", &format!("/sandboxes/{}/connect", big.id), Some(json!({"timeout": 600})));
         // The same first command as runsc's side: `cat /tmp/ready`, no shell.
@@ -123,7 +125,17 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         if s != 201 || r.stdout != "1" || held.stdout.trim() != "1" {
             bail!("gvisor wake: {s} {v} {r:?} {held:?}");
         }
-    }
+        Ok(())
+    };
+    let interleaved = (|| {
+        for _ in 0..rounds {
+            warren_round(&mut pause, &mut wake, &mut image_mib)?;
+            direct.round(true)?;
+            direct.round(false)?;
+        }
+        Ok(())
+    })();
+    let direct = direct.finish(interleaved)?;
     // Fork 10 clones of it in memory mode (it keeps running), and of a sandbox holding little.
     let fork_big = fork_memory(d, &big, touched_mib);
     d.api("DELETE", &format!("/sandboxes/{}", big.id), None);
@@ -138,7 +150,6 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     let forks = vec![fork_big, fork_small?];
 
     let (server_cold, server_from_memory, server_image_took_ms) = server_ready(d, root, n)?;
-    let direct = runsc_direct(root, crun_bundle, n, rounds, touched_mib)?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
         runsc_run: direct.run,
@@ -275,7 +286,24 @@ fn server_ready(d: &Daemon, root: &Path, n: usize) -> Result<(Series, Series, u6
     ))
 }
 
+/// `runsc` on the crun baseline's bundle (same root filesystem, same limits), with the flags
+/// Warren uses: run → output, then checkpoint / restore rounds of a container holding the same
+/// memory, with Warren's checkpoint flags and with runsc's defaults.
 struct RunscDirect {
+    state: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    image: std::path::PathBuf,
+    id: String,
+    run: Vec<Duration>,
+    checkpoint: Vec<Duration>,
+    restore: Vec<Duration>,
+    checkpoint_default: Vec<Duration>,
+    restore_default: Vec<Duration>,
+    image_mib: f64,
+}
+
+/// What the runsc side measured.
+struct RunscFigures {
     run: Series,
     checkpoint: Series,
     restore: Series,
@@ -284,113 +312,134 @@ struct RunscDirect {
     image_mib: f64,
 }
 
-/// `runsc` on the crun baseline's bundle (same root filesystem, same limits), with the flags
-/// Warren uses: run → output, then checkpoint / restore of a container holding the same memory.
-fn runsc_direct(root: &Path, crun_bundle: &Path, n: usize, rounds: usize, touched_mib: u64) -> Result<RunscDirect> {
-    let state = root.join("runsc-state");
-    std::fs::create_dir_all(&state)?;
-    let runsc = || {
+impl RunscDirect {
+    fn runsc(&self) -> Command {
         let mut c = Command::new("runsc");
-        c.arg(format!("--root={}", state.display()))
+        c.arg(format!("--root={}", self.state.display()))
             .args(["--network=none", "--platform=systrap", "--overlay2=none"])
             .stdin(Stdio::null());
         c
-    };
-    let mut run = Vec::with_capacity(n);
-    for i in 0..n + 2 {
-        let id = format!("warren-bench-runsc-{}-{i}", std::process::id());
-        let t = Instant::now();
-        let out = runsc().args(["run", "--bundle"]).arg(crun_bundle).arg(&id).stderr(Stdio::piped()).output()?;
-        let took = t.elapsed();
-        let _ = runsc().args(["delete", "--force", &id]).output();
-        if out.stdout != b"hi\n" {
-            bail!("runsc run failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        if i >= 2 {
-            run.push(took);
-        }
     }
 
-    // A writable root (the memory holder writes its ready file there) and enough memory.
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(crun_bundle.join("config.json"))?)?;
-    cfg["process"]["args"] = json!(["/bin/sh", "-c", holder(touched_mib)]);
-    cfg["linux"]["resources"]["memory"]["limit"] = json!((touched_mib * 2 + 256) << 20);
-    cfg["mounts"] = json!([
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-    ]);
-    let bundle = root.join("runsc-bundle-mem");
-    std::fs::create_dir_all(&bundle)?;
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
-    let image = root.join("runsc-image");
-    let id = format!("warren-bench-runsc-mem-{}", std::process::id());
-    let st = runsc().args(["run", "--detach", "--bundle"]).arg(&bundle).arg(&id).stdout(Stdio::null()).status()?;
-    if !st.success() {
-        bail!("runsc run --detach failed");
-    }
-    let ready = || {
-        let out = runsc().args(["exec", &id, "cat", "/tmp/ready"]).stderr(Stdio::null()).output();
-        out.map(|o| o.stdout == b"1").unwrap_or(false)
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready() {
-        if Instant::now() > deadline {
-            let _ = runsc().args(["delete", "--force", &id]).output();
-            bail!("the runsc memory holder never got ready");
+    /// Measures `runsc run`, then starts the memory holder and waits until it is ready.
+    fn start(root: &Path, crun_bundle: &Path, n: usize, touched_mib: u64) -> Result<RunscDirect> {
+        let state = root.join("runsc-state");
+        std::fs::create_dir_all(&state)?;
+        let mut me = RunscDirect {
+            state,
+            bundle: root.join("runsc-bundle-mem"),
+            image: root.join("runsc-image"),
+            id: format!("warren-bench-runsc-mem-{}", std::process::id()),
+            run: Vec::with_capacity(n),
+            checkpoint: Vec::new(),
+            restore: Vec::new(),
+            checkpoint_default: Vec::new(),
+            restore_default: Vec::new(),
+            image_mib: 0.0,
+        };
+        for i in 0..n + 2 {
+            let id = format!("warren-bench-runsc-{}-{i}", std::process::id());
+            let t = Instant::now();
+            let out = me.runsc().args(["run", "--bundle"]).arg(crun_bundle).arg(&id).stderr(Stdio::piped()).output()?;
+            let took = t.elapsed();
+            let _ = me.runsc().args(["delete", "--force", &id]).output();
+            if out.stdout != b"hi\n" {
+                bail!("runsc run failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            if i >= 2 {
+                me.run.push(took);
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+
+        // A writable root (the memory holder writes its ready file there) and enough memory.
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(crun_bundle.join("config.json"))?)?;
+        cfg["process"]["args"] = json!(["/bin/sh", "-c", holder(touched_mib)]);
+        cfg["linux"]["resources"]["memory"]["limit"] = json!((touched_mib * 2 + 256) << 20);
+        cfg["mounts"] = json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+        ]);
+        std::fs::create_dir_all(&me.bundle)?;
+        std::fs::write(me.bundle.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+        let st = me
+            .runsc()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&me.bundle)
+            .arg(&me.id)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("runsc run --detach failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !me.ready() {
+            if Instant::now() > deadline {
+                let _ = me.runsc().args(["delete", "--force", &me.id]).output();
+                bail!("the runsc memory holder never got ready");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(me)
     }
-    let (mut ckpt, mut restore) = (Vec::new(), Vec::new());
-    let (mut ckpt_default, mut restore_default) = (Vec::new(), Vec::new());
-    let mut image_mib = 0.0;
-    let result = (|| {
-        // Rounds with Warren's checkpoint flags, then with runsc's defaults (compressed images).
-        for round in 0..rounds * 2 {
-            let warren_flags = round < rounds;
-            let _ = std::fs::remove_dir_all(&image);
-            std::fs::create_dir_all(&image)?;
-            let t = Instant::now();
-            let mut cmd = runsc();
-            cmd.arg("checkpoint").arg(format!("--image-path={}", image.display()));
-            if warren_flags {
-                cmd.args(["--compression=none", "--exclude-committed-zero-pages"]);
-            }
-            let out = cmd.arg(&id).output()?;
-            if warren_flags { &mut ckpt } else { &mut ckpt_default }.push(t.elapsed());
-            if !out.status.success() {
-                bail!("runsc checkpoint: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            if warren_flags {
-                image_mib = dir_mib(&image);
-            }
-            let _ = runsc().args(["delete", "--force", &id]).output();
-            let t = Instant::now();
-            let st = runsc()
-                .arg("restore")
-                .arg(format!("--image-path={}", image.display()))
-                .arg("--bundle")
-                .arg(&bundle)
-                .args(["--detach", &id])
-                .stdout(Stdio::null())
-                .status()?;
-            // Restored once a command runs in it again, as Warren's wake is timed.
-            let ok = st.success() && ready();
-            if warren_flags { &mut restore } else { &mut restore_default }.push(t.elapsed());
-            if !ok {
-                bail!("runsc restore failed");
-            }
+
+    fn ready(&self) -> bool {
+        let out = self.runsc().args(["exec", &self.id, "cat", "/tmp/ready"]).stderr(Stdio::null()).output();
+        out.map(|o| o.stdout == b"1").unwrap_or(false)
+    }
+
+    /// One checkpoint and restore, with Warren's checkpoint flags or with runsc's defaults
+    /// (compressed images).
+    fn round(&mut self, warren_flags: bool) -> Result<()> {
+        let _ = std::fs::remove_dir_all(&self.image);
+        std::fs::create_dir_all(&self.image)?;
+        let t = Instant::now();
+        let mut cmd = self.runsc();
+        cmd.arg("checkpoint").arg(format!("--image-path={}", self.image.display()));
+        if warren_flags {
+            cmd.args(["--compression=none", "--exclude-committed-zero-pages"]);
+        }
+        let out = cmd.arg(&self.id).output()?;
+        let took = t.elapsed();
+        if warren_flags { &mut self.checkpoint } else { &mut self.checkpoint_default }.push(took);
+        if !out.status.success() {
+            bail!("runsc checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if warren_flags {
+            self.image_mib = dir_mib(&self.image);
+        }
+        let _ = self.runsc().args(["delete", "--force", &self.id]).output();
+        let t = Instant::now();
+        let st = self
+            .runsc()
+            .arg("restore")
+            .arg(format!("--image-path={}", self.image.display()))
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .args(["--detach", &self.id])
+            .stdout(Stdio::null())
+            .status()?;
+        // Restored once a command runs in it again, as Warren's wake is timed.
+        let ok = st.success() && self.ready();
+        let took = t.elapsed();
+        if warren_flags { &mut self.restore } else { &mut self.restore_default }.push(took);
+        if !ok {
+            bail!("runsc restore failed");
         }
         Ok(())
-    })();
-    let _ = runsc().args(["delete", "--force", &id]).output();
-    let _ = std::fs::remove_dir_all(&image);
-    result?;
-    Ok(RunscDirect {
-        run: series("runsc: run -> output", run),
-        checkpoint: series("runsc: checkpoint (Warren's flags)", ckpt),
-        restore: series("runsc: restore -> exec (Warren's flags)", restore),
-        checkpoint_default: series("runsc: checkpoint (defaults)", ckpt_default),
-        restore_default: series("runsc: restore -> exec (defaults)", restore_default),
-        image_mib,
-    })
+    }
+
+    /// Removes the container and its image; the figures if `rounds` went well.
+    fn finish(self, rounds: Result<()>) -> Result<RunscFigures> {
+        let _ = self.runsc().args(["delete", "--force", &self.id]).output();
+        let _ = std::fs::remove_dir_all(&self.image);
+        rounds?;
+        Ok(RunscFigures {
+            run: series("runsc: run -> output", self.run),
+            checkpoint: series("runsc: checkpoint (Warren's flags)", self.checkpoint),
+            restore: series("runsc: restore -> exec (Warren's flags)", self.restore),
+            checkpoint_default: series("runsc: checkpoint (defaults)", self.checkpoint_default),
+            restore_default: series("runsc: restore -> exec (defaults)", self.restore_default),
+            image_mib: self.image_mib,
+        })
+    }
 }

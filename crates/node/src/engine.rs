@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use warren_runtime::{Handle, Runtime, SandboxSpec};
 use warren_types::config::Config;
 use warren_types::state::transition;
@@ -678,6 +678,11 @@ impl Engine {
                     self.abort_create(&id, Some(h)).await;
                     return Err(e.into());
                 }
+                Err(e) if image.is_some() && attempts > 0 => {
+                    // The restore cleaned up after itself; runsc fails one now and then.
+                    warn!(sandbox = %id, error = %e, "restoring the sandbox failed; restoring it again");
+                    continue;
+                }
                 Err(e) => {
                     self.abort_create(&id, None).await;
                     return Err(e.into());
@@ -1023,44 +1028,75 @@ impl Engine {
             address: rec.address,
             runtime: Some(rec.runtime.clone()),
         };
-        let permit = self.boot_permits.acquire().await.expect("never closed");
-        let booted = if rec.memory_image {
-            let rt = self.runtime.clone();
-            tokio::task::spawn_blocking(move || {
-                let h = rt.restore(&spec)?;
-                let w = rt.watch(&spec.id, &h);
-                Ok((h, w))
-            })
-            .await
-            .expect("runtime task")
-        } else {
-            self.create_on_runtime(spec).await
-        };
-        drop(permit);
+        let t0 = std::time::Instant::now();
         let halt = |h: Option<warren_runtime::Handle>| {
             let (rt, id) = (self.runtime.clone(), rec.id.clone());
             tokio::task::spawn_blocking(move || rt.halt(&id, h.as_ref()))
         };
-        let (handle, watch) = match booted {
-            Ok((h, Ok(w))) => (h, w),
-            Ok((h, Err(e))) => {
-                let _ = halt(Some(h)).await;
-                return Err(e.into());
+        // A restore whose agent does not dial in (runsc leaves one stuck now and then) is halted
+        // and restored again from the same image, a few times.
+        let mut attempts = if rec.memory_image { RESTORE_ATTEMPTS } else { 1 };
+        let (handle, watch) = loop {
+            attempts -= 1;
+            let permit = self.boot_permits.acquire().await.expect("never closed");
+            let booted = if rec.memory_image {
+                let (rt, spec) = (self.runtime.clone(), spec.clone());
+                tokio::task::spawn_blocking(move || {
+                    let h = rt.restore(&spec)?;
+                    let w = rt.watch(&spec.id, &h);
+                    Ok((h, w))
+                })
+                .await
+                .expect("runtime task")
+            } else {
+                self.create_on_runtime(spec.clone()).await
+            };
+            drop(permit);
+            let (handle, watch) = match booted {
+                Ok((h, Ok(w))) => (h, w),
+                Ok((h, Err(e))) => {
+                    let _ = halt(Some(h)).await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    let _ = halt(None).await;
+                    if rec.memory_image && attempts > 0 {
+                        // The image stays for another try; runsc fails a restore now and then.
+                        warn!(sandbox = %rec.id, error = %e, "restoring the sandbox failed; restoring it again");
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            };
+            if let Err(e) = self.register_agent(&handle) {
+                let _ = halt(Some(handle)).await;
+                return Err(e);
             }
-            Err(e) => {
-                let _ = halt(None).await;
-                return Err(e.into());
+            if !rec.memory_image || !handle.agent_dials {
+                break (handle, watch);
+            }
+            match self.agents.await_dial(&handle.agent_socket, RESTORED_DIAL_WAIT).await {
+                Ok(()) => break (handle, watch),
+                Err(detail) => {
+                    self.agents.forget(&handle.agent_socket);
+                    let _ = halt(Some(handle)).await;
+                    if attempts == 0 {
+                        return Err(NodeError::Agent { detail });
+                    }
+                    warn!(sandbox = %rec.id, %detail, "the woken sandbox's agent did not dial in; restoring it again");
+                }
             }
         };
-        if let Err(e) = self.register_agent(&handle) {
-            let _ = halt(Some(handle)).await;
-            return Err(e);
-        }
+        let booted_ms = t0.elapsed().as_millis() as u64;
         let mut woken = rec.clone();
         woken.handle = Some(handle.clone());
         let req = CreateRequest { env_vars: rec.env_vars.clone(), ..Default::default() };
         let started = async {
-            self.init_agent(&handle.agent_socket, &req).await?;
+            // A restored agent kept its settings (they are in its memory), and its dial-in showed
+            // it alive: only a booted one is told them again.
+            if !rec.memory_image {
+                self.init_agent(&handle.agent_socket, &req).await?;
+            }
             if let Some(e) = &rec.egress {
                 self.set_egress_on(&rec.id, handle.clone(), Some(e)).await?;
             }
@@ -1100,6 +1136,7 @@ impl Engine {
             return Err(NodeError::SandboxNotFound { id: rec.id.to_string() });
         }
         self.watch_exit(rec.id.clone(), watch);
+        debug!(booted_ms, ready_ms = t0.elapsed().as_millis() as u64, memory = rec.memory_image, "woken");
         Ok(woken)
     }
 
@@ -1241,7 +1278,7 @@ impl Engine {
                 r.memory_image = false;
             })?;
             self.telemetry.resume_seconds.observe(t0.elapsed().as_secs_f64());
-            info!("sandbox woken from disk");
+            info!(elapsed_ms = t0.elapsed().as_millis() as u64, "sandbox woken from disk");
             return Ok((rec, true));
         }
         if rec.state != SandboxState::Paused {
