@@ -3,6 +3,7 @@
 //! (invariant 1: nothing here knows about namespaces; the engine is reached through its methods).
 
 pub mod error;
+pub mod memory;
 pub mod proxy;
 pub mod routes;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub idempotency: routes::IdempotencyCache,
     /// Keep-alive connections to servers inside sandboxes (ports other than the agent's).
     pub ports: proxy::PortClient,
+    /// The agent memory store (`None` when turned off in the config).
+    pub memory: Option<Arc<warren_memory::MemoryStore>>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.

@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/templates/{id}/build", get(build_progress))
         .route("/keys", get(list_keys).post(create_key))
         .route("/keys/{id}", axum::routing::delete(revoke_key))
+        .merge(crate::memory::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
@@ -964,7 +965,7 @@ mod tests {
     /// Every route of the router is described in the OpenAPI document (and nothing more).
     #[test]
     fn openapi_describes_every_route() {
-        let src = include_str!("routes.rs");
+        let src = [include_str!("routes.rs"), include_str!("memory.rs")].concat();
         let routes: std::collections::BTreeSet<String> = src
             .split(".route(\"")
             .skip(1)

@@ -19,7 +19,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn print<T: serde::Serialize>(&self, v: &T, human: impl FnOnce()) {
+    pub fn print<T: serde::Serialize>(&self, v: &T, human: impl FnOnce()) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
         } else {
@@ -28,7 +28,7 @@ impl Output {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

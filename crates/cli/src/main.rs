@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod exec;
+mod memory;
 mod serve;
 
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ enum Command {
     /// templates (needs an admin key, such as the data directory's).
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The agent memory store: collections of records recalled by text, vector or both, always
+    /// within a tenant (`--tenant`).
+    #[command(subcommand)]
+    Memory(memory::MemoryCmd),
 }
 
 #[derive(Args)]
@@ -315,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Template(cmd) => commands::template(&client, &out, cmd).await,
             Command::Pool(cmd) => commands::pool(&client, &out, cmd).await,
             Command::Key(cmd) => commands::key(&client, &out, cmd).await,
+            Command::Memory(cmd) => memory::memory(&client, &out, cmd).await,
         }
     })
 }

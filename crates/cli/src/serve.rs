@@ -159,6 +159,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("binding {} (is another warren serve running?)", cfg.listen))?;
         let domain = cfg.domain();
         let no_base = args.no_base;
+        let memory = if cfg.memory.enabled { Some(open_memory(&cfg)?) } else { None };
         let engine = warren_node::Engine::start(cfg, runtime).await.context("starting the node engine")?;
         if !no_base {
             let base = TemplateId::parse("base").expect("valid id");
@@ -173,6 +174,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             domain,
             idempotency: Default::default(),
             ports: warren_api::proxy::port_client(),
+            memory,
         });
         let shutdown = async {
             let mut term =
@@ -186,4 +188,41 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         warren_api::serve(listener, state, shutdown).await?;
         Ok(())
     })
+}
+
+/// Opens the memory store and starts its upkeep: text index commits every few seconds (so that a
+/// restart replays little), expiry and purges every minute.
+fn open_memory(cfg: &Config) -> Result<Arc<warren_memory::MemoryStore>> {
+    let m = &cfg.memory;
+    let limits = warren_memory::types::Limits {
+        purge_after_secs: m.purge_after_secs,
+        max_text_bytes: m.max_text_bytes,
+        max_records_per_upsert: m.max_records_per_upsert,
+        ..Default::default()
+    };
+    let dir = cfg.data_dir.join("memory");
+    let store = Arc::new(
+        warren_memory::MemoryStore::open(&dir, limits)
+            .with_context(|| format!("opening the memory store in {}", dir.display()))?,
+    );
+    let s = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        for round in 0u64.. {
+            tick.tick().await;
+            let s = s.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                s.flush()?;
+                if round % 12 == 11 {
+                    s.purge()?;
+                }
+                Ok::<_, warren_memory::MemoryError>(())
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "memory store upkeep");
+            }
+        }
+    });
+    Ok(store)
 }

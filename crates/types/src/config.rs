@@ -26,6 +26,31 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Warm pools created (or updated) at every start: `[[pools]]` tables.
     pub pools: Vec<crate::pool::PoolSpec>,
+    pub memory: MemoryConfig,
+}
+
+/// The agent memory store served under `/v1/memory` (kept in `<data_dir>/memory`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub enabled: bool,
+    /// Deleted and expired records are purged this long after.
+    pub purge_after_secs: u64,
+    /// The largest text one record may hold.
+    pub max_text_bytes: usize,
+    /// The most records one upsert may carry.
+    pub max_records_per_upsert: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            enabled: true,
+            purge_after_secs: 24 * 3600,
+            max_text_bytes: 64 * 1024,
+            max_records_per_upsert: 10_000,
+        }
+    }
 }
 
 /// Sandbox networking (native runtime).
@@ -86,6 +111,7 @@ impl Default for Config {
             templates: TemplateConfig::default(),
             network: NetworkConfig::default(),
             pools: Vec::new(),
+            memory: MemoryConfig::default(),
         }
     }
 }

@@ -1,0 +1,856 @@
+//! Warren's agent memory store: records with text, an optional vector and metadata, recalled by
+//! full text (BM25), by vector (HNSW over int8) or by both fused (reciprocal-rank or linear),
+//! always within one tenant's partition. It knows nothing of sandboxes; the daemon serves it
+//! under `/v1/memory`.
+//!
+//! One write path: a write goes to the row store (redb, the only source of truth) with a change
+//! number in the same transaction, then to the in-memory state and the indexes. The text index
+//! commits lazily with the change number it reached; on open, changes past it are replayed, and
+//! the vector graphs are rebuilt from the rows.
+
+pub mod error;
+pub mod filter;
+pub mod fusion;
+mod rows;
+mod text;
+pub mod types;
+pub mod vectors;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable};
+use roaring::RoaringTreemap;
+use tracing::{info, warn};
+
+pub use error::MemoryError;
+use filter::{Compiled, Fields};
+use fusion::{fuse, Ranking};
+use rows::{CollectionRow, StoredRow, StoredVector};
+use text::TextIndex;
+use types::*;
+use vectors::{Hnsw, Quantized};
+
+/// Fewer allowed candidates than this are compared one by one instead of searched in the graph.
+const BRUTE_FORCE_BELOW: u64 = 2048;
+/// Graph search breadth (at least the fusion window).
+const EF_SEARCH: usize = 96;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What a query needs of a record without reading its row.
+struct DocMeta {
+    scope: Scope,
+    metadata: BTreeMap<String, serde_json::Value>,
+    importance: f32,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Partition {
+    live: RoaringTreemap,
+    vectors: Option<Hnsw>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Live records only.
+    docs: HashMap<u64, DocMeta>,
+    /// Every stored record's key (live or deleted, until purged) → its number: an upsert of a
+    /// known key rewrites the same record.
+    keys: HashMap<String, u64>,
+    partitions: HashMap<String, Partition>,
+    /// Metadata fields some record has (filters on others are refused).
+    fields: HashSet<String>,
+    next_doc: u64,
+    /// The earliest expiry among live records.
+    next_expiry: Option<u64>,
+}
+
+struct Collection {
+    number: u32,
+    spec: CollectionSpec,
+    created_at_ms: u64,
+    state: RwLock<State>,
+    text: Mutex<TextIndex>,
+    text_dir: PathBuf,
+}
+
+fn partition<'a>(spec: &CollectionSpec, st: &'a mut State, tenant: &str) -> &'a mut Partition {
+    let dim = spec.dimension as usize;
+    st.partitions.entry(tenant.to_owned()).or_insert_with(|| Partition {
+        live: RoaringTreemap::new(),
+        vectors: (dim > 0).then(|| Hnsw::new(spec.distance, dim, spec.keep_float_vectors)),
+    })
+}
+
+/// The store. Cheap to share behind an `Arc`; every method is safe to call concurrently.
+pub struct MemoryStore {
+    db: Database,
+    dir: PathBuf,
+    limits: Limits,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Serialises writers to the row store so change numbers are given out in commit order.
+    write_lock: Mutex<()>,
+}
+
+fn collection_key(owner: &str, name: &str) -> String {
+    format!("{owner}/{name}")
+}
+
+fn check_name(name: &str) -> Result<(), MemoryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MemoryError::BadCollectionName { name: name.into() })
+    }
+}
+
+fn scope_of(scope: Option<&Scope>) -> Result<&Scope, MemoryError> {
+    let s = scope.ok_or(MemoryError::MissingScope)?;
+    s.check()?;
+    Ok(s)
+}
+
+fn check_vector(collection: &str, id: &str, v: &[f32], dim: u32) -> Result<(), MemoryError> {
+    if dim == 0 {
+        return Err(MemoryError::NoVectors { collection: collection.into() });
+    }
+    if v.len() != dim as usize {
+        return Err(MemoryError::WrongDimension {
+            collection: collection.into(),
+            id: id.into(),
+            got: v.len(),
+            want: dim,
+        });
+    }
+    if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+        return Err(MemoryError::NotFinite { id: id.into(), index });
+    }
+    Ok(())
+}
+
+impl MemoryStore {
+    /// Opens (or creates) the store in `dir`, replaying into the indexes what they missed.
+    pub fn open(dir: &Path, limits: Limits) -> Result<MemoryStore, MemoryError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("memory.redb"))?;
+        {
+            let tx = db.begin_write()?;
+            {
+                tx.open_table(rows::COLLECTIONS)?;
+                tx.open_table(rows::ROWS)?;
+                tx.open_table(rows::CHANGES)?;
+                let mut meta = tx.open_table(rows::META)?;
+                let format = rows::meta(&meta, "format")?;
+                if format > rows::FORMAT {
+                    return Err(MemoryError::Storage(format!(
+                        "the memory store in {} has format {format}, newer than this Warren reads ({}); run a newer Warren",
+                        dir.display(),
+                        rows::FORMAT
+                    )));
+                }
+                meta.insert("format", rows::FORMAT)?;
+            }
+            tx.commit()?;
+        }
+        let store = MemoryStore {
+            db,
+            dir: dir.to_owned(),
+            limits,
+            collections: RwLock::new(BTreeMap::new()),
+            write_lock: Mutex::new(()),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&self) -> Result<(), MemoryError> {
+        let t0 = Instant::now();
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(rows::COLLECTIONS)?;
+        let rows_t = tx.open_table(rows::ROWS)?;
+        let changes = tx.open_table(rows::CHANGES)?;
+        let mut loaded = BTreeMap::new();
+        let mut records = 0u64;
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let row: CollectionRow = serde_json::from_slice(v.value())
+                .map_err(|e| MemoryError::Storage(format!("collection {}: {e}", k.value())))?;
+            let text_dir = self.dir.join("text").join(row.number.to_string());
+            let mut text = TextIndex::open(&text_dir)?;
+            let mut st = State::default();
+            for r in rows_t.range((row.number, 0)..=(row.number, u64::MAX))? {
+                let (k, v) = r?;
+                let doc = k.value().1;
+                let (stored, vector) = rows::decode(v.value())?;
+                st.next_doc = st.next_doc.max(doc + 1);
+                st.keys.insert(stored.scope.key(&stored.id), doc);
+                if stored.deleted_at_ms.is_none() {
+                    Self::apply_live(&row.spec, &mut st, doc, &stored, &vector);
+                    records += 1;
+                }
+            }
+            // Changes the text index has not committed: redo them from the rows.
+            let from = text.committed() + 1;
+            for c in changes.range(from..)? {
+                let (seq, target) = c?;
+                let (cnum, doc) = target.value();
+                if cnum != row.number {
+                    continue;
+                }
+                let live = rows_t.get((cnum, doc))?.map(|v| rows::decode(v.value())).transpose()?;
+                match live {
+                    Some((r, _)) if r.deleted_at_ms.is_none() => {
+                        text.put(doc, &r.scope.tenant, r.text.as_deref(), seq.value())?
+                    }
+                    _ => text.put(doc, "", None, seq.value())?,
+                }
+            }
+            text.commit()?;
+            let coll = Collection {
+                number: row.number,
+                spec: row.spec,
+                created_at_ms: row.created_at_ms,
+                state: RwLock::new(st),
+                text: Mutex::new(text),
+                text_dir,
+            };
+            loaded.insert(k.value().to_owned(), Arc::new(coll));
+        }
+        drop((table, rows_t, changes, tx));
+        if !loaded.is_empty() {
+            info!(
+                collections = loaded.len(),
+                records,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "memory store loaded"
+            );
+        }
+        *self.collections.write().unwrap() = loaded;
+        Ok(())
+    }
+
+    /// Puts a live record into the in-memory state and the vector graph.
+    fn apply_live(spec: &CollectionSpec, st: &mut State, doc: u64, row: &StoredRow, vector: &StoredVector) {
+        st.fields.extend(row.metadata.keys().cloned());
+        if let Some(e) = row.expires_at_ms {
+            st.next_expiry = Some(st.next_expiry.map_or(e, |n| n.min(e)));
+        }
+        let p = partition(spec, st, &row.scope.tenant);
+        p.live.insert(doc);
+        if let Some(g) = &mut p.vectors {
+            match vector_values(vector, spec.dimension as usize) {
+                Some(v) => g.insert(doc, &v),
+                None => {
+                    g.remove(doc);
+                }
+            }
+        }
+        st.docs.insert(
+            doc,
+            DocMeta {
+                scope: row.scope.clone(),
+                metadata: row.metadata.clone(),
+                importance: row.importance,
+                created_at_ms: row.created_at_ms,
+                updated_at_ms: row.updated_at_ms,
+                expires_at_ms: row.expires_at_ms,
+            },
+        );
+    }
+
+    /// Takes a record out of the in-memory state and the vector graph.
+    fn apply_gone(st: &mut State, doc: u64) {
+        if let Some(m) = st.docs.remove(&doc) {
+            if let Some(p) = st.partitions.get_mut(&m.scope.tenant) {
+                p.live.remove(doc);
+                if let Some(g) = &mut p.vectors {
+                    g.remove(doc);
+                    g.compact_if_needed();
+                }
+            }
+        }
+    }
+
+    fn collection(&self, owner: &str, name: &str) -> Result<Arc<Collection>, MemoryError> {
+        self.collections
+            .read()
+            .unwrap()
+            .get(&collection_key(owner, name))
+            .cloned()
+            .ok_or_else(|| MemoryError::UnknownCollection { name: name.into() })
+    }
+
+    fn info(coll: &Collection) -> CollectionInfo {
+        CollectionInfo {
+            spec: coll.spec.clone(),
+            created_at_ms: coll.created_at_ms,
+            records: coll.state.read().unwrap().docs.len() as u64,
+        }
+    }
+
+    /// Creates a collection; the same spec again is not an error (idempotent create).
+    pub fn create_collection(&self, owner: &str, spec: CollectionSpec) -> Result<CollectionInfo, MemoryError> {
+        check_name(&spec.name)?;
+        if spec.dimension > self.limits.max_dimension {
+            return Err(MemoryError::OutOfRange {
+                field: "dimension",
+                got: spec.dimension.to_string(),
+                allowed: format!("0 (no vectors) to {}", self.limits.max_dimension),
+            });
+        }
+        let key = collection_key(owner, &spec.name);
+        let _w = self.write_lock.lock().unwrap();
+        let mut map = self.collections.write().unwrap();
+        if let Some(c) = map.get(&key) {
+            return if c.spec == spec {
+                Ok(Self::info(c))
+            } else {
+                Err(MemoryError::CollectionExists { name: spec.name })
+            };
+        }
+        let tx = self.db.begin_write()?;
+        let number;
+        let created_at_ms = now_ms();
+        {
+            let mut meta = tx.open_table(rows::META)?;
+            number = rows::meta(&meta, "collections")? as u32 + 1;
+            meta.insert("collections", number as u64)?;
+            let row = CollectionRow { number, spec: spec.clone(), created_at_ms };
+            let mut t = tx.open_table(rows::COLLECTIONS)?;
+            t.insert(key.as_str(), serde_json::to_vec(&row).expect("serializes").as_slice())?;
+        }
+        let text_dir = self.dir.join("text").join(number.to_string());
+        // A leftover index of a number never committed before a crash.
+        let _ = std::fs::remove_dir_all(&text_dir);
+        let text = TextIndex::open(&text_dir)?;
+        tx.commit()?;
+        let coll = Arc::new(Collection {
+            number,
+            spec,
+            created_at_ms,
+            state: RwLock::new(State::default()),
+            text: Mutex::new(text),
+            text_dir,
+        });
+        let info = Self::info(&coll);
+        map.insert(key, coll);
+        Ok(info)
+    }
+
+    pub fn list_collections(&self, owner: &str) -> Vec<CollectionInfo> {
+        let prefix = format!("{owner}/");
+        self.collections
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, c)| Self::info(c))
+            .collect()
+    }
+
+    pub fn collection_info(&self, owner: &str, name: &str) -> Result<CollectionInfo, MemoryError> {
+        Ok(Self::info(self.collection(owner, name)?.as_ref()))
+    }
+
+    /// Deletes a collection with every record in it.
+    pub fn delete_collection(&self, owner: &str, name: &str) -> Result<(), MemoryError> {
+        let key = collection_key(owner, name);
+        let _w = self.write_lock.lock().unwrap();
+        let coll = self.collection(owner, name)?;
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(rows::COLLECTIONS)?.remove(key.as_str())?;
+            let mut rows_t = tx.open_table(rows::ROWS)?;
+            let docs: Vec<u64> = rows_t
+                .range((coll.number, 0)..=(coll.number, u64::MAX))?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for d in docs {
+                rows_t.remove((coll.number, d))?;
+            }
+            let mut changes = tx.open_table(rows::CHANGES)?;
+            changes.retain(|_, (c, _)| c != coll.number)?;
+        }
+        tx.commit()?;
+        self.collections.write().unwrap().remove(&key);
+        if let Err(e) = std::fs::remove_dir_all(&coll.text_dir) {
+            warn!(error = %e, dir = %coll.text_dir.display(), "removing a deleted collection's text index");
+        }
+        Ok(())
+    }
+
+    fn check_record(&self, coll: &Collection, r: &RecordInput) -> Result<(), MemoryError> {
+        let l = &self.limits;
+        if r.id.is_empty() || r.id.len() > 512 || r.id.contains('\0') {
+            return Err(MemoryError::BadRecord {
+                id: r.id.clone(),
+                detail: "ids are 1 to 512 bytes without NUL".into(),
+            });
+        }
+        if let Some(t) = &r.text {
+            if t.len() > l.max_text_bytes {
+                return Err(MemoryError::TooLarge {
+                    what: format!("record {:?}: the text ({} bytes)", r.id, t.len()),
+                    got: t.len(),
+                    max: l.max_text_bytes,
+                    hint: " bytes; split it into several records",
+                });
+            }
+        }
+        let meta_len = serde_json::to_vec(&r.metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+        if meta_len > l.max_metadata_bytes {
+            return Err(MemoryError::TooLarge {
+                what: format!("record {:?}: the metadata ({meta_len} bytes of JSON)", r.id),
+                got: meta_len,
+                max: l.max_metadata_bytes,
+                hint: " bytes",
+            });
+        }
+        if let Some(name) = r.metadata.keys().find(|k| filter::BUILTIN_FIELDS.contains(&k.as_str()) || is_operator(k)) {
+            return Err(MemoryError::BadRecord {
+                id: r.id.clone(),
+                detail: format!("metadata field {name:?} is reserved"),
+            });
+        }
+        if let Some(v) = &r.vector {
+            check_vector(&coll.spec.name, &r.id, v, coll.spec.dimension)?;
+        }
+        if r.text.is_none() && r.vector.is_none() {
+            return Err(MemoryError::BadRecord { id: r.id.clone(), detail: "give it text, a vector or both".into() });
+        }
+        if let Some(i) = r.importance {
+            if !(0.0..=1.0).contains(&i) {
+                return Err(MemoryError::OutOfRange {
+                    field: "importance",
+                    got: i.to_string(),
+                    allowed: "0 to 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces records (by id within the scope). Returns how many were written.
+    /// Either every record is written or none (one transaction).
+    pub fn upsert(&self, owner: &str, name: &str, req: &UpsertRequest) -> Result<usize, MemoryError> {
+        let scope = scope_of(req.scope.as_ref())?;
+        let coll = self.collection(owner, name)?;
+        if req.records.len() > self.limits.max_records_per_upsert {
+            return Err(MemoryError::TooLarge {
+                what: "the number of records in one upsert".into(),
+                got: req.records.len(),
+                max: self.limits.max_records_per_upsert,
+                hint: "; send them in several calls",
+            });
+        }
+        for r in &req.records {
+            self.check_record(&coll, r)?;
+        }
+        // The last of several records with one id wins, as if sent one after the other.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in req.records.iter().enumerate() {
+            last.insert(&r.id, i);
+        }
+        let now = now_ms();
+        let _w = self.write_lock.lock().unwrap();
+        let mut st = coll.state.write().unwrap();
+        let mut written: Vec<(u64, StoredRow, StoredVector, u64)> = Vec::with_capacity(last.len());
+        let tx = self.db.begin_write()?;
+        let mut next_doc = st.next_doc;
+        {
+            let mut rows_t = tx.open_table(rows::ROWS)?;
+            let mut changes = tx.open_table(rows::CHANGES)?;
+            let mut meta = tx.open_table(rows::META)?;
+            let mut seq = rows::meta(&meta, "seq")?;
+            for (i, r) in req.records.iter().enumerate() {
+                if last[r.id.as_str()] != i {
+                    continue;
+                }
+                let key = scope.key(&r.id);
+                let (doc, created) = match st.keys.get(&key) {
+                    Some(&d) => (d, st.docs.get(&d).map(|m| m.created_at_ms).unwrap_or(now)),
+                    None => {
+                        next_doc += 1;
+                        (next_doc - 1, now)
+                    }
+                };
+                let row = StoredRow {
+                    id: r.id.clone(),
+                    scope: scope.clone(),
+                    text: r.text.clone(),
+                    metadata: r.metadata.clone(),
+                    importance: r.importance.unwrap_or(0.0),
+                    created_at_ms: created,
+                    updated_at_ms: now,
+                    expires_at_ms: r.expires_at_ms,
+                    deleted_at_ms: None,
+                };
+                let vector = match &r.vector {
+                    None => StoredVector::None,
+                    Some(v) => {
+                        let v = vectors::prepare(coll.spec.distance, v);
+                        let q = Quantized::from_f32(&v).to_bytes();
+                        if coll.spec.keep_float_vectors {
+                            let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                            b.extend_from_slice(&q);
+                            StoredVector::Float(b)
+                        } else {
+                            StoredVector::Int8(q)
+                        }
+                    }
+                };
+                seq += 1;
+                rows_t.insert((coll.number, doc), rows::encode(&row, &vector)?.as_slice())?;
+                changes.insert(seq, (coll.number, doc))?;
+                written.push((doc, row, vector, seq));
+            }
+            meta.insert("seq", seq)?;
+        }
+        tx.commit()?;
+        st.next_doc = next_doc;
+        let mut text = coll.text.lock().unwrap();
+        for (doc, row, vector, seq) in &written {
+            let key = row.scope.key(&row.id);
+            Self::apply_gone(&mut st, *doc);
+            st.keys.insert(key, *doc);
+            let expired = row.expires_at_ms.is_some_and(|e| e <= now);
+            if !expired {
+                Self::apply_live(&coll.spec, &mut st, *doc, row, vector);
+            }
+            let t = if expired { None } else { row.text.as_deref() };
+            text.put(*doc, &row.scope.tenant, t, *seq)?;
+        }
+        Ok(written.len())
+    }
+
+    /// A live record by id, in exactly the scope it was written with.
+    pub fn get(&self, owner: &str, name: &str, scope: Option<&Scope>, id: &str) -> Result<Record, MemoryError> {
+        let scope = scope_of(scope)?;
+        let coll = self.collection(owner, name)?;
+        let doc = {
+            let st = coll.state.read().unwrap();
+            st.keys.get(&scope.key(id)).copied().filter(|d| st.docs.contains_key(d))
+        };
+        let now = now_ms();
+        let found = doc.map(|d| self.read_record(&coll, d, true)).transpose()?.flatten();
+        match found {
+            Some(r) if r.expires_at_ms.is_none_or(|e| e > now) => Ok(r),
+            _ => Err(MemoryError::NotFound { id: id.into() }),
+        }
+    }
+
+    fn read_record(&self, coll: &Collection, doc: u64, with_vector: bool) -> Result<Option<Record>, MemoryError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(rows::ROWS)?;
+        let Some(v) = t.get((coll.number, doc))? else { return Ok(None) };
+        let (row, vector) = rows::decode(v.value())?;
+        if row.deleted_at_ms.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            vector: if with_vector { vector_values(&vector, coll.spec.dimension as usize) } else { None },
+            id: row.id,
+            scope: row.scope,
+            text: row.text,
+            metadata: row.metadata,
+            importance: row.importance,
+            created_at_ms: row.created_at_ms,
+            updated_at_ms: row.updated_at_ms,
+            expires_at_ms: row.expires_at_ms,
+        }))
+    }
+
+    /// Deletes records by id in exactly their scope: they disappear from reads and queries at
+    /// once and their rows are purged later. Returns how many existed.
+    pub fn delete(&self, owner: &str, name: &str, scope: Option<&Scope>, ids: &[String]) -> Result<usize, MemoryError> {
+        let scope = scope_of(scope)?;
+        let coll = self.collection(owner, name)?;
+        let _w = self.write_lock.lock().unwrap();
+        let mut st = coll.state.write().unwrap();
+        let docs: Vec<u64> = ids
+            .iter()
+            .filter_map(|id| st.keys.get(&scope.key(id)).copied())
+            .filter(|d| st.docs.contains_key(d))
+            .collect();
+        self.mark_deleted(&coll, &mut st, &docs, now_ms())?;
+        Ok(docs.len())
+    }
+
+    /// Marks rows deleted at `when` and takes them out of the indexes.
+    fn mark_deleted(&self, coll: &Collection, st: &mut State, docs: &[u64], when: u64) -> Result<(), MemoryError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        let mut seqs = Vec::with_capacity(docs.len());
+        {
+            let mut rows_t = tx.open_table(rows::ROWS)?;
+            let mut changes = tx.open_table(rows::CHANGES)?;
+            let mut meta = tx.open_table(rows::META)?;
+            let mut seq = rows::meta(&meta, "seq")?;
+            for &d in docs {
+                let Some(bytes) = rows_t.get((coll.number, d))?.map(|v| v.value().to_vec()) else { continue };
+                let (mut row, vector) = rows::decode(&bytes)?;
+                row.deleted_at_ms = Some(when);
+                seq += 1;
+                rows_t.insert((coll.number, d), rows::encode(&row, &vector)?.as_slice())?;
+                changes.insert(seq, (coll.number, d))?;
+                seqs.push((d, seq));
+            }
+            meta.insert("seq", seq)?;
+        }
+        tx.commit()?;
+        let mut text = coll.text.lock().unwrap();
+        for (d, seq) in seqs {
+            Self::apply_gone(st, d);
+            text.put(d, "", None, seq)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes what has expired, when something may have.
+    fn expire(&self, coll: &Collection) -> Result<(), MemoryError> {
+        let now = now_ms();
+        if coll.state.read().unwrap().next_expiry.is_none_or(|e| e > now) {
+            return Ok(());
+        }
+        let _w = self.write_lock.lock().unwrap();
+        let mut st = coll.state.write().unwrap();
+        let gone: Vec<u64> =
+            st.docs.iter().filter(|(_, m)| m.expires_at_ms.is_some_and(|e| e <= now)).map(|(&d, _)| d).collect();
+        self.mark_deleted(coll, &mut st, &gone, now)?;
+        st.next_expiry = st.docs.values().filter_map(|m| m.expires_at_ms).min();
+        Ok(())
+    }
+
+    /// Removes rows deleted longer ago than the purge delay, and change records every index has
+    /// passed. Returns how many rows went.
+    pub fn purge(&self) -> Result<usize, MemoryError> {
+        let colls: Vec<Arc<Collection>> = self.collections.read().unwrap().values().cloned().collect();
+        for c in &colls {
+            self.expire(c)?;
+        }
+        let cutoff = now_ms().saturating_sub(self.limits.purge_after_secs * 1000);
+        let _w = self.write_lock.lock().unwrap();
+        let mut purged = 0;
+        let tx = self.db.begin_write()?;
+        {
+            let mut rows_t = tx.open_table(rows::ROWS)?;
+            for c in &colls {
+                let mut st = c.state.write().unwrap();
+                let mut doomed = Vec::new();
+                for r in rows_t.range((c.number, 0)..=(c.number, u64::MAX))? {
+                    let (k, v) = r?;
+                    let (row, _) = rows::decode(v.value())?;
+                    if row.deleted_at_ms.is_some_and(|t| t <= cutoff) {
+                        doomed.push((k.value().1, row.scope.key(&row.id)));
+                    }
+                }
+                for (d, key) in doomed {
+                    rows_t.remove((c.number, d))?;
+                    if st.keys.get(&key) == Some(&d) {
+                        st.keys.remove(&key);
+                    }
+                    purged += 1;
+                }
+            }
+            // Changes every text index has committed are no longer needed for a replay (an index
+            // with nothing pending has committed all it was given).
+            let upto = colls
+                .iter()
+                .map(|c| {
+                    let t = c.text.lock().unwrap();
+                    if t.has_pending() {
+                        t.committed()
+                    } else {
+                        u64::MAX
+                    }
+                })
+                .min()
+                .unwrap_or(u64::MAX);
+            let mut changes = tx.open_table(rows::CHANGES)?;
+            changes.retain(|seq, _| seq > upto)?;
+        }
+        tx.commit()?;
+        Ok(purged)
+    }
+
+    /// Commits the text indexes' pending changes (searchable and durable).
+    pub fn flush(&self) -> Result<(), MemoryError> {
+        let colls: Vec<Arc<Collection>> = self.collections.read().unwrap().values().cloned().collect();
+        for c in colls {
+            c.text.lock().unwrap().commit()?;
+        }
+        Ok(())
+    }
+
+    /// Recalls records for a query: each channel asked gives its best `window` records of the
+    /// scope that pass the filter, the rankings are fused, then weighed by age and importance.
+    pub fn query(&self, owner: &str, name: &str, q: &QueryRequest) -> Result<QueryResponse, MemoryError> {
+        let t0 = Instant::now();
+        let scope = scope_of(q.scope.as_ref())?;
+        let coll = self.collection(owner, name)?;
+        let l = &self.limits;
+        if q.limit == 0 || q.limit > l.max_limit {
+            return Err(MemoryError::OutOfRange {
+                field: "limit",
+                got: q.limit.to_string(),
+                allowed: format!("1 to {}", l.max_limit),
+            });
+        }
+        let text_q = q.text.as_deref().filter(|t| !t.trim().is_empty());
+        if text_q.is_none() && q.vector.is_none() {
+            return Err(MemoryError::EmptyQuery);
+        }
+        if let Some(t) = text_q {
+            if t.len() > l.max_text_bytes {
+                return Err(MemoryError::TooLarge {
+                    what: "the query text".into(),
+                    got: t.len(),
+                    max: l.max_text_bytes,
+                    hint: " bytes",
+                });
+            }
+        }
+        if let Some(v) = &q.vector {
+            check_vector(&coll.spec.name, "(query)", v, coll.spec.dimension)?;
+        }
+        let f = &q.fusion;
+        if !(f.k.is_finite() && f.k >= 0.0) {
+            return Err(MemoryError::OutOfRange { field: "fusion.k", got: f.k.to_string(), allowed: "≥ 0".into() });
+        }
+        for (field, w) in [("fusion.weights.text", f.weights.text), ("fusion.weights.vector", f.weights.vector)] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(MemoryError::OutOfRange { field, got: w.to_string(), allowed: "≥ 0".into() });
+            }
+        }
+        if f.window > l.max_window {
+            return Err(MemoryError::OutOfRange {
+                field: "fusion.window",
+                got: f.window.to_string(),
+                allowed: format!("up to {}", l.max_window),
+            });
+        }
+        if let Some(d) = &q.decay {
+            if !(d.half_life_secs.is_finite() && d.half_life_secs > 0.0 && (0.0..=1.0).contains(&d.floor)) {
+                return Err(MemoryError::OutOfRange {
+                    field: "decay",
+                    got: format!("halfLifeSecs {}, floor {}", d.half_life_secs, d.floor),
+                    allowed: "halfLifeSecs > 0 and floor 0 to 1".into(),
+                });
+            }
+        }
+        if !(q.importance_weight.is_finite() && q.importance_weight >= 0.0) {
+            return Err(MemoryError::OutOfRange {
+                field: "importanceWeight",
+                got: q.importance_weight.to_string(),
+                allowed: "≥ 0".into(),
+            });
+        }
+        self.expire(&coll)?;
+        let window = f.window.max(q.limit);
+        {
+            let mut text = coll.text.lock().unwrap();
+            if text_q.is_some() && text.has_pending() {
+                text.commit()?;
+            }
+        }
+        let st = coll.state.read().unwrap();
+        let compiled = Compiled::new(&q.filter, &st.fields)?;
+        let Some(part) = st.partitions.get(&scope.tenant) else {
+            return Ok(QueryResponse { hits: Vec::new(), took_us: t0.elapsed().as_micros() as u64 });
+        };
+        let narrowed = scope.user.is_some() || scope.agent.is_some() || scope.app.is_some();
+        let allowed: RoaringTreemap = if narrowed || !compiled.is_empty() {
+            part.live
+                .iter()
+                .filter(|d| {
+                    st.docs.get(d).is_some_and(|m| {
+                        scope.covers(&m.scope)
+                            && compiled.matches(&Fields {
+                                metadata: &m.metadata,
+                                created_at_ms: m.created_at_ms,
+                                updated_at_ms: m.updated_at_ms,
+                                expires_at_ms: m.expires_at_ms,
+                                importance: m.importance,
+                            })
+                    })
+                })
+                .collect()
+        } else {
+            part.live.clone()
+        };
+        let allowed = Arc::new(allowed);
+        let text_rank = match text_q {
+            Some(t) => Some(Ranking {
+                docs: coll.text.lock().unwrap().search(&scope.tenant, t, window, allowed.clone())?,
+                higher_is_better: true,
+            }),
+            None => None,
+        };
+        let vector_rank = match (&q.vector, &part.vectors) {
+            (Some(v), Some(g)) => {
+                let v = vectors::prepare(coll.spec.distance, v);
+                Some(Ranking {
+                    docs: g.search(&v, window, EF_SEARCH.max(window), &allowed, BRUTE_FORCE_BELOW),
+                    higher_is_better: false,
+                })
+            }
+            _ => None,
+        };
+        let fused = fuse(&Fusion { window, ..f.clone() }, text_rank.as_ref(), vector_rank.as_ref());
+        let now = now_ms();
+        let mut scored: Vec<(f32, fusion::Fused, f32, f32)> = fused
+            .into_iter()
+            // Defence in depth: nothing outside the allowed set is ever returned.
+            .filter(|x| allowed.contains(x.doc))
+            .filter_map(|x| {
+                let m = st.docs.get(&x.doc)?;
+                let decay = fusion::decay_factor(q.decay.as_ref(), now.saturating_sub(m.updated_at_ms));
+                let imp = fusion::importance_factor(q.importance_weight, m.importance);
+                Some((x.score * decay * imp, x, decay, imp))
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.doc.cmp(&b.1.doc)));
+        scored.truncate(q.limit);
+        drop(st);
+        let mut hits = Vec::with_capacity(scored.len());
+        for (score, x, decay, imp) in scored {
+            let Some(record) = self.read_record(&coll, x.doc, q.include_vectors)? else { continue };
+            let explain =
+                q.explain.then_some(Explain { text: x.text, vector: x.vector, fused: x.score, decay, importance: imp });
+            hits.push(Hit { score, record, explain });
+        }
+        Ok(QueryResponse { hits, took_us: t0.elapsed().as_micros() as u64 })
+    }
+}
+
+fn is_operator(k: &str) -> bool {
+    matches!(k, "and" | "or" | "not")
+}
+
+/// The values of a stored vector: the kept f32 values, or the int8 ones dequantised.
+fn vector_values(v: &StoredVector, dim: usize) -> Option<Vec<f32>> {
+    match v {
+        StoredVector::None => None,
+        StoredVector::Int8(b) => Quantized::from_bytes(b).map(|q| q.to_f32()),
+        StoredVector::Float(b) => {
+            let floats = b.get(..dim * 4)?;
+            Some(floats.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

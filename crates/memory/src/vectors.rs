@@ -1,0 +1,565 @@
+//! Approximate nearest neighbours over int8 scalar-quantised vectors: an HNSW graph (Malkov &
+//! Yashunin) per tenant partition, searched with the partition's candidate bitmap so that a
+//! filter is applied during the search rather than to its results, with exact re-ranking of the
+//! best candidates and brute force when few candidates are allowed.
+//!
+//! Each vector is stored as `i8` codes with one scale (`v ≈ code × scale`); cosine collections
+//! normalise before quantising, so their distance is a dot product.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use roaring::RoaringTreemap;
+
+use crate::types::Distance;
+
+/// Neighbours kept per node above layer 0 (twice that at layer 0).
+const M: usize = 16;
+/// Candidate list size while inserting.
+const EF_CONSTRUCTION: usize = 100;
+
+/// A vector quantised to int8 with its scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized {
+    pub codes: Vec<i8>,
+    pub scale: f32,
+}
+
+impl Quantized {
+    /// Quantises `v` symmetrically: the largest magnitude becomes ±127.
+    pub fn from_f32(v: &[f32]) -> Quantized {
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if max == 0.0 {
+            return Quantized { codes: vec![0; v.len()], scale: 0.0 };
+        }
+        let scale = max / 127.0;
+        Quantized { codes: v.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8).collect(), scale }
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.codes.iter().map(|&c| c as f32 * self.scale).collect()
+    }
+
+    /// The stored form: the scale (little-endian f32) then the codes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.codes.len());
+        out.extend_from_slice(&self.scale.to_le_bytes());
+        out.extend(self.codes.iter().map(|&c| c as u8));
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Quantized> {
+        let scale = f32::from_le_bytes(b.get(..4)?.try_into().ok()?);
+        Some(Quantized { codes: b[4..].iter().map(|&c| c as i8).collect(), scale })
+    }
+}
+
+/// Prepares a query or a stored vector for `distance`: cosine vectors are normalised (a zero
+/// vector stays zero).
+pub fn prepare(distance: Distance, v: &[f32]) -> Vec<f32> {
+    match distance {
+        Distance::Cosine => {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                v.to_vec()
+            } else {
+                v.iter().map(|x| x / norm).collect()
+            }
+        }
+        Distance::Dot | Distance::L2 => v.to_vec(),
+    }
+}
+
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    // Written so that the compiler vectorises it (widening multiply-adds).
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+fn l2_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x as i32 - y as i32;
+            d * d
+        })
+        .sum()
+}
+
+/// Smaller is closer, for every distance (dot products are negated).
+fn quantized_distance(distance: Distance, a: &[i8], sa: f32, b: &[i8], sb: f32) -> f32 {
+    match distance {
+        Distance::Cosine | Distance::Dot => -(dot_i8(a, b) as f32) * sa * sb,
+        // Codes of different scales are not comparable directly: dequantise on the fly.
+        Distance::L2 if sa == sb => l2_i8(a, b) as f32 * sa * sa,
+        Distance::L2 => a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| {
+                let d = x as f32 * sa - y as f32 * sb;
+                d * d
+            })
+            .sum(),
+    }
+}
+
+/// The distance of an f32 query to a stored vector, as a user reads it: cosine distance
+/// (1 − cos), negative dot product, or squared Euclidean distance.
+pub fn exact_distance(distance: Distance, query: &[f32], v: &[f32]) -> f32 {
+    match distance {
+        Distance::Cosine => 1.0 - query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
+        Distance::Dot => -query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
+        Distance::L2 => query.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Scored {
+    dist: f32,
+    node: u32,
+}
+
+impl Eq for Scored {}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.dist.total_cmp(&other.dist).then(self.node.cmp(&other.node))
+    }
+}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct Node {
+    doc: u64,
+    /// Neighbours per layer, layer 0 first.
+    links: Vec<Vec<u32>>,
+}
+
+/// One partition's graph. Nodes are never removed in place: a replaced or deleted document's node
+/// becomes a tombstone that searches route through but never return; [`Hnsw::compact`] rebuilds
+/// without them once they are many.
+pub struct Hnsw {
+    /// The distance users asked for.
+    distance: Distance,
+    /// The distance the graph is built on: dot products go through the usual reduction of
+    /// maximum inner product to nearest neighbour (each vector gains a coordinate
+    /// `sqrt(phi² − |v|²)`, queries a 0), because negative dot products are no metric and HNSW
+    /// navigates them badly.
+    metric: Distance,
+    dim: usize,
+    /// The reduction's extra coordinate per node (kept apart from the int8 codes, whose scale
+    /// it would swamp).
+    extra: Vec<f32>,
+    /// The norm bound of the reduction; raised 5 % past a longer vector when one comes (and the
+    /// graph rebuilt: the longest vectors come early, so this happens a handful of times).
+    phi: f32,
+    nodes: Vec<Node>,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    /// Full-precision copies for re-ranking, when the collection keeps them.
+    floats: Option<Vec<f32>>,
+    by_doc: HashMap<u64, u32>,
+    dead: RoaringTreemap,
+    entry: Option<u32>,
+    top: usize,
+    /// Deterministic level draws (xorshift): a rebuilt graph is the same graph.
+    rng: u64,
+}
+
+/// A search's answer: documents with their exact distance, closest first.
+pub type Neighbours = Vec<(u64, f32)>;
+
+impl Hnsw {
+    pub fn new(distance: Distance, dim: usize, keep_floats: bool) -> Hnsw {
+        let metric = if distance == Distance::Dot { Distance::L2 } else { distance };
+        Hnsw {
+            distance,
+            metric,
+            dim,
+            extra: Vec::new(),
+            phi: 0.0,
+            nodes: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            floats: keep_floats.then(Vec::new),
+            by_doc: HashMap::new(),
+            dead: RoaringTreemap::new(),
+            entry: None,
+            top: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_doc.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_doc.is_empty()
+    }
+
+    pub fn tombstones(&self) -> u64 {
+        self.dead.len()
+    }
+
+    fn codes(&self, n: u32) -> &[i8] {
+        &self.codes[n as usize * self.dim..(n as usize + 1) * self.dim]
+    }
+
+    fn dist_nodes(&self, a: u32, b: u32) -> f32 {
+        let d = quantized_distance(
+            self.metric,
+            self.codes(a),
+            self.scales[a as usize],
+            self.codes(b),
+            self.scales[b as usize],
+        );
+        match self.extra.is_empty() {
+            true => d,
+            false => d + (self.extra[a as usize] - self.extra[b as usize]).powi(2),
+        }
+    }
+
+    fn dist_query(&self, q: &Quantized, n: u32) -> f32 {
+        let d = quantized_distance(self.metric, &q.codes, q.scale, self.codes(n), self.scales[n as usize]);
+        match self.extra.is_empty() {
+            true => d,
+            false => d + self.extra[n as usize].powi(2),
+        }
+    }
+
+    fn random_level(&mut self) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let u = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        let ml = 1.0 / (M as f64).ln();
+        ((-(u.max(f64::MIN_POSITIVE)).ln() * ml) as usize).min(16)
+    }
+
+    /// Adds (or replaces) `doc`'s vector, already [`prepare`]d.
+    pub fn insert(&mut self, doc: u64, v: &[f32]) {
+        self.remove(doc);
+        if self.distance == Distance::Dot {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > self.phi {
+                self.rebuild(1.05 * norm.max(1e-6));
+            }
+            self.extra.push((self.phi * self.phi - norm * norm).max(0.0).sqrt());
+        }
+        self.insert_prepared(doc, v);
+    }
+
+    /// Rebuilds the graph from its live vectors under a new norm bound.
+    fn rebuild(&mut self, phi: f32) {
+        let mut live: Vec<(u64, Vec<f32>)> = self.by_doc.iter().map(|(&doc, &n)| (doc, self.vector(n))).collect();
+        live.sort_by_key(|(d, _)| *d);
+        let mut fresh = Hnsw::new(self.distance, self.dim, self.floats.is_some());
+        fresh.phi = phi;
+        for (doc, v) in live {
+            fresh.insert(doc, &v);
+        }
+        *self = fresh;
+    }
+
+    fn insert_prepared(&mut self, doc: u64, v: &[f32]) {
+        let q = Quantized::from_f32(v);
+        let node = self.nodes.len() as u32;
+        let level = self.random_level();
+        self.codes.extend_from_slice(&q.codes);
+        self.scales.push(q.scale);
+        if let Some(f) = &mut self.floats {
+            f.extend_from_slice(v);
+        }
+        self.nodes.push(Node { doc, links: vec![Vec::new(); level + 1] });
+        self.by_doc.insert(doc, node);
+        let Some(mut ep) = self.entry else {
+            self.entry = Some(node);
+            self.top = level;
+            return;
+        };
+        let mut ep_dist = self.dist_nodes(node, ep);
+        for layer in (level + 1..=self.top).rev() {
+            (ep, ep_dist) = self.greedy(|s, n| s.dist_nodes(node, n), ep, ep_dist, layer);
+        }
+        for layer in (0..=level.min(self.top)).rev() {
+            let found = self.search_layer(|s, n| s.dist_nodes(node, n), ep, ep_dist, EF_CONSTRUCTION, layer);
+            let cap = if layer == 0 { 2 * M } else { M };
+            let chosen = self.select(node, &found, cap);
+            for &Scored { node: other, .. } in &chosen {
+                self.nodes[other as usize].links[layer].push(node);
+                if self.nodes[other as usize].links[layer].len() > cap {
+                    self.shrink(other, layer, cap);
+                }
+            }
+            self.nodes[node as usize].links[layer] = chosen.iter().map(|s| s.node).collect();
+            if let Some(best) = found.first() {
+                (ep, ep_dist) = (best.node, best.dist);
+            }
+        }
+        if level > self.top {
+            self.top = level;
+            self.entry = Some(node);
+        }
+    }
+
+    /// The neighbour-selection heuristic: a candidate is kept unless it is closer to an already
+    /// kept neighbour than to `node`, which keeps links spread out (recall on clustered data).
+    fn select(&self, node: u32, sorted: &[Scored], cap: usize) -> Vec<Scored> {
+        let mut kept: Vec<Scored> = Vec::with_capacity(cap);
+        for c in sorted {
+            if c.node == node {
+                continue;
+            }
+            if kept.iter().all(|k| self.dist_nodes(c.node, k.node) > c.dist) {
+                kept.push(*c);
+                if kept.len() == cap {
+                    break;
+                }
+            }
+        }
+        kept
+    }
+
+    fn shrink(&mut self, node: u32, layer: usize, cap: usize) {
+        let mut scored: Vec<Scored> = self.nodes[node as usize].links[layer]
+            .iter()
+            .map(|&n| Scored { dist: self.dist_nodes(node, n), node: n })
+            .collect();
+        scored.sort();
+        let kept = self.select(node, &scored, cap);
+        self.nodes[node as usize].links[layer] = kept.iter().map(|s| s.node).collect();
+    }
+
+    fn greedy(&self, dist: impl Fn(&Self, u32) -> f32, mut ep: u32, mut ep_dist: f32, layer: usize) -> (u32, f32) {
+        loop {
+            let mut moved = false;
+            for &n in &self.nodes[ep as usize].links[layer] {
+                let d = dist(self, n);
+                if d < ep_dist {
+                    (ep, ep_dist, moved) = (n, d, true);
+                }
+            }
+            if !moved {
+                return (ep, ep_dist);
+            }
+        }
+    }
+
+    /// Best-first search of one layer; returns up to `ef` nodes, closest first (tombstones
+    /// included: they still route).
+    fn search_layer(
+        &self,
+        dist: impl Fn(&Self, u32) -> f32,
+        ep: u32,
+        ep_dist: f32,
+        ef: usize,
+        layer: usize,
+    ) -> Vec<Scored> {
+        let mut visited = RoaringTreemap::new();
+        visited.insert(ep as u64);
+        let start = Scored { dist: ep_dist, node: ep };
+        let mut frontier = BinaryHeap::from([std::cmp::Reverse(start)]);
+        let mut best = BinaryHeap::from([start]);
+        while let Some(std::cmp::Reverse(c)) = frontier.pop() {
+            if best.len() >= ef && c.dist > best.peek().map_or(f32::INFINITY, |b| b.dist) {
+                break;
+            }
+            for &n in &self.nodes[c.node as usize].links[layer] {
+                if !visited.insert(n as u64) {
+                    continue;
+                }
+                let d = dist(self, n);
+                if best.len() < ef || d < best.peek().map_or(f32::INFINITY, |b| b.dist) {
+                    let s = Scored { dist: d, node: n };
+                    frontier.push(std::cmp::Reverse(s));
+                    best.push(s);
+                    if best.len() > ef {
+                        best.pop();
+                    }
+                }
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// Makes `doc` unfindable (its node stays as a tombstone until [`Hnsw::compact`]).
+    pub fn remove(&mut self, doc: u64) -> bool {
+        match self.by_doc.remove(&doc) {
+            Some(n) => {
+                self.dead.insert(n as u64);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stored vector of node `n` as the index holds it (f32 when kept, dequantised otherwise).
+    fn vector(&self, n: u32) -> Vec<f32> {
+        match &self.floats {
+            Some(f) => f[n as usize * self.dim..(n as usize + 1) * self.dim].to_vec(),
+            None => {
+                let s = self.scales[n as usize];
+                self.codes(n).iter().map(|&c| c as f32 * s).collect()
+            }
+        }
+    }
+
+    /// The `k` documents closest to `query` (already [`prepare`]d) among `allowed`; graph search
+    /// with `ef` candidates, unless `allowed` holds at most `brute_force_below` documents of this
+    /// graph, which are then all compared. Candidates are re-ranked by their exact distance to
+    /// the f32 query.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: &RoaringTreemap,
+        brute_force_below: u64,
+    ) -> Neighbours {
+        if k == 0 || self.by_doc.is_empty() {
+            return Vec::new();
+        }
+        let rerank = |nodes: Vec<u32>| -> Neighbours {
+            let mut out: Neighbours = nodes
+                .into_iter()
+                .map(|n| (self.nodes[n as usize].doc, exact_distance(self.distance, query, &self.vector(n))))
+                .collect();
+            out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            out.truncate(k);
+            out
+        };
+        if allowed.len() <= brute_force_below {
+            let nodes = allowed.iter().filter_map(|d| self.by_doc.get(&d).copied()).collect();
+            return rerank(nodes);
+        }
+        let q = Quantized::from_f32(query);
+        let Some(mut ep) = self.entry else { return Vec::new() };
+        let mut ep_dist = self.dist_query(&q, ep);
+        for layer in (1..=self.top).rev() {
+            (ep, ep_dist) = self.greedy(|s, n| s.dist_query(&q, n), ep, ep_dist, layer);
+        }
+        // A selective filter leaves fewer allowed nodes among those visited: widen the search
+        // by the inverse of the share allowed (bounded).
+        let share = (allowed.len() as f64 / self.by_doc.len().max(1) as f64).clamp(0.01, 1.0);
+        // Reduced dot-product vectors all lie on one sphere, crowded: search them wider.
+        let ef = if self.distance == Distance::Dot { ef * 3 } else { ef };
+        let ef = ((ef.max(k) as f64 / share) as usize).min(4096);
+        let found = self.search_layer(|s, n| s.dist_query(&q, n), ep, ep_dist, ef, 0);
+        let want = (k * 4).max(40);
+        let nodes: Vec<u32> = found
+            .into_iter()
+            .filter(|s| !self.dead.contains(s.node as u64) && allowed.contains(self.nodes[s.node as usize].doc))
+            .take(want)
+            .map(|s| s.node)
+            .collect();
+        rerank(nodes)
+    }
+
+    /// Exact nearest neighbours by comparing every allowed document (the reference for recall).
+    pub fn exact(&self, query: &[f32], k: usize, allowed: &RoaringTreemap) -> Neighbours {
+        self.search(query, k, 0, allowed, u64::MAX)
+    }
+
+    /// Rebuilds the graph from the live nodes when tombstones are at least a third of it.
+    pub fn compact_if_needed(&mut self) {
+        if self.dead.len() * 3 < self.nodes.len() as u64 || self.dead.is_empty() {
+            return;
+        }
+        self.rebuild(self.phi);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> f32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn clustered(n: usize, dim: usize, seed: &mut u64) -> Vec<Vec<f32>> {
+        let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| rng(seed)).collect()).collect();
+        (0..n).map(|i| centres[i % 20].iter().map(|c| c + 0.3 * rng(seed)).collect()).collect()
+    }
+
+    #[test]
+    fn quantisation_round_trips_within_a_step() {
+        let v = [0.5f32, -1.0, 0.25, 0.0];
+        let q = Quantized::from_f32(&v);
+        assert_eq!(q.codes[1], -127);
+        for (a, b) in v.iter().zip(q.to_f32()) {
+            assert!((a - b).abs() <= q.scale / 2.0 + 1e-6);
+        }
+        assert_eq!(Quantized::from_bytes(&q.to_bytes()), Some(q));
+        assert_eq!(Quantized::from_f32(&[0.0, 0.0]).scale, 0.0);
+    }
+
+    #[test]
+    fn graph_search_finds_what_brute_force_finds() {
+        let mut seed = 7;
+        let dim = 32;
+        let data = clustered(3000, dim, &mut seed);
+        for distance in [Distance::Cosine, Distance::L2, Distance::Dot] {
+            let mut h = Hnsw::new(distance, dim, false);
+            let mut all = RoaringTreemap::new();
+            for (i, v) in data.iter().enumerate() {
+                h.insert(i as u64, &prepare(distance, v));
+                all.insert(i as u64);
+            }
+            let (mut hit, mut total) = (0, 0);
+            for q in clustered(50, dim, &mut seed) {
+                let q = prepare(distance, &q);
+                let exact: Vec<u64> = h.exact(&q, 10, &all).iter().map(|x| x.0).collect();
+                let approx: Vec<u64> = h.search(&q, 10, 64, &all, 0).iter().map(|x| x.0).collect();
+                hit += approx.iter().filter(|d| exact.contains(d)).count();
+                total += exact.len();
+            }
+            let recall = hit as f64 / total as f64;
+            assert!(recall >= 0.9, "{distance:?}: recall@10 {recall}");
+        }
+    }
+
+    #[test]
+    fn filters_deletes_and_replacements_are_respected() {
+        let mut seed = 11;
+        let dim = 16;
+        let data = clustered(2000, dim, &mut seed);
+        let mut h = Hnsw::new(Distance::L2, dim, true);
+        for (i, v) in data.iter().enumerate() {
+            h.insert(i as u64, v);
+        }
+        // Only even documents allowed; 0..100 deleted; 100 replaced by a copy of the query.
+        let mut allowed = RoaringTreemap::new();
+        for d in (0..2000u64).step_by(2) {
+            allowed.insert(d);
+        }
+        for d in 0..100 {
+            h.remove(d);
+        }
+        let q = data[1500].clone();
+        h.insert(100, &q);
+        for brute in [0, u64::MAX] {
+            let got = h.search(&q, 10, 64, &allowed, brute);
+            assert_eq!(got[0].0, 100, "the replacement is the closest");
+            assert!(got[0].1.abs() < 1e-6, "re-ranked with the exact vector: {}", got[0].1);
+            assert!(got.iter().all(|(d, _)| d % 2 == 0 && *d >= 100), "{got:?}");
+        }
+        assert_eq!(h.len(), 1900);
+        h.compact_if_needed();
+        assert_eq!(h.tombstones(), 101);
+        for d in 100..800 {
+            h.remove(d);
+        }
+        h.compact_if_needed();
+        assert_eq!((h.len(), h.tombstones()), (1200, 0));
+        let got = h.search(&data[1500], 5, 64, &allowed, 0);
+        assert_eq!(got[0].0, 1500);
+    }
+}
