@@ -6,12 +6,13 @@
 #   python3-venv the E2B SDK test suite's virtualenv
 #   nftables     the sandbox network's rules (one table per daemon); iproute2 sets up veths
 #   nginx, wrk   the proxy benchmark's baseline and load generator
+#   wordnet-base the memory store benchmark's corpus (WordNet's glosses)
 #   runsc        the gvisor runtime, from bookworm-backports: its 2024 build brings the systrap
 #                platform and a checkpoint that can leave the sandbox running (docs/runtimes.md)
 #   criu         4.1.1 built from Debian's source into /opt/warren/criu (scripts/criu.sh)
 set -euo pipefail
 need=()
-for pkg in mmdebstrap btrfs-progs crun curl ca-certificates python3-venv nftables iproute2 nginx-light wrk; do
+for pkg in mmdebstrap btrfs-progs crun curl ca-certificates python3-venv nftables iproute2 nginx-light wrk wordnet-base; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -34,6 +34,7 @@ use serde_json::json;
 use warren_e2e::Daemon;
 
 mod gvisor;
+mod memory;
 mod proxy;
 
 #[derive(Parser)]
@@ -72,6 +73,21 @@ struct Args {
     /// MiB of touched memory in the gVisor pause/wake measurement (0 skips the gVisor runs).
     #[arg(long, default_value_t = 256)]
     gvisor_mib: u64,
+    /// Records in the memory store measurement (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    memory_docs: usize,
+    /// Vector length in the memory store measurement.
+    #[arg(long, default_value_t = 384)]
+    memory_dim: usize,
+    /// Tenants the memory store measurement's records are spread over (queries name one).
+    #[arg(long, default_value_t = 1)]
+    memory_tenants: usize,
+    /// Queries per channel in the memory store measurement.
+    #[arg(long, default_value_t = 300)]
+    memory_queries: usize,
+    /// Measure the memory store only (no daemon, no sandboxes).
+    #[arg(long)]
+    memory_only: bool,
     /// Run as the proxy benchmark's backend inside a sandbox (internal).
     #[arg(long, hide = true)]
     backend_port: Option<u16>,
@@ -120,6 +136,40 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.backend_port {
         proxy::serve_backend(port);
+    }
+    let memory_run = |args: &Args| -> Result<Option<memory::MemoryBench>> {
+        if args.memory_docs == 0 {
+            return Ok(None);
+        }
+        let m =
+            memory::measure(&args.root, args.memory_docs, args.memory_dim, args.memory_tenants, args.memory_queries)?;
+        for s in [&m.bm25, &m.vector, &m.hybrid] {
+            println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
+        }
+        println!(
+            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3}; {:.1} MiB on disk vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
+            m.docs,
+            m.dimension,
+            m.tenants,
+            m.ingest_docs_per_sec,
+            m.ann_recall_at_10,
+            m.bytes_on_disk as f64 / 1048576.0,
+            m.raw_bytes as f64 / 1048576.0,
+            m.storage_ratio
+        );
+        for q in &m.quality {
+            println!(
+                "memory known-item ({} records, {} queries) {:<7} MRR@10 {:.3}  nDCG@10 {:.3}  Recall@100 {:.3}",
+                m.quality_docs, m.quality_queries, q.channel, q.mrr_at_10, q.ndcg_at_10, q.recall_at_100
+            );
+        }
+        Ok(Some(m))
+    };
+    if args.memory_only {
+        let m = memory_run(&args)?;
+        std::fs::write(&args.out, serde_json::to_vec_pretty(&json!({"memory": m, "host": host_info()}))?)?;
+        println!("wrote {}", args.out.display());
+        return Ok(());
     }
     // Room for the density run and the pools beside it.
     let daemon = Daemon::start_with(
@@ -197,7 +247,9 @@ fn main() -> Result<()> {
         mib => Some(gvisor::measure(&daemon, &args.root, &bundle, n, mib)?),
     };
 
+    let mem = memory_run(&args)?;
     let report = json!({
+        "memory": mem,
         "warren_cold_create_to_first_output": cold,
         "crun_run_to_first_output": crun_cold,
         "warren_cold_without_network": cold_nonet,

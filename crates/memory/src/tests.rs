@@ -228,7 +228,7 @@ fn queries_never_cross_scopes_or_return_deleted_rows() {
                 model.insert((t.into(), u, id), (kind, word));
             }
             6..=7 => {
-                m.delete("t", "c", Some(&s), &[id.clone()]).unwrap();
+                m.delete("t", "c", Some(&s), std::slice::from_ref(&id)).unwrap();
                 model.remove(&(t.into(), u, id));
             }
             _ => {
