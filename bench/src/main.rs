@@ -147,13 +147,15 @@ fn main() -> Result<()> {
             println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
         }
         println!(
-            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3}; {:.1} MiB on disk vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
+            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3}; {:.1} MiB on disk (rows {:.1}, text {:.1}) vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
             m.docs,
             m.dimension,
             m.tenants,
             m.ingest_docs_per_sec,
             m.ann_recall_at_10,
             m.bytes_on_disk as f64 / 1048576.0,
+            m.bytes_rows as f64 / 1048576.0,
+            m.bytes_text as f64 / 1048576.0,
             m.raw_bytes as f64 / 1048576.0,
             m.storage_ratio
         );

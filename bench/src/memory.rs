@@ -24,6 +24,9 @@ pub struct MemoryBench {
     pub tenants: usize,
     pub ingest_docs_per_sec: f64,
     pub bytes_on_disk: u64,
+    /// Of which the row store (redb) and the text indexes (tantivy).
+    pub bytes_rows: u64,
+    pub bytes_text: u64,
     pub raw_bytes: u64,
     pub storage_ratio: f64,
     pub bm25: Series,
@@ -190,6 +193,8 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
     let vectors = clustered(docs, dim, &mut rng);
     let (secs, raw) = ingest(&m, "scale", &texts, &vectors, tenants)?;
     let bytes_on_disk = dir_bytes(&dir);
+    let bytes_rows = std::fs::metadata(dir.join("memory.redb")).map(|m| m.len()).unwrap_or(0);
+    let bytes_text = dir_bytes(&dir.join("text"));
 
     let words: Vec<&str> =
         ["water", "small", "person", "music", "animal", "light", "move", "plant", "law", "color"].to_vec();
@@ -277,6 +282,8 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
         tenants,
         ingest_docs_per_sec: docs as f64 / secs,
         bytes_on_disk,
+        bytes_rows,
+        bytes_text,
         raw_bytes: raw,
         storage_ratio: bytes_on_disk as f64 / raw as f64,
         bm25: series("memory: BM25 top-10", bm25),

@@ -71,18 +71,30 @@ pub fn prepare(distance: Distance, v: &[f32]) -> Vec<f32> {
 }
 
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    // Written so that the compiler vectorises it (widening multiply-adds).
-    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+    // Sixteen independent lanes: the compiler turns the inner loop into widening SIMD
+    // multiply-adds (a plain iterator sum keeps one serial accumulator).
+    let mut acc = [0i32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: i32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x as i32 * y as i32).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] as i32 * y[i] as i32;
+        }
+    }
+    acc.iter().sum::<i32>() + tail
 }
 
 fn l2_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = x as i32 - y as i32;
-            d * d
-        })
-        .sum()
+    let mut acc = [0i32; 16];
+    let sq = |x: i8, y: i8| (x as i32 - y as i32) * (x as i32 - y as i32);
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: i32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| sq(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += sq(x[i], y[i]);
+        }
+    }
+    acc.iter().sum::<i32>() + tail
 }
 
 /// Smaller is closer, for every distance (dot products are negated).
@@ -110,6 +122,39 @@ pub fn exact_distance(distance: Distance, query: &[f32], v: &[f32]) -> f32 {
         Distance::Dot => -query.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
         Distance::L2 => query.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum(),
     }
+}
+
+/// Nodes seen by a search: a mark per node, cleared by moving to the next epoch (a search
+/// visits a few hundred nodes of possibly millions; clearing a bitmap of them all would cost more).
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn reset(&mut self, nodes: usize) {
+        if self.marks.len() < nodes {
+            self.marks.resize(nodes, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    /// Marks `n`; false when it was already marked.
+    fn insert(&mut self, n: u32) -> bool {
+        let m = &mut self.marks[n as usize];
+        let fresh = *m != self.epoch;
+        *m = self.epoch;
+        fresh
+    }
+}
+
+thread_local! {
+    static VISITED: std::cell::RefCell<Visited> = std::cell::RefCell::new(Visited::default());
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -359,8 +404,20 @@ impl Hnsw {
         ef: usize,
         layer: usize,
     ) -> Vec<Scored> {
-        let mut visited = RoaringTreemap::new();
-        visited.insert(ep as u64);
+        VISITED.with_borrow_mut(|v| self.search_layer_marked(v, dist, ep, ep_dist, ef, layer))
+    }
+
+    fn search_layer_marked(
+        &self,
+        visited: &mut Visited,
+        dist: impl Fn(&Self, u32) -> f32,
+        ep: u32,
+        ep_dist: f32,
+        ef: usize,
+        layer: usize,
+    ) -> Vec<Scored> {
+        visited.reset(self.nodes.len());
+        visited.insert(ep);
         let start = Scored { dist: ep_dist, node: ep };
         let mut frontier = BinaryHeap::from([std::cmp::Reverse(start)]);
         let mut best = BinaryHeap::from([start]);
@@ -369,7 +426,7 @@ impl Hnsw {
                 break;
             }
             for &n in &self.nodes[c.node as usize].links[layer] {
-                if !visited.insert(n as u64) {
+                if !visited.insert(n) {
                     continue;
                 }
                 let d = dist(self, n);
