@@ -187,6 +187,46 @@ async fn quiesce(links: &Arc<HostLinks>, me: u64) -> hyper::Response<server::Bod
         .expect("valid response")
 }
 
+/// A connection to the daemon that is never half-closed: the daemon sees it end only once the
+/// agent has dropped it (taken it out of its event loop, then closed it). After a quiesce the
+/// daemon waits for that end before the checkpoint, so the image holds no trace of the socket;
+/// hyper's shutdown alone would show the end while the socket is still registered.
+struct CloseOnDrop(tokio::net::UnixStream);
+
+impl tokio::io::AsyncRead for CloseOnDrop {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CloseOnDrop {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Keeps one connection to the daemon dialed: once the daemon uses it (the first bytes arrive) or
 /// it breaks, the next one is dialed while this one is served.
 async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>, links: Arc<HostLinks>) {
@@ -238,7 +278,8 @@ async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>, links
                     agent.handle(req).await
                 }
             });
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+            let io = TokioIo::new(CloseOnDrop(stream));
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
         });
         let mut serving = links.serving.lock().unwrap();
         serving.retain(|(_, t)| !t.is_finished());

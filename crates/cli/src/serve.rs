@@ -105,6 +105,7 @@ fn select_runtimes(
             agent_binary: agent_binary(cfg)?,
             cgroup_parent: format!("{}.gvisor", cfg.native.cgroup_parent),
             compress_images: cfg.gvisor.compress_images,
+            debug_log: cfg.gvisor.debug_log.clone(),
         };
         match warren_runtime::gvisor::GvisorRuntime::new(settings, layers) {
             Ok(g) => {

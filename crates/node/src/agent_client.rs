@@ -168,27 +168,25 @@ impl AgentClient {
                 return Err(format!("the agent did not dial {} within {} s", socket.display(), DIAL_IN_WAIT.as_secs()))
             }
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+        // Spoken by hand rather than through hyper: the answer is not the end of it. The agent
+        // closes this connection once it has let go of everything, and only that close (read
+        // here as the end of the stream) says it holds no host connection a checkpoint could
+        // catch half-released.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream
+            .write_all(b"POST /warren/quiesce HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(conn);
-        let req = Request::post("http://agent/warren/quiesce")
-            .header(http::header::HOST, "agent")
-            .header(http::header::CONNECTION, "close")
-            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
-            .expect("valid request");
-        let resp = sender.send_request(req).await.map_err(|e| format!("asking the agent to let go: {e}"))?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        drop(sender);
-        // The agent closes this connection after its answer: once it has, it holds none.
-        tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+            .map_err(|e| format!("asking the agent to let go: {e}"))?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), (&mut stream).take(64 * 1024).read_to_end(&mut answer))
             .await
             .map_err(|_| "the agent kept its last connection open".to_owned())?
-            .map_err(|e| format!("closing the agent's connection: {e}"))?
-            .map_err(|e| format!("closing the agent's connection: {e}"))?;
-        if status != http::StatusCode::NO_CONTENT {
-            return Err(format!("the agent could not close its connections ({status})"));
+            .map_err(|e| format!("reading the agent's answer: {e}"))?;
+        let status = answer.split(|&b| b == b' ').nth(1).and_then(|c| std::str::from_utf8(c).ok()).unwrap_or("");
+        if status != "204" {
+            let first = String::from_utf8_lossy(answer.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
+            return Err(format!("the agent could not close its connections ({first:?})"));
         }
         Ok(())
     }
@@ -203,6 +201,21 @@ impl AgentClient {
         for t in self.open.lock().unwrap().remove(socket).unwrap_or_default() {
             t.abort();
         }
+    }
+
+    /// `GET /health` on the agent: Ok once it answered with a 2xx.
+    pub async fn health(&self, socket: &Path) -> Result<(), String> {
+        let req = Request::get("http://agent/health")
+            .header(http::header::HOST, "agent")
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .expect("valid request");
+        let resp = self.send(socket, req).await?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if !status.is_success() {
+            return Err(format!("/health answered {status}"));
+        }
+        Ok(())
     }
 
     /// A JSON POST to the agent, expecting a 2xx. `Err(Ok(msg))` is the agent refusing the request

@@ -85,8 +85,22 @@ pub struct SandboxRecord {
     pub memory_image: bool,
 }
 
-/// Restores of one sandbox from a memory image before its create fails.
-const RESTORE_ATTEMPTS: u32 = 3;
+/// Restores of one sandbox from a memory image before its create (or wake) fails. runsc now and
+/// then restores an image whose agent faults at once (a page of its memory is missing from the
+/// restored address space), several times in a row for a few seconds, then not again: later
+/// tries wait longer (see [`restore_backoff`]).
+const RESTORE_ATTEMPTS: u32 = 6;
+
+/// The pause before restore attempt `attempts_left` (counting down from [`RESTORE_ATTEMPTS`]):
+/// none before the first, then 250 ms doubling (7.75 s over all six).
+fn restore_backoff(attempts_left: u32) -> Duration {
+    let tried = RESTORE_ATTEMPTS - 1 - attempts_left;
+    if tried == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(250 << (tried - 1).min(4))
+    }
+}
 
 /// How long a sandbox restored from a memory image has to dial in before it is restored again.
 const RESTORED_DIAL_WAIT: Duration = Duration::from_secs(5);
@@ -659,6 +673,7 @@ impl Engine {
         let mut attempts = if image.is_some() { RESTORE_ATTEMPTS } else { 1 };
         let (handle, watch) = loop {
             attempts -= 1;
+            tokio::time::sleep(restore_backoff(attempts)).await;
             let booted = match image {
                 None => self.create_on_runtime(spec.clone()).await,
                 Some(img) => {
@@ -695,9 +710,12 @@ impl Engine {
             if image.is_none() || !handle.agent_dials {
                 break (handle, watch);
             }
-            match self.agents.await_dial(&handle.agent_socket, RESTORED_DIAL_WAIT).await {
+            match self.await_restored_agent(&handle, &watch).await {
                 Ok(()) => break (handle, watch),
                 Err(detail) => {
+                    let said = self.agent_log_excerpt(&id);
+                    warn!(sandbox = %id, %detail, agent_log = %said, attempts_left = attempts,
+                        "the restored sandbox's agent did not dial in");
                     self.agents.forget(&handle.agent_socket);
                     let (rt, sid) = (self.runtime.clone(), id.clone());
                     let _ = tokio::task::spawn_blocking(move || rt.destroy(&sid, Some(&handle))).await;
@@ -705,7 +723,6 @@ impl Engine {
                         self.abort_create(&id, None).await;
                         return Err(NodeError::Agent { detail });
                     }
-                    warn!(sandbox = %id, %detail, "the restored sandbox's agent did not dial in; restoring it again");
                 }
             }
         };
@@ -1038,6 +1055,7 @@ impl Engine {
         let mut attempts = if rec.memory_image { RESTORE_ATTEMPTS } else { 1 };
         let (handle, watch) = loop {
             attempts -= 1;
+            tokio::time::sleep(restore_backoff(attempts)).await;
             let permit = self.boot_permits.acquire().await.expect("never closed");
             let booted = if rec.memory_image {
                 let (rt, spec) = (self.runtime.clone(), spec.clone());
@@ -1075,15 +1093,17 @@ impl Engine {
             if !rec.memory_image || !handle.agent_dials {
                 break (handle, watch);
             }
-            match self.agents.await_dial(&handle.agent_socket, RESTORED_DIAL_WAIT).await {
+            match self.await_restored_agent(&handle, &watch).await {
                 Ok(()) => break (handle, watch),
                 Err(detail) => {
+                    let said = self.agent_log_excerpt(&rec.id);
+                    warn!(sandbox = %rec.id, %detail, agent_log = %said, attempts_left = attempts,
+                        "the woken sandbox's agent did not dial in");
                     self.agents.forget(&handle.agent_socket);
                     let _ = halt(Some(handle)).await;
                     if attempts == 0 {
                         return Err(NodeError::Agent { detail });
                     }
-                    warn!(sandbox = %rec.id, %detail, "the woken sandbox's agent did not dial in; restoring it again");
                 }
             }
         };
@@ -1448,6 +1468,45 @@ impl Engine {
         }))
     }
 
+    /// Waits for a sandbox restored from a memory image to dial in and answer a first request;
+    /// fails as soon as the sandbox exits (its agent crashed on restore), or after
+    /// [`RESTORED_DIAL_WAIT`].
+    async fn await_restored_agent(&self, handle: &Handle, watch: &warren_runtime::ExitWatch) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + RESTORED_DIAL_WAIT;
+        loop {
+            let slice = Duration::from_millis(50).min(deadline - tokio::time::Instant::now());
+            match self.agents.await_dial(&handle.agent_socket, slice).await {
+                Ok(()) => {
+                    // The crash comes within the agent's first few event-loop turns after the
+                    // restore, sometimes after it dialed: a request shows it past them.
+                    let answered = tokio::time::timeout(
+                        deadline - tokio::time::Instant::now(),
+                        self.agents.health(&handle.agent_socket),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("no answer".into()));
+                    return match answered {
+                        Ok(()) if !watch.has_exited() => Ok(()),
+                        Ok(()) => Err("the restored sandbox exited right after it dialed in".into()),
+                        Err(e) => Err(format!("the restored agent failed its first request: {e}")),
+                    };
+                }
+                Err(_) if watch.has_exited() => return Err("the restored sandbox exited at once".into()),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("the restored agent did not dial in within {} s", RESTORED_DIAL_WAIT.as_secs()))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The last lines of a sandbox's agent log (runsc's complaints land there too), for a
+    /// warning about a sandbox that is about to be torn down.
+    fn agent_log_excerpt(&self, id: &SandboxId) -> String {
+        let (tail, _) = self.runtime.log_tail(id, 2048);
+        String::from_utf8_lossy(&tail).trim().replace('\n', " | ")
+    }
+
     /// The agent's own log lines (a live sandbox's), parsed.
     fn agent_log_entries(&self, id: &SandboxId) -> Vec<LogEntry> {
         let (tail, cut) = self.runtime.log_tail(id, AGENT_LOG_TAIL);
@@ -1553,5 +1612,15 @@ impl Engine {
         let mut s = self.runtime.stats(&rec.id, &h)?;
         s.disk_limit_bytes = rec.disk_mb * 1024 * 1024;
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn restore_retries_back_off() {
+        let waits: Vec<u64> =
+            (0..super::RESTORE_ATTEMPTS).rev().map(|left| super::restore_backoff(left).as_millis() as u64).collect();
+        assert_eq!(waits, [0, 250, 500, 1000, 2000, 4000]);
     }
 }

@@ -39,6 +39,8 @@ pub struct GvisorSettings {
     pub cgroup_parent: String,
     /// Compress memory images (smaller on disk, slower to take and to restore).
     pub compress_images: bool,
+    /// runsc's debug logs go here when set (`--debug-log`, one file per call and process).
+    pub debug_log: Option<PathBuf>,
 }
 
 pub struct GvisorRuntime {
@@ -104,6 +106,10 @@ impl GvisorRuntime {
             .arg("--overlay2=none")
             .arg(format!("--platform={}", self.settings.platform))
             .stdin(Stdio::null());
+        if let Some(dir) = &self.settings.debug_log {
+            // runsc expands %ID%, %COMMAND% and %TIMESTAMP% in the name.
+            cmd.arg("--debug").arg(format!("--debug-log={}/%ID%.%COMMAND%.%TIMESTAMP%.log", dir.display()));
+        }
         cmd
     }
 

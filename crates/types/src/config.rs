@@ -225,6 +225,9 @@ pub struct GvisorConfig {
     /// Compress memory images: smaller on disk for compressible memory, but a wake (and a pause)
     /// spends about as long in compression as in moving the pages.
     pub compress_images: bool,
+    /// A directory for runsc's own debug logs (`--debug-log`; large, one set per runsc call):
+    /// for diagnosing runsc itself. Off by default.
+    pub debug_log: Option<PathBuf>,
 }
 
 impl Default for GvisorConfig {
@@ -235,6 +238,7 @@ impl Default for GvisorConfig {
             platform: "systrap".into(),
             template_memory_snapshots: true,
             compress_images: false,
+            debug_log: None,
         }
     }
 }

@@ -52,6 +52,14 @@ impl ExitWatch {
         Ok(())
     }
 
+    /// Whether the process has exited already (without reaping it).
+    pub fn has_exited(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        r > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
     /// Resolves when the process has exited, reaping it when it is our child.
     pub async fn wait(self) -> Exit {
         // SAFETY: we own the pidfd and hand it over; nothing else registers or closes it.
