@@ -3,8 +3,9 @@
 //! always within one tenant's partition. It knows nothing of sandboxes; the daemon serves it
 //! under `/v1/memory`.
 //!
-//! One write path: a write goes to the row store (redb, the only source of truth) with a change
-//! number in the same transaction, then to the in-memory state and the indexes. The text index
+//! One write path: a write goes to the row store (the value log and redb, the only source of
+//! truth) with a change number in the same transaction, then to the in-memory state and the
+//! indexes. The text index
 //! commits lazily with the change number it reached; on open, changes past it are replayed, and
 //! the vector graphs are rebuilt from the rows.
 
@@ -14,6 +15,7 @@ pub mod fusion;
 mod rows;
 mod text;
 pub mod types;
+mod values;
 pub mod vectors;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,7 +30,7 @@ use tracing::{info, warn};
 pub use error::MemoryError;
 use filter::{Compiled, Fields};
 use fusion::{fuse, Ranking};
-use rows::{CollectionRow, StoredRow, StoredVector};
+use rows::{CollectionRow, Dict, RowEntry, StoredRow, StoredVector};
 use text::TextIndex;
 use types::*;
 use vectors::{Hnsw, Quantized};
@@ -69,6 +71,8 @@ struct State {
     /// Metadata fields some record has (filters on others are refused).
     fields: HashSet<String>,
     next_doc: u64,
+    /// Stored records (live or not) when training a dictionary last failed: tried again at twice.
+    dict_failed_at: usize,
     /// The earliest expiry among live records.
     next_expiry: Option<u64>,
 }
@@ -80,6 +84,14 @@ struct Collection {
     state: RwLock<State>,
     text: Mutex<TextIndex>,
     text_dir: PathBuf,
+    /// The compression dictionary, once trained.
+    dict: RwLock<Option<Arc<Dict>>>,
+}
+
+impl Collection {
+    fn dict(&self) -> Option<Arc<Dict>> {
+        self.dict.read().unwrap().clone()
+    }
 }
 
 fn partition<'a>(spec: &CollectionSpec, st: &'a mut State, tenant: &str) -> &'a mut Partition {
@@ -93,6 +105,7 @@ fn partition<'a>(spec: &CollectionSpec, st: &'a mut State, tenant: &str) -> &'a 
 /// The store. Cheap to share behind an `Arc`; every method is safe to call concurrently.
 pub struct MemoryStore {
     db: Database,
+    log: values::ValueLog,
     dir: PathBuf,
     limits: Limits,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
@@ -144,11 +157,13 @@ impl MemoryStore {
     pub fn open(dir: &Path, limits: Limits) -> Result<MemoryStore, MemoryError> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("memory.redb"))?;
+        let log = values::ValueLog::open(&dir.join("values"), limits.value_segment_bytes)?;
         {
             let tx = db.begin_write()?;
             {
                 tx.open_table(rows::COLLECTIONS)?;
                 tx.open_table(rows::ROWS)?;
+                tx.open_table(rows::DICTS)?;
                 tx.open_table(rows::CHANGES)?;
                 let mut meta = tx.open_table(rows::META)?;
                 let format = rows::meta(&meta, "format")?;
@@ -159,12 +174,16 @@ impl MemoryStore {
                         rows::FORMAT
                     )));
                 }
+                if format == 1 {
+                    Self::move_rows_out_of_redb(&tx, &log)?;
+                }
                 meta.insert("format", rows::FORMAT)?;
             }
             tx.commit()?;
         }
         let store = MemoryStore {
             db,
+            log,
             dir: dir.to_owned(),
             limits,
             collections: RwLock::new(BTreeMap::new()),
@@ -174,12 +193,37 @@ impl MemoryStore {
         Ok(store)
     }
 
+    /// Format 1 to 2: the records kept in redb move to the value log (in the caller's
+    /// transaction, after the log is synced).
+    fn move_rows_out_of_redb(tx: &redb::WriteTransaction, log: &values::ValueLog) -> Result<(), MemoryError> {
+        let mut moved = 0u64;
+        {
+            let old = tx.open_table(rows::ROWS_V1)?;
+            let mut new = tx.open_table(rows::ROWS)?;
+            for r in old.iter()? {
+                let (k, v) = r?;
+                let (row, _) = rows::decode(v.value(), None)?;
+                let ptr = log.append(v.value())?;
+                let entry = RowEntry { ptr, deleted_at_ms: row.deleted_at_ms.map(|t| t.max(1)).unwrap_or(0) };
+                new.insert(k.value(), entry.value())?;
+                moved += 1;
+            }
+        }
+        log.sync()?;
+        tx.delete_table(rows::ROWS_V1)?;
+        info!(records = moved, "memory store: moved records from format 1 to the value log");
+        Ok(())
+    }
+
     fn load(&self) -> Result<(), MemoryError> {
         let t0 = Instant::now();
         let tx = self.db.begin_read()?;
         let table = tx.open_table(rows::COLLECTIONS)?;
         let rows_t = tx.open_table(rows::ROWS)?;
+        let dicts = tx.open_table(rows::DICTS)?;
         let changes = tx.open_table(rows::CHANGES)?;
+        let seq_now = rows::meta(&tx.open_table(rows::META)?, "seq")?;
+        let reader = self.log.reader();
         let mut loaded = BTreeMap::new();
         let mut records = 0u64;
         for entry in table.iter()? {
@@ -188,16 +232,25 @@ impl MemoryStore {
                 .map_err(|e| MemoryError::Storage(format!("collection {}: {e}", k.value())))?;
             let text_dir = self.dir.join("text").join(row.number.to_string());
             let mut text = TextIndex::open(&text_dir)?;
+            let dict = dicts.get(row.number)?.map(|d| Arc::new(Dict::new(d.value())));
+            // An index without any commit (its files lost, or a store from before it) is built
+            // from every row rather than from the changes, which are trimmed.
+            let rebuild_text = text.is_blank();
             let mut st = State::default();
             for r in rows_t.range((row.number, 0)..=(row.number, u64::MAX))? {
                 let (k, v) = r?;
                 let doc = k.value().1;
-                let (stored, vector) = rows::decode(v.value())?;
+                let e = RowEntry::from_value(v.value());
+                self.log.note_live(e.ptr);
+                let (stored, vector) = rows::decode(&reader.read(e.ptr)?, dict.as_deref())?;
                 st.next_doc = st.next_doc.max(doc + 1);
                 st.keys.insert(stored.scope.key(&stored.id), doc);
-                if stored.deleted_at_ms.is_none() {
+                if e.live() {
                     Self::apply_live(&row.spec, &mut st, doc, &stored, &vector);
                     records += 1;
+                    if rebuild_text {
+                        text.put(doc, &stored.scope.tenant, stored.text.as_deref(), seq_now)?;
+                    }
                 }
             }
             // Changes the text index has not committed: redo them from the rows.
@@ -208,12 +261,13 @@ impl MemoryStore {
                 if cnum != row.number {
                     continue;
                 }
-                let live = rows_t.get((cnum, doc))?.map(|v| rows::decode(v.value())).transpose()?;
+                let live = rows_t.get((cnum, doc))?.map(|v| RowEntry::from_value(v.value())).filter(|e| e.live());
                 match live {
-                    Some((r, _)) if r.deleted_at_ms.is_none() => {
+                    Some(e) => {
+                        let (r, _) = rows::decode(&reader.read(e.ptr)?, dict.as_deref())?;
                         text.put(doc, &r.scope.tenant, r.text.as_deref(), seq.value())?
                     }
-                    _ => text.put(doc, "", None, seq.value())?,
+                    None => text.put(doc, "", None, seq.value())?,
                 }
             }
             text.commit()?;
@@ -224,10 +278,11 @@ impl MemoryStore {
                 state: RwLock::new(st),
                 text: Mutex::new(text),
                 text_dir,
+                dict: RwLock::new(dict),
             };
             loaded.insert(k.value().to_owned(), Arc::new(coll));
         }
-        drop((table, rows_t, changes, tx));
+        drop((table, rows_t, dicts, changes, tx, reader));
         if !loaded.is_empty() {
             info!(
                 collections = loaded.len(),
@@ -342,6 +397,7 @@ impl MemoryStore {
             state: RwLock::new(State::default()),
             text: Mutex::new(text),
             text_dir,
+            dict: RwLock::new(None),
         });
         let info = Self::info(&coll);
         map.insert(key, coll);
@@ -369,20 +425,26 @@ impl MemoryStore {
         let _w = self.write_lock.lock().unwrap();
         let coll = self.collection(owner, name)?;
         let tx = self.db.begin_write()?;
+        let mut dead = Vec::new();
         {
             tx.open_table(rows::COLLECTIONS)?.remove(key.as_str())?;
+            tx.open_table(rows::DICTS)?.remove(coll.number)?;
             let mut rows_t = tx.open_table(rows::ROWS)?;
-            let docs: Vec<u64> = rows_t
+            let docs: Vec<(u64, RowEntry)> = rows_t
                 .range((coll.number, 0)..=(coll.number, u64::MAX))?
-                .map(|r| r.map(|(k, _)| k.value().1))
+                .map(|r| r.map(|(k, v)| (k.value().1, RowEntry::from_value(v.value()))))
                 .collect::<Result<_, _>>()?;
-            for d in docs {
+            for (d, e) in docs {
                 rows_t.remove((coll.number, d))?;
+                dead.push(e.ptr);
             }
             let mut changes = tx.open_table(rows::CHANGES)?;
             changes.retain(|_, (c, _)| c != coll.number)?;
         }
         tx.commit()?;
+        for p in dead {
+            self.log.note_dead(p);
+        }
         self.collections.write().unwrap().remove(&key);
         if let Err(e) = std::fs::remove_dir_all(&coll.text_dir) {
             warn!(error = %e, dir = %coll.text_dir.display(), "removing a deleted collection's text index");
@@ -465,59 +527,78 @@ impl MemoryStore {
         let now = now_ms();
         let _w = self.write_lock.lock().unwrap();
         let mut st = coll.state.write().unwrap();
-        let mut written: Vec<(u64, StoredRow, StoredVector, u64)> = Vec::with_capacity(last.len());
-        let tx = self.db.begin_write()?;
         let mut next_doc = st.next_doc;
+        let mut written: Vec<(u64, StoredRow, StoredVector, u64)> = Vec::with_capacity(last.len());
+        for (i, r) in req.records.iter().enumerate() {
+            if last[r.id.as_str()] != i {
+                continue;
+            }
+            let (doc, created) = match st.keys.get(&scope.key(&r.id)) {
+                Some(&d) => (d, st.docs.get(&d).map(|m| m.created_at_ms).unwrap_or(now)),
+                None => {
+                    next_doc += 1;
+                    (next_doc - 1, now)
+                }
+            };
+            let row = StoredRow {
+                id: r.id.clone(),
+                scope: scope.clone(),
+                text: r.text.clone(),
+                metadata: r.metadata.clone(),
+                importance: r.importance.unwrap_or(0.0),
+                created_at_ms: created,
+                updated_at_ms: now,
+                expires_at_ms: r.expires_at_ms,
+                deleted_at_ms: None,
+            };
+            let vector = match &r.vector {
+                None => StoredVector::None,
+                Some(v) => {
+                    let v = vectors::prepare(coll.spec.distance, v);
+                    let q = Quantized::from_f32(&v).to_bytes();
+                    if coll.spec.keep_float_vectors {
+                        let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        b.extend_from_slice(&q);
+                        StoredVector::Float(b)
+                    } else {
+                        StoredVector::Int8(q)
+                    }
+                }
+            };
+            written.push((doc, row, vector, 0));
+        }
+        let new_dict = self.train_dict(&coll, &mut st, &written)?.map(|b| (Arc::new(Dict::new(&b)), b));
+        let dict = new_dict.as_ref().map(|(d, _)| d.clone()).or_else(|| coll.dict());
+        let mut dead = Vec::new();
+        let tx = self.db.begin_write()?;
         {
             let mut rows_t = tx.open_table(rows::ROWS)?;
             let mut changes = tx.open_table(rows::CHANGES)?;
             let mut meta = tx.open_table(rows::META)?;
             let mut seq = rows::meta(&meta, "seq")?;
-            for (i, r) in req.records.iter().enumerate() {
-                if last[r.id.as_str()] != i {
-                    continue;
+            for (doc, row, vector, row_seq) in written.iter_mut() {
+                let ptr = self.log.append(&rows::encode(row, vector, dict.as_deref())?)?;
+                let entry = RowEntry { ptr, deleted_at_ms: 0 };
+                if let Some(old) = rows_t.insert((coll.number, *doc), entry.value())? {
+                    dead.push(RowEntry::from_value(old.value()).ptr);
                 }
-                let key = scope.key(&r.id);
-                let (doc, created) = match st.keys.get(&key) {
-                    Some(&d) => (d, st.docs.get(&d).map(|m| m.created_at_ms).unwrap_or(now)),
-                    None => {
-                        next_doc += 1;
-                        (next_doc - 1, now)
-                    }
-                };
-                let row = StoredRow {
-                    id: r.id.clone(),
-                    scope: scope.clone(),
-                    text: r.text.clone(),
-                    metadata: r.metadata.clone(),
-                    importance: r.importance.unwrap_or(0.0),
-                    created_at_ms: created,
-                    updated_at_ms: now,
-                    expires_at_ms: r.expires_at_ms,
-                    deleted_at_ms: None,
-                };
-                let vector = match &r.vector {
-                    None => StoredVector::None,
-                    Some(v) => {
-                        let v = vectors::prepare(coll.spec.distance, v);
-                        let q = Quantized::from_f32(&v).to_bytes();
-                        if coll.spec.keep_float_vectors {
-                            let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                            b.extend_from_slice(&q);
-                            StoredVector::Float(b)
-                        } else {
-                            StoredVector::Int8(q)
-                        }
-                    }
-                };
                 seq += 1;
-                rows_t.insert((coll.number, doc), rows::encode(&row, &vector)?.as_slice())?;
-                changes.insert(seq, (coll.number, doc))?;
-                written.push((doc, row, vector, seq));
+                changes.insert(seq, (coll.number, *doc))?;
+                *row_seq = seq;
             }
             meta.insert("seq", seq)?;
+            if let Some((_, bytes)) = &new_dict {
+                tx.open_table(rows::DICTS)?.insert(coll.number, bytes.as_slice())?;
+            }
         }
+        self.log.sync()?;
         tx.commit()?;
+        for p in dead {
+            self.log.note_dead(p);
+        }
+        if let Some((d, _)) = new_dict {
+            *coll.dict.write().unwrap() = Some(d);
+        }
         st.next_doc = next_doc;
         let mut text = coll.text.lock().unwrap();
         for (doc, row, vector, seq) in &written {
@@ -532,6 +613,44 @@ impl MemoryStore {
             text.put(*doc, &row.scope.tenant, t, *seq)?;
         }
         Ok(written.len())
+    }
+
+    /// Trains the collection's compression dictionary once it has enough records (this batch's
+    /// and, when that is not enough, the latest stored ones): the new dictionary's bytes, to be
+    /// stored with the batch. `None` when the collection has one or is not ready.
+    fn train_dict(
+        &self,
+        coll: &Collection,
+        st: &mut State,
+        batch: &[(u64, StoredRow, StoredVector, u64)],
+    ) -> Result<Option<Vec<u8>>, MemoryError> {
+        let stored = st.keys.len();
+        let total = stored + batch.len();
+        if coll.dict().is_some() || total < rows::DICT_TRAIN_AT || total < st.dict_failed_at * 2 {
+            return Ok(None);
+        }
+        let mut samples: Vec<Vec<u8>> =
+            batch.iter().take(4 * rows::DICT_TRAIN_AT).map(|b| rows::row_json(&b.1)).collect();
+        if samples.len() < rows::DICT_TRAIN_AT {
+            let tx = self.db.begin_read()?;
+            let rows_t = tx.open_table(rows::ROWS)?;
+            let reader = self.log.reader();
+            for r in rows_t.range((coll.number, 0)..=(coll.number, u64::MAX))?.rev() {
+                let (_, v) = r?;
+                let (row, _) = rows::decode(&reader.read(RowEntry::from_value(v.value()).ptr)?, None)?;
+                samples.push(rows::row_json(&row));
+                if samples.len() >= 2 * rows::DICT_TRAIN_AT {
+                    break;
+                }
+            }
+        }
+        match Dict::train(&samples) {
+            Some(bytes) => Ok(Some(bytes)),
+            None => {
+                st.dict_failed_at = total;
+                Ok(None)
+            }
+        }
     }
 
     /// A live record by id, in exactly the scope it was written with.
@@ -551,13 +670,14 @@ impl MemoryStore {
     }
 
     fn read_record(&self, coll: &Collection, doc: u64, with_vector: bool) -> Result<Option<Record>, MemoryError> {
+        let reader = self.log.reader();
         let tx = self.db.begin_read()?;
         let t = tx.open_table(rows::ROWS)?;
-        let Some(v) = t.get((coll.number, doc))? else { return Ok(None) };
-        let (row, vector) = rows::decode(v.value())?;
-        if row.deleted_at_ms.is_some() {
+        let Some(e) = t.get((coll.number, doc))?.map(|v| RowEntry::from_value(v.value())) else { return Ok(None) };
+        if !e.live() {
             return Ok(None);
         }
+        let (row, vector) = rows::decode(&reader.read(e.ptr)?, coll.dict().as_deref())?;
         Ok(Some(Record {
             vector: if with_vector { vector_values(&vector, coll.spec.dimension as usize) } else { None },
             id: row.id,
@@ -600,11 +720,12 @@ impl MemoryStore {
             let mut meta = tx.open_table(rows::META)?;
             let mut seq = rows::meta(&meta, "seq")?;
             for &d in docs {
-                let Some(bytes) = rows_t.get((coll.number, d))?.map(|v| v.value().to_vec()) else { continue };
-                let (mut row, vector) = rows::decode(&bytes)?;
-                row.deleted_at_ms = Some(when);
+                let Some(mut e) = rows_t.get((coll.number, d))?.map(|v| RowEntry::from_value(v.value())) else {
+                    continue;
+                };
+                e.deleted_at_ms = when.max(1);
                 seq += 1;
-                rows_t.insert((coll.number, d), rows::encode(&row, &vector)?.as_slice())?;
+                rows_t.insert((coll.number, d), e.value())?;
                 changes.insert(seq, (coll.number, d))?;
                 seqs.push((d, seq));
             }
@@ -645,23 +766,29 @@ impl MemoryStore {
         let _w = self.write_lock.lock().unwrap();
         let mut purged = 0;
         let tx = self.db.begin_write()?;
+        let mut dead = Vec::new();
         {
             let mut rows_t = tx.open_table(rows::ROWS)?;
+            let reader = self.log.reader();
             for c in &colls {
                 let mut st = c.state.write().unwrap();
                 let mut doomed = Vec::new();
                 for r in rows_t.range((c.number, 0)..=(c.number, u64::MAX))? {
                     let (k, v) = r?;
-                    let (row, _) = rows::decode(v.value())?;
-                    if row.deleted_at_ms.is_some_and(|t| t <= cutoff) {
-                        doomed.push((k.value().1, row.scope.key(&row.id)));
+                    let e = RowEntry::from_value(v.value());
+                    if !e.live() && e.deleted_at_ms <= cutoff {
+                        doomed.push((k.value().1, e.ptr));
                     }
                 }
-                for (d, key) in doomed {
+                let dict = c.dict();
+                for (d, ptr) in doomed {
+                    let (row, _) = rows::decode(&reader.read(ptr)?, dict.as_deref())?;
+                    let key = row.scope.key(&row.id);
                     rows_t.remove((c.number, d))?;
                     if st.keys.get(&key) == Some(&d) {
                         st.keys.remove(&key);
                     }
+                    dead.push(ptr);
                     purged += 1;
                 }
             }
@@ -683,7 +810,54 @@ impl MemoryStore {
             changes.retain(|seq, _| seq > upto)?;
         }
         tx.commit()?;
+        for p in dead {
+            self.log.note_dead(p);
+        }
+        self.compact_values()?;
         Ok(purged)
+    }
+
+    /// Copies the records still used out of value segments that are mostly garbage, then removes
+    /// those segments. The caller holds the write lock.
+    fn compact_values(&self) -> Result<(), MemoryError> {
+        let sparse = self.log.sparse_segments();
+        if sparse.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        let mut moved = 0u64;
+        {
+            let mut rows_t = tx.open_table(rows::ROWS)?;
+            let reader = self.log.reader();
+            let mut moves = Vec::new();
+            for r in rows_t.iter()? {
+                let (k, v) = r?;
+                let e = RowEntry::from_value(v.value());
+                if sparse.contains(&e.ptr.segment) {
+                    moves.push((k.value(), e));
+                }
+            }
+            for (k, mut e) in moves {
+                let bytes = reader.read(e.ptr)?;
+                self.log.note_dead(e.ptr);
+                e.ptr = self.log.append(&bytes)?;
+                rows_t.insert(k, e.value())?;
+                moved += 1;
+            }
+        }
+        self.log.sync()?;
+        tx.commit()?;
+        for n in &sparse {
+            self.log.remove_segment(*n)?;
+        }
+        info!(segments = sparse.len(), records = moved, "memory store: compacted value segments");
+        Ok(())
+    }
+
+    /// Bytes in the value log, and how many of them live records (or deleted ones not yet
+    /// purged) use.
+    pub fn value_log_sizes(&self) -> (u64, u64) {
+        self.log.sizes()
     }
 
     /// Commits the text indexes' pending changes (searchable and durable).

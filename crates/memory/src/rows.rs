@@ -1,12 +1,19 @@
-//! The row store: records in redb, compressed, with a change log that the derived indexes
-//! (full text; vectors are rebuilt from the rows) replay after a crash.
+//! The row store: records in the value log (`values.rs`), located through redb, compressed, with
+//! a change log that the derived indexes (full text; vectors are rebuilt from the rows) replay
+//! after a crash.
 //!
-//! On-disk format (version 1), one redb file:
+//! On-disk format (version 2): one redb file and the value log's segments.
 //! - `collections_v1`: `"{owner}/{name}"` → JSON [`CollectionRow`].
-//! - `rows_v1`: `(collection number, record number)` → [`encode`]d record.
+//! - `rows_v2`: `(collection number, record number)` → `(segment, offset, length, deleted at ms
+//!   or 0)`: where the [`encode`]d record is in the value log, and whether it is deleted (a
+//!   delete rewrites only this entry).
+//! - `dicts_v1`: collection number → its zstd dictionary, trained on its first records.
 //! - `changes_v1`: change number → `(collection number, record number)`, kept until the text
 //!   index has committed past it.
-//! - `meta_v1`: `"seq"` (the last change number), `"format"` (1).
+//! - `meta_v1`: `"seq"` (the last change number), `"collections"`, `"format"` (2).
+//!
+//! Version 1 kept the encoded records in redb (`rows_v1`, same key, the bytes as value); opening
+//! such a store moves them into the value log.
 
 use std::collections::BTreeMap;
 
@@ -17,11 +24,63 @@ use crate::error::MemoryError;
 use crate::types::{CollectionSpec, Scope};
 
 pub const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collections_v1");
-pub const ROWS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("rows_v1");
+pub const ROWS: TableDefinition<(u32, u64), (u32, u64, u32, u64)> = TableDefinition::new("rows_v2");
+/// Format 1's rows, read once to move them.
+pub const ROWS_V1: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("rows_v1");
+pub const DICTS: TableDefinition<u32, &[u8]> = TableDefinition::new("dicts_v1");
 pub const CHANGES: TableDefinition<u64, (u32, u64)> = TableDefinition::new("changes_v1");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
+
+/// A `rows_v2` entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowEntry {
+    pub ptr: crate::values::Ptr,
+    /// When the record was deleted (or found expired), ms since the epoch; 0 while live.
+    pub deleted_at_ms: u64,
+}
+
+impl RowEntry {
+    pub fn from_value(v: (u32, u64, u32, u64)) -> RowEntry {
+        RowEntry { ptr: crate::values::Ptr { segment: v.0, offset: v.1, len: v.2 }, deleted_at_ms: v.3 }
+    }
+
+    pub fn value(&self) -> (u32, u64, u32, u64) {
+        (self.ptr.segment, self.ptr.offset, self.ptr.len, self.deleted_at_ms)
+    }
+
+    pub fn live(&self) -> bool {
+        self.deleted_at_ms == 0
+    }
+}
+
+/// A collection's compression dictionary, ready for both directions.
+pub struct Dict {
+    enc: zstd::dict::EncoderDictionary<'static>,
+    dec: zstd::dict::DecoderDictionary<'static>,
+}
+
+/// Records in a collection before its dictionary is trained, and the dictionary's size. Small
+/// JSON records share most of their bytes (field names, scope, common words): a dictionary
+/// trained on the first ones roughly halves what zstd alone keeps of them.
+pub const DICT_TRAIN_AT: usize = 1000;
+const DICT_BYTES: usize = 16 * 1024;
+
+impl Dict {
+    pub fn new(bytes: &[u8]) -> Dict {
+        Dict {
+            enc: zstd::dict::EncoderDictionary::copy(bytes, ZSTD_LEVEL),
+            dec: zstd::dict::DecoderDictionary::copy(bytes),
+        }
+    }
+
+    /// A dictionary trained on sample records ([`row_json`]); `None` when zstd finds too little
+    /// in them to build one.
+    pub fn train(samples: &[Vec<u8>]) -> Option<Vec<u8>> {
+        zstd::dict::from_samples(samples, DICT_BYTES).ok()
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,7 +106,7 @@ pub struct StoredRow {
     pub updated_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
-    /// Set when deleted (or expired); the row is purged some time later.
+    /// Format 1 only: when deleted (format 2 keeps it in the row entry, see [`RowEntry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at_ms: Option<u64>,
 }
@@ -62,20 +121,30 @@ pub enum StoredVector {
     Float(Vec<u8>),
 }
 
-const ROW_VERSION: u8 = 1;
+/// Record layout versions: the JSON compressed by zstd alone, or with the collection's dictionary.
+const PLAIN: u8 = 1;
+const WITH_DICT: u8 = 2;
 const ZSTD_LEVEL: i32 = 3;
 
-/// `[version][vector kind][json length: u32 LE][zstd(json)][vector bytes]`.
-pub fn encode(row: &StoredRow, vector: &StoredVector) -> Result<Vec<u8>, MemoryError> {
-    let json = serde_json::to_vec(row).map_err(|e| MemoryError::Storage(e.to_string()))?;
-    let packed = zstd::bulk::compress(&json, ZSTD_LEVEL)?;
+/// What a record's JSON is before compression (also a dictionary training sample).
+pub fn row_json(row: &StoredRow) -> Vec<u8> {
+    serde_json::to_vec(row).expect("a row serializes")
+}
+
+/// `[layout][vector kind][compressed length: u32 LE][zstd(json)][vector bytes]`.
+pub fn encode(row: &StoredRow, vector: &StoredVector, dict: Option<&Dict>) -> Result<Vec<u8>, MemoryError> {
+    let json = row_json(row);
+    let (layout, packed) = match dict {
+        Some(d) => (WITH_DICT, zstd::bulk::Compressor::with_prepared_dictionary(&d.enc)?.compress(&json)?),
+        None => (PLAIN, zstd::bulk::compress(&json, ZSTD_LEVEL)?),
+    };
     let (kind, vbytes): (u8, &[u8]) = match vector {
         StoredVector::None => (0, &[]),
         StoredVector::Int8(b) => (1, b),
         StoredVector::Float(b) => (2, b),
     };
     let mut out = Vec::with_capacity(6 + packed.len() + vbytes.len());
-    out.push(ROW_VERSION);
+    out.push(layout);
     out.push(kind);
     out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
     out.extend_from_slice(&packed);
@@ -83,15 +152,21 @@ pub fn encode(row: &StoredRow, vector: &StoredVector) -> Result<Vec<u8>, MemoryE
     Ok(out)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(StoredRow, StoredVector), MemoryError> {
+pub fn decode(bytes: &[u8], dict: Option<&Dict>) -> Result<(StoredRow, StoredVector), MemoryError> {
     let corrupt = |why: &str| MemoryError::Storage(format!("a stored record is unreadable ({why})"));
-    if bytes.len() < 6 || bytes[0] != ROW_VERSION {
+    if bytes.len() < 6 || !matches!(bytes[0], PLAIN | WITH_DICT) {
         return Err(corrupt("unknown format"));
     }
     let len = u32::from_le_bytes(bytes[2..6].try_into().expect("4 bytes")) as usize;
     let packed = bytes.get(6..6 + len).ok_or_else(|| corrupt("truncated"))?;
     // Records are capped well below this (text and metadata limits).
-    let json = zstd::bulk::decompress(packed, 16 * 1024 * 1024).map_err(|_| corrupt("bad compression"))?;
+    const MAX: usize = 16 * 1024 * 1024;
+    let json = match (bytes[0], dict) {
+        (PLAIN, _) => zstd::bulk::decompress(packed, MAX),
+        (_, Some(d)) => zstd::bulk::Decompressor::with_prepared_dictionary(&d.dec)?.decompress(packed, MAX),
+        (_, None) => return Err(corrupt("compressed with a dictionary the collection does not have")),
+    }
+    .map_err(|_| corrupt("bad compression"))?;
     let row: StoredRow = serde_json::from_slice(&json).map_err(|_| corrupt("bad fields"))?;
     let rest = bytes[6 + len..].to_vec();
     let vector = match bytes[1] {
@@ -126,10 +201,29 @@ mod tests {
             deleted_at_ms: None,
         };
         let v = StoredVector::Int8(vec![0, 0, 128, 63, 1, 2, 255]);
-        let bytes = encode(&row, &v).unwrap();
+        let bytes = encode(&row, &v, None).unwrap();
         assert!(bytes.len() < 200, "repetitive text compresses: {}", bytes.len());
-        assert_eq!(decode(&bytes).unwrap(), (row, v));
-        assert!(decode(&bytes[..10]).is_err());
-        assert!(decode(b"\x09\x00\x00\x00\x00\x00").unwrap_err().to_string().contains("unknown format"));
+        assert_eq!(decode(&bytes, None).unwrap(), (row.clone(), v.clone()));
+        assert!(decode(&bytes[..10], None).is_err());
+        assert!(decode(b"\x09\x00\x00\x00\x00\x00", None).unwrap_err().to_string().contains("unknown format"));
+
+        // With a dictionary trained on similar records: smaller, and unreadable without it.
+        let samples: Vec<Vec<u8>> = (0..500)
+            .map(|i| {
+                let mut r = row.clone();
+                r.id = format!("note-{i}");
+                r.text = Some(format!("user {i} asked about the weather in city number {}", i * 7));
+                row_json(&r)
+            })
+            .collect();
+        let dict = Dict::new(&Dict::train(&samples).expect("enough samples"));
+        let mut r = row.clone();
+        r.text = Some("user 9999 asked about the weather in city number 12".into());
+        let plain = encode(&r, &StoredVector::None, None).unwrap();
+        let packed = encode(&r, &StoredVector::None, Some(&dict)).unwrap();
+        assert!(packed.len() * 3 < plain.len() * 2, "{} vs {}", packed.len(), plain.len());
+        assert_eq!(decode(&packed, Some(&dict)).unwrap().0, r);
+        assert!(decode(&packed, None).unwrap_err().to_string().contains("dictionary"));
+        assert!(Dict::train(&samples[..2]).is_none(), "two samples train nothing");
     }
 }

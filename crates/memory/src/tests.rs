@@ -311,3 +311,116 @@ fn a_reopened_store_has_everything_a_dropped_one_had() {
     let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
     assert!(m.list_collections("t").is_empty());
 }
+
+#[test]
+fn a_dictionary_is_trained_and_kept_and_rewrites_and_purges_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { purge_after_secs: 0, ..Limits::default() };
+    let text = |i: usize, v: usize| format!("note {i} version {v}: the build on host {} failed at step {}", i % 17, i % 5);
+    let batch = |v: usize| UpsertRequest {
+        scope: Some(scope("acme")),
+        records: (0..1500).map(|i| rec(&format!("n{i}"), &text(i, v), None)).collect(),
+    };
+    let m = MemoryStore::open(dir.path(), limits.clone()).unwrap();
+    m.create_collection("t", spec("c", 0)).unwrap();
+    // Small batches first: the dictionary is trained from stored records once enough exist.
+    for chunk in batch(0).records.chunks(300) {
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("acme")), records: chunk.to_vec() }).unwrap();
+    }
+    assert!(m.collection("t", "c").unwrap().dict().is_some(), "trained at {} records", rows::DICT_TRAIN_AT);
+    let (_, live_before) = m.value_log_sizes();
+    // Rewriting every record leaves the old bytes as garbage; they stay until purged...
+    for v in 1..4 {
+        m.upsert("t", "c", &batch(v)).unwrap();
+    }
+    let (total, live) = m.value_log_sizes();
+    assert!(live < live_before * 2 && total > live * 3, "live {live} of {total} (first pass {live_before})");
+    assert_eq!(m.get("t", "c", Some(&scope("acme")), "n7").unwrap().text.unwrap(), text(7, 3));
+    drop(m);
+
+    let m = MemoryStore::open(dir.path(), limits).unwrap();
+    assert_eq!(m.get("t", "c", Some(&scope("acme")), "n7").unwrap().text.unwrap(), text(7, 3), "the dictionary was kept");
+    // Deleted records go at the purge; rewritten ones are not counted live after a reopen.
+    m.delete("t", "c", Some(&scope("acme")), &(0..750).map(|i| format!("n{i}")).collect::<Vec<_>>()).unwrap();
+    m.purge().unwrap();
+    let (_, live_after) = m.value_log_sizes();
+    assert!(live_after * 3 < live_before * 2, "{live_after} vs {live_before}");
+    let mut q = query(scope("acme"));
+    q.text = Some("host".into());
+    q.limit = 1000;
+    assert_eq!(m.query("t", "c", &q).unwrap().hits.len(), 750);
+}
+
+#[test]
+fn sparse_value_segments_are_compacted_without_losing_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { purge_after_secs: 0, value_segment_bytes: 64 * 1024, ..Limits::default() };
+    let m = MemoryStore::open(dir.path(), limits.clone()).unwrap();
+    m.create_collection("t", spec("c", 4)).unwrap();
+    let text = |r: usize, i: usize| format!("round {r} record {i} {}", "payload ".repeat(i % 50));
+    for round in 0..12 {
+        let records =
+            (0..1000).map(|i| rec(&format!("r{round}-{i}"), &text(round, i), Some(vec![1.0, 0.0, 0.0, i as f32]))).collect();
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records }).unwrap();
+    }
+    let (total, _) = m.value_log_sizes();
+    assert!(total > 4 * 64 * 1024, "several segments: {total}");
+    let doomed: Vec<String> = (0..11).flat_map(|r| (0..1000).map(move |i| format!("r{r}-{i}"))).collect();
+    m.delete("t", "c", Some(&scope("a")), &doomed).unwrap();
+    m.purge().unwrap();
+    let (total_after, live) = m.value_log_sizes();
+    assert!(total_after * 4 < total, "{total_after} of {total}, live {live}");
+    assert_eq!(m.collection_info("t", "c").unwrap().records, 1000);
+    assert_eq!(m.get("t", "c", Some(&scope("a")), "r11-999").unwrap().text.unwrap(), text(11, 999));
+    drop(m);
+    let m = MemoryStore::open(dir.path(), limits).unwrap();
+    assert_eq!(m.get("t", "c", Some(&scope("a")), "r11-5").unwrap().text.unwrap(), text(11, 5));
+    let mut q = query(scope("a"));
+    q.vector = Some(vec![1.0, 0.0, 0.0, 7.0]);
+    assert!(ids(&m.query("t", "c", &q).unwrap())[..3].contains(&"r11-7".to_string()), "vectors were moved too");
+}
+
+#[test]
+fn a_format_1_store_is_moved_to_the_value_log_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What a format-1 store holds: records in redb itself.
+        let db = redb::Database::create(dir.path().join("memory.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let row = CollectionRow { number: 1, spec: spec("c", 0), created_at_ms: 5 };
+            tx.open_table(rows::COLLECTIONS)
+                .unwrap()
+                .insert("t/c", serde_json::to_vec(&row).unwrap().as_slice())
+                .unwrap();
+            let mut old = tx.open_table(rows::ROWS_V1).unwrap();
+            for (doc, deleted) in [(0u64, None), (1, Some(9u64))] {
+                let r = StoredRow {
+                    id: format!("r{doc}"),
+                    scope: scope("x"),
+                    text: Some(format!("old record {doc}")),
+                    metadata: BTreeMap::new(),
+                    importance: 0.0,
+                    created_at_ms: 1,
+                    updated_at_ms: 1,
+                    expires_at_ms: None,
+                    deleted_at_ms: deleted,
+                };
+                old.insert((1, doc), rows::encode(&r, &StoredVector::None, None).unwrap().as_slice()).unwrap();
+            }
+            let mut meta = tx.open_table(rows::META).unwrap();
+            meta.insert("format", 1).unwrap();
+            meta.insert("collections", 1).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(m.get("t", "c", Some(&scope("x")), "r0").unwrap().text.unwrap(), "old record 0");
+    assert!(m.get("t", "c", Some(&scope("x")), "r1").is_err(), "a deleted record stays deleted");
+    let mut q = query(scope("x"));
+    q.text = Some("record".into());
+    assert_eq!(ids(&m.query("t", "c", &q).unwrap()), vec!["r0"], "the text index is rebuilt");
+    drop(m);
+    let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(m.collection_info("t", "c").unwrap().records, 1);
+}

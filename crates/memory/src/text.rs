@@ -87,6 +87,11 @@ impl TextIndex {
         Ok(())
     }
 
+    /// Never committed and holding nothing: made just now (new, or its files were lost).
+    pub fn is_blank(&self) -> bool {
+        self.committed == 0 && !self.pending && self.reader.searcher().num_docs() == 0
+    }
+
     pub fn has_pending(&self) -> bool {
         self.pending
     }

@@ -278,6 +278,8 @@ pub struct Limits {
     pub max_window: usize,
     /// How long a deleted record is kept (soft-deleted) before it is purged.
     pub purge_after_secs: u64,
+    /// Size at which a value-log segment is sealed (compaction works a segment at a time).
+    pub value_segment_bytes: u64,
 }
 
 impl Default for Limits {
@@ -290,6 +292,7 @@ impl Default for Limits {
             max_limit: 1000,
             max_window: 10_000,
             purge_after_secs: 24 * 3600,
+            value_segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
