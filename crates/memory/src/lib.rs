@@ -38,7 +38,7 @@ use vectors::{Hnsw, Quantized};
 /// Fewer allowed candidates than this are compared one by one instead of searched in the graph.
 const BRUTE_FORCE_BELOW: u64 = 2048;
 /// Graph search breadth (at least the fusion window).
-const EF_SEARCH: usize = 96;
+const EF_SEARCH: usize = 128;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -576,8 +576,9 @@ impl MemoryStore {
             let mut changes = tx.open_table(rows::CHANGES)?;
             let mut meta = tx.open_table(rows::META)?;
             let mut seq = rows::meta(&meta, "seq")?;
+            let mut encoder = rows::Encoder::new(dict.as_deref())?;
             for (doc, row, vector, row_seq) in written.iter_mut() {
-                let ptr = self.log.append(&rows::encode(row, vector, dict.as_deref())?)?;
+                let ptr = self.log.append(&encoder.encode(row, vector)?)?;
                 let entry = RowEntry { ptr, deleted_at_ms: 0 };
                 if let Some(old) = rows_t.insert((coll.number, *doc), entry.value())? {
                     dead.push(RowEntry::from_value(old.value()).ptr);

@@ -316,7 +316,8 @@ fn a_reopened_store_has_everything_a_dropped_one_had() {
 fn a_dictionary_is_trained_and_kept_and_rewrites_and_purges_free_space() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { purge_after_secs: 0, ..Limits::default() };
-    let text = |i: usize, v: usize| format!("note {i} version {v}: the build on host {} failed at step {}", i % 17, i % 5);
+    let text =
+        |i: usize, v: usize| format!("note {i} version {v}: the build on host {} failed at step {}", i % 17, i % 5);
     let batch = |v: usize| UpsertRequest {
         scope: Some(scope("acme")),
         records: (0..1500).map(|i| rec(&format!("n{i}"), &text(i, v), None)).collect(),
@@ -339,7 +340,11 @@ fn a_dictionary_is_trained_and_kept_and_rewrites_and_purges_free_space() {
     drop(m);
 
     let m = MemoryStore::open(dir.path(), limits).unwrap();
-    assert_eq!(m.get("t", "c", Some(&scope("acme")), "n7").unwrap().text.unwrap(), text(7, 3), "the dictionary was kept");
+    assert_eq!(
+        m.get("t", "c", Some(&scope("acme")), "n7").unwrap().text.unwrap(),
+        text(7, 3),
+        "the dictionary was kept"
+    );
     // Deleted records go at the purge; rewritten ones are not counted live after a reopen.
     m.delete("t", "c", Some(&scope("acme")), &(0..750).map(|i| format!("n{i}")).collect::<Vec<_>>()).unwrap();
     m.purge().unwrap();
@@ -359,8 +364,9 @@ fn sparse_value_segments_are_compacted_without_losing_records() {
     m.create_collection("t", spec("c", 4)).unwrap();
     let text = |r: usize, i: usize| format!("round {r} record {i} {}", "payload ".repeat(i % 50));
     for round in 0..12 {
-        let records =
-            (0..1000).map(|i| rec(&format!("r{round}-{i}"), &text(round, i), Some(vec![1.0, 0.0, 0.0, i as f32]))).collect();
+        let records = (0..1000)
+            .map(|i| rec(&format!("r{round}-{i}"), &text(round, i), Some(vec![1.0, 0.0, 0.0, i as f32])))
+            .collect();
         m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records }).unwrap();
     }
     let (total, _) = m.value_log_sizes();

@@ -10,12 +10,29 @@ use roaring::RoaringTreemap;
 use tantivy::collector::{FilterCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, STRING};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::error::MemoryError;
 
 const DOC: &str = "doc";
 const WRITER_MEMORY: usize = 32 * 1024 * 1024;
+/// The text field's analyzer: English words, lower-cased, without stop words, stemmed (a memory
+/// of "deploying" answers a query for "deploy"). Stop words carry no ranking signal and made
+/// long natural-language queries slow (every record holds "the"). Indexes made before it keep
+/// tantivy's `en_stem` (the same without the stop words), as their schema says.
+const ANALYZER: &str = "warren_en";
+
+fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(StopWordFilter::new(Language::English).expect("tantivy has English stop words"))
+        .filter(Stemmer::new(Language::English))
+        .build()
+}
 
 pub struct TextIndex {
     index: Index,
@@ -35,18 +52,28 @@ pub struct TextIndex {
 impl TextIndex {
     pub fn open(dir: &Path) -> Result<TextIndex, MemoryError> {
         let mut sb = Schema::builder();
-        let doc = sb.add_u64_field(DOC, NumericOptions::default().set_indexed().set_fast());
-        let tenant = sb.add_text_field("tenant", STRING);
-        // English stemming: a memory of "deploying" answers a query for "deploy".
+        sb.add_u64_field(DOC, NumericOptions::default().set_indexed().set_fast());
+        sb.add_text_field("tenant", STRING);
         let indexing = TextFieldIndexing::default()
-            .set_tokenizer("en_stem")
+            .set_tokenizer(ANALYZER)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions);
-        let text = sb.add_text_field("text", TextOptions::default().set_indexing_options(indexing));
+        sb.add_text_field("text", TextOptions::default().set_indexing_options(indexing));
         let schema = sb.build();
         std::fs::create_dir_all(dir)?;
         let directory =
             tantivy::directory::MmapDirectory::open(dir).map_err(|e| MemoryError::TextIndex(e.to_string()))?;
-        let index = Index::open_or_create(directory, schema)?;
+        // An existing index keeps the schema it was made with.
+        let exists = Index::exists(&directory).map_err(|e| MemoryError::TextIndex(e.to_string()))?;
+        let index = if exists {
+            Index::open(directory)?
+        } else {
+            Index::create(directory, schema, tantivy::IndexSettings::default())?
+        };
+        index.tokenizers().register(ANALYZER, analyzer());
+        let field = |name: &str| {
+            index.schema().get_field(name).map_err(|_| MemoryError::TextIndex(format!("the index has no {name} field")))
+        };
+        let (doc, tenant, text) = (field(DOC)?, field("tenant")?, field("text")?);
         // One indexing thread: the daemon shares two cores with its sandboxes.
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
@@ -107,6 +134,13 @@ impl TextIndex {
         allowed: Arc<RoaringTreemap>,
     ) -> Result<Vec<(u64, f32)>, MemoryError> {
         let (parsed, _ignored) = self.parser.parse_query_lenient(query);
+        // Only stop words (or nothing searchable): no match, rather than tantivy's empty query,
+        // which would match every record of the tenant.
+        let mut terms = 0;
+        parsed.query_terms(&mut |_, _| terms += 1);
+        if terms == 0 {
+            return Ok(Vec::new());
+        }
         let q = BooleanQuery::new(vec![
             (
                 Occur::Must,
@@ -130,5 +164,43 @@ impl TextIndex {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Arc<RoaringTreemap> {
+        Arc::new((0..10).collect())
+    }
+
+    #[test]
+    fn stop_words_are_left_out_and_older_indexes_keep_their_analyzer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = TextIndex::open(dir.path()).unwrap();
+        t.put(1, "a", Some("the cat and the hat"), 1).unwrap();
+        t.put(2, "a", Some("deploying the service"), 2).unwrap();
+        t.commit().unwrap();
+        assert!(t.search("a", "the and", 10, all()).unwrap().is_empty(), "stop words match nothing");
+        assert_eq!(t.search("a", "the deploy", 10, all()).unwrap()[0].0, 2);
+
+        // An index made before the analyzer (tantivy's en_stem) opens with its own schema.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let mut sb = Schema::builder();
+            sb.add_u64_field(DOC, NumericOptions::default().set_indexed().set_fast());
+            sb.add_text_field("tenant", STRING);
+            let indexing = TextFieldIndexing::default()
+                .set_tokenizer("en_stem")
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+            sb.add_text_field("text", TextOptions::default().set_indexing_options(indexing));
+            Index::create_in_dir(old.path(), sb.build()).unwrap();
+        }
+        let mut t = TextIndex::open(old.path()).unwrap();
+        t.put(3, "a", Some("the deploying service"), 1).unwrap();
+        t.commit().unwrap();
+        assert_eq!(t.search("a", "deploy", 10, all()).unwrap()[0].0, 3);
+        assert_eq!(t.search("a", "the", 10, all()).unwrap()[0].0, 3, "en_stem keeps stop words");
     }
 }
