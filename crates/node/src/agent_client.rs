@@ -175,7 +175,9 @@ impl AgentClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;
         stream
-            .write_all(b"POST /warren/quiesce HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .write_all(
+                b"POST /warren/quiesce HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            )
             .await
             .map_err(|e| format!("asking the agent to let go: {e}"))?;
         let mut answer = Vec::new();
