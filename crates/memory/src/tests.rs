@@ -322,7 +322,7 @@ fn a_dictionary_is_trained_and_kept_and_rewrites_and_purges_free_space() {
         scope: Some(scope("acme")),
         records: (0..1500).map(|i| rec(&format!("n{i}"), &text(i, v), None)).collect(),
     };
-    let m = MemoryStore::open(dir.path(), limits.clone()).unwrap();
+    let m = MemoryStore::open(dir.path(), limits).unwrap();
     m.create_collection("t", spec("c", 0)).unwrap();
     // Small batches first: the dictionary is trained from stored records once enough exist.
     for chunk in batch(0).records.chunks(300) {
@@ -360,7 +360,7 @@ fn a_dictionary_is_trained_and_kept_and_rewrites_and_purges_free_space() {
 fn sparse_value_segments_are_compacted_without_losing_records() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { purge_after_secs: 0, value_segment_bytes: 64 * 1024, ..Limits::default() };
-    let m = MemoryStore::open(dir.path(), limits.clone()).unwrap();
+    let m = MemoryStore::open(dir.path(), limits).unwrap();
     m.create_collection("t", spec("c", 4)).unwrap();
     let text = |r: usize, i: usize| format!("round {r} record {i} {}", "payload ".repeat(i % 50));
     for round in 0..12 {

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 use warren_types::{SandboxId, Team, TemplateId};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SandboxRecord, Shape};
 use crate::store::Kind;
 use crate::{now_ms, random_hex, NodeError};
 
@@ -101,7 +101,7 @@ impl Engine {
             Some(s) => s.base,
             None => src.template_id.clone(),
         };
-        let (layer, memory_image) = self.freeze_for_fork(&src.id, memory).await?;
+        let (layer, memory_image) = self.take_checked_snapshot(&src, memory).await?;
         let mut layers = vec![layer];
         layers.extend(src.layers.iter().cloned());
         let rec = SnapshotRecord {
@@ -135,6 +135,48 @@ impl Engine {
         }
         info!(snapshot = %snap_id, sandbox = %src.id, "snapshot taken");
         Ok(rec)
+    }
+
+    /// Freezes the source's layer (and with `memory` takes its memory image), then proves a memory
+    /// image by restoring it once into a throwaway sandbox. runsc now and then writes an image
+    /// whose every restore faults at once (docs/runtimes.md); the source still runs, so such an
+    /// image is thrown away and taken again, a few times. Returns the layer and the image.
+    async fn take_checked_snapshot(
+        self: &Arc<Self>,
+        src: &SandboxRecord,
+        memory: bool,
+    ) -> Result<(String, Option<String>), NodeError> {
+        const TAKES: u32 = 3;
+        let shape = Shape {
+            team: src.team.clone(),
+            template_id: src.template_id.clone(),
+            cpu_count: src.cpu_count,
+            memory_mb: src.memory_mb,
+            disk_mb: src.disk_mb,
+            runtime: src.runtime.clone(),
+        };
+        let mut take = 1;
+        loop {
+            let (layer, image) = self.freeze_for_fork(&src.id, memory).await?;
+            let Some(img) = image.clone() else { return Ok((layer, image)) };
+            let mut layers = vec![layer.clone()];
+            layers.extend(src.layers.iter().cloned());
+            let err = match self.boot_from(&shape, None, &layers, Some(&img)).await {
+                Ok((trial, _watch)) => {
+                    self.agents.forget(&trial.handle.as_ref().expect("booted").agent_socket);
+                    self.abort_create(&trial.id, trial.handle.clone()).await;
+                    return Ok((layer, image));
+                }
+                Err(e) => e,
+            };
+            self.runtime.remove_image(&img);
+            self.release_layers(&[layer]);
+            if take == TAKES {
+                return Err(err);
+            }
+            warn!(sandbox = %src.id, error = %err, take, "the memory image does not restore; taking it again");
+            take += 1;
+        }
     }
 
     /// The team's snapshots, oldest first, optionally only those of one sandbox or name.
