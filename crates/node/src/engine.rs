@@ -91,10 +91,9 @@ pub struct SandboxRecord {
 /// tries wait longer (see [`restore_backoff`]).
 const RESTORE_ATTEMPTS: u32 = 6;
 
-/// The pause before restore attempt `attempts_left` (counting down from [`RESTORE_ATTEMPTS`]):
-/// none before the first, then 250 ms doubling (7.75 s over all six).
-fn restore_backoff(attempts_left: u32) -> Duration {
-    let tried = RESTORE_ATTEMPTS - 1 - attempts_left;
+/// The pause before a restore after `tried` failed ones: none before the first, then 250 ms
+/// doubling (7.75 s over all six).
+fn restore_backoff(tried: u32) -> Duration {
     if tried == 0 {
         Duration::ZERO
     } else {
@@ -670,10 +669,11 @@ impl Engine {
         }
         // A sandbox restored from an image whose agent does not dial in (runsc leaves one
         // stuck now and then) is restored again, a few times.
-        let mut attempts = if image.is_some() { RESTORE_ATTEMPTS } else { 1 };
+        let total = if image.is_some() { RESTORE_ATTEMPTS } else { 1 };
+        let mut attempts = total;
         let (handle, watch) = loop {
             attempts -= 1;
-            tokio::time::sleep(restore_backoff(attempts)).await;
+            tokio::time::sleep(restore_backoff(total - 1 - attempts)).await;
             let booted = match image {
                 None => self.create_on_runtime(spec.clone()).await,
                 Some(img) => {
@@ -1052,10 +1052,11 @@ impl Engine {
         };
         // A restore whose agent does not dial in (runsc leaves one stuck now and then) is halted
         // and restored again from the same image, a few times.
-        let mut attempts = if rec.memory_image { RESTORE_ATTEMPTS } else { 1 };
+        let total = if rec.memory_image { RESTORE_ATTEMPTS } else { 1 };
+        let mut attempts = total;
         let (handle, watch) = loop {
             attempts -= 1;
-            tokio::time::sleep(restore_backoff(attempts)).await;
+            tokio::time::sleep(restore_backoff(total - 1 - attempts)).await;
             let permit = self.boot_permits.acquire().await.expect("never closed");
             let booted = if rec.memory_image {
                 let (rt, spec) = (self.runtime.clone(), spec.clone());
@@ -1620,7 +1621,7 @@ mod tests {
     #[test]
     fn restore_retries_back_off() {
         let waits: Vec<u64> =
-            (0..super::RESTORE_ATTEMPTS).rev().map(|left| super::restore_backoff(left).as_millis() as u64).collect();
-        assert_eq!(waits, [0, 250, 500, 1000, 2000, 4000]);
+            (0..super::RESTORE_ATTEMPTS).map(|tried| super::restore_backoff(tried).as_millis() as u64).collect();
+        assert_eq!(waits, [0, 250, 500, 1000, 2000, 4000], "and no wait before a first (or only) boot");
     }
 }
