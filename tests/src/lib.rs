@@ -98,7 +98,13 @@ impl Daemon {
         };
         // Test daemons share one templates directory: a template one test makes would otherwise
         // be warmed up by every daemon started after it. Tests of that feature turn it on.
-        let warm = if extra.contains("[gvisor]") { "" } else { "[gvisor]\ntemplate_memory_snapshots = false\n" };
+        let mut warm =
+            if extra.contains("[gvisor]") { "" } else { "[gvisor]\ntemplate_memory_snapshots = false\n" }.to_owned();
+        // `WARREN_E2E_RUNSC_DEBUG=dir` keeps runsc's own debug logs of test daemons there (only
+        // where the test's config has no [gvisor] table of its own).
+        if let (false, Ok(dir)) = (warm.is_empty(), std::env::var("WARREN_E2E_RUNSC_DEBUG")) {
+            warm.push_str(&format!("debug_log = {dir:?}\n"));
+        }
         let extra = format!("{extra}{network}{warm}");
         std::fs::create_dir_all(&data_dir).unwrap();
         let port = free_port();

@@ -12,6 +12,7 @@
 
 mod files;
 mod fs;
+mod output;
 mod process;
 mod server;
 mod spawn;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 use warren_protocol::connect::{Code, Error};
 use warren_protocol::process::{
@@ -180,13 +179,13 @@ impl Processes {
         let mut readers = Vec::new();
         if let Some(master) = pty_master {
             let fd = dup(&master).map_err(|e| err(Code::Internal, e.to_string()))?;
-            readers.push(tokio::spawn(read_stream(proc.clone(), fd, DataEvent::Pty)));
+            readers.push(read_stream(proc.clone(), fd, DataEvent::Pty));
         } else {
             if let Some(out) = stdout_r.take() {
-                readers.push(tokio::spawn(read_stream(proc.clone(), out, DataEvent::Stdout)));
+                readers.push(read_stream(proc.clone(), out, DataEvent::Stdout));
             }
             if let Some(e) = stderr_r.take() {
-                readers.push(tokio::spawn(read_stream(proc.clone(), e, DataEvent::Stderr)));
+                readers.push(read_stream(proc.clone(), e, DataEvent::Stderr));
             }
         }
         let table = self.table.clone();
@@ -405,32 +404,7 @@ fn write_all_fd(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn read_stream(proc: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataEvent) {
-    // SAFETY: fd is an open descriptor we own; O_NONBLOCK is required by AsyncFd.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-    let file = std::fs::File::from(fd);
-    // SAFETY: the AsyncFd takes sole ownership of the descriptor.
-    let Ok(afd) = (unsafe { AsyncFd::register(file) }) else { return };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let mut guard = match afd.readable().await {
-            Ok(g) => g,
-            Err(_) => return,
-        };
-        match guard.try_io(|inner| {
-            use std::io::Read;
-            inner.get_ref().read(&mut buf)
-        }) {
-            Ok(Ok(0)) => return,
-            Ok(Ok(n)) => proc.publish(ProcessEvent::Data(wrap(buf[..n].to_vec()))),
-            // EIO on a PTY master means the last slave closed: the terminal is done.
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(_)) => return,
-            Err(_would_block) => continue,
-        }
-    }
+/// Publishes what `fd` yields as `wrap` events of `proc`; completes at the stream's end.
+fn read_stream(proc: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataEvent) -> oneshot::Receiver<()> {
+    crate::output::read(fd, Box::new(move |chunk| proc.publish(ProcessEvent::Data(wrap(chunk)))))
 }
