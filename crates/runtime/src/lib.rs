@@ -76,6 +76,7 @@ pub struct Stats {
     pub memory_limit_bytes: u64,
     pub disk_used_bytes: u64,
     pub disk_limit_bytes: u64,
+    /// Processes in the sandbox (thread groups, not threads), its agent included.
     pub pids: u64,
 }
 

@@ -329,7 +329,8 @@ impl SandboxCgroup {
         }
     }
 
-    /// Fills the CPU, memory and pids fields of `stats`.
+    /// Fills the CPU, memory and process-count fields of `stats`. Processes, not tasks
+    /// (`pids.current` counts threads): the agent's own threads must not look like user work.
     pub fn stats(&self, stats: &mut Stats) {
         match &self.layout.kind {
             Kind::V1 { cpuacct, memory, pids, .. } => {
@@ -338,7 +339,7 @@ impl SandboxCgroup {
                 stats.memory_used_bytes = read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0);
                 stats.memory_limit_bytes = read_u64(&mem.join("memory.limit_in_bytes")).unwrap_or(0);
                 stats.memory_cache_bytes = stat_field(&mem.join("memory.stat"), "total_cache").unwrap_or(0);
-                stats.pids = read_u64(&self.dir(pids).join("pids.current")).unwrap_or(0);
+                stats.pids = count_lines(&self.dir(pids).join("cgroup.procs"));
             }
             Kind::V2 { root } => {
                 let dir = self.dir(root);
@@ -346,7 +347,7 @@ impl SandboxCgroup {
                 stats.memory_used_bytes = read_u64(&dir.join("memory.current")).unwrap_or(0);
                 stats.memory_limit_bytes = read_u64(&dir.join("memory.max")).unwrap_or(0);
                 stats.memory_cache_bytes = stat_field(&dir.join("memory.stat"), "file").unwrap_or(0);
-                stats.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
+                stats.pids = count_lines(&dir.join("cgroup.procs"));
             }
         }
     }
@@ -391,6 +392,11 @@ fn stat_field(path: &Path, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Lines in a file (processes in a `cgroup.procs`); 0 when unreadable.
+fn count_lines(path: &Path) -> u64 {
+    fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
