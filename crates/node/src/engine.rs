@@ -86,9 +86,9 @@ pub struct SandboxRecord {
 }
 
 /// Restores of one sandbox from a memory image before its create (or wake) fails. runsc now and
-/// then restores an image whose agent faults at once (a page of its memory is missing from the
-/// restored address space), several times in a row for a few seconds, then not again: later
-/// tries wait longer (see [`restore_backoff`]).
+/// then fails a restore, or restores a sandbox whose processes die at once (its checkpoint keeps
+/// stale epoll interests of closed pipes: docs/runtimes.md; the agent no longer has any, a
+/// sandbox's own processes may); later tries wait longer (see [`restore_backoff`]).
 const RESTORE_ATTEMPTS: u32 = 6;
 
 /// The pause before a restore after `tried` failed ones: none before the first, then 250 ms
@@ -137,6 +137,20 @@ pub struct Shape {
     pub disk_mb: u64,
     /// The runtime backend (resolved: never the empty default).
     pub runtime: String,
+}
+
+impl Shape {
+    /// The shape a sandbox runs in: what a fork or a snapshot of it starts again.
+    pub fn of(rec: &SandboxRecord) -> Shape {
+        Shape {
+            team: rec.team.clone(),
+            template_id: rec.template_id.clone(),
+            cpu_count: rec.cpu_count,
+            memory_mb: rec.memory_mb,
+            disk_mb: rec.disk_mb,
+            runtime: rec.runtime.clone(),
+        }
+    }
 }
 
 /// What a caller may ask for at create time (already parsed from the API's JSON).

@@ -59,14 +59,7 @@ impl Engine {
         let mut layers = vec![layer.clone()];
         layers.extend(src.layers.iter().cloned());
 
-        let shape = Shape {
-            team: src.team.clone(),
-            template_id: src.template_id.clone(),
-            cpu_count: src.cpu_count,
-            memory_mb: src.memory_mb,
-            disk_mb: src.disk_mb,
-            runtime: src.runtime.clone(),
-        };
+        let shape = Shape::of(&src);
         let mut env_vars = src.env_vars.clone();
         env_vars.insert(FORKED_FROM_ENV.into(), src.id.to_string());
         let req = CreateRequest {

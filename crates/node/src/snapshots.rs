@@ -138,23 +138,16 @@ impl Engine {
     }
 
     /// Freezes the source's layer (and with `memory` takes its memory image), then proves a memory
-    /// image by restoring it once into a throwaway sandbox. runsc now and then writes an image
-    /// whose every restore faults at once (docs/runtimes.md); the source still runs, so such an
-    /// image is thrown away and taken again, a few times. Returns the layer and the image.
+    /// image by restoring it once into a throwaway sandbox: an image is kept for long and restored
+    /// many times, and one that does not restore (runsc's failures, docs/runtimes.md) is better
+    /// taken again now, from the still-running source, a few times, than found out at every create. Returns the layer and the image.
     async fn take_checked_snapshot(
         self: &Arc<Self>,
         src: &SandboxRecord,
         memory: bool,
     ) -> Result<(String, Option<String>), NodeError> {
         const TAKES: u32 = 3;
-        let shape = Shape {
-            team: src.team.clone(),
-            template_id: src.template_id.clone(),
-            cpu_count: src.cpu_count,
-            memory_mb: src.memory_mb,
-            disk_mb: src.disk_mb,
-            runtime: src.runtime.clone(),
-        };
+        let shape = Shape::of(src);
         let mut take = 1;
         loop {
             let (layer, image) = self.freeze_for_fork(&src.id, memory).await?;
