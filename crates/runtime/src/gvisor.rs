@@ -47,9 +47,6 @@ pub struct GvisorRuntime {
     settings: GvisorSettings,
     layers: Arc<LayerStore>,
     cgroups: cgroup::Layout,
-    /// One restore at a time per memory image: runsc restores of one image that overlap now and
-    /// then leave a sandbox that never runs (its agent never starts) or exits at once.
-    restoring: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
 
 const HANDLE_VERSION: u32 = 1;
@@ -87,7 +84,7 @@ impl GvisorRuntime {
         }
         let version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
         debug!(%version, platform = %settings.platform, "gvisor runtime ready");
-        Ok(GvisorRuntime { settings, layers, cgroups, restoring: Default::default() })
+        Ok(GvisorRuntime { settings, layers, cgroups })
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -554,11 +551,7 @@ impl Runtime for GvisorRuntime {
                 detail: format!("the memory image {} is missing", image.display()),
             });
         }
-        let lock = self.restoring.lock().unwrap().entry(image.display().to_string()).or_default().clone();
-        let result = {
-            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.start(spec, Some(&image))
-        };
+        let result = self.start(spec, Some(&image));
         if result.is_err() {
             let _ = self.destroy(&spec.id, None);
         }
@@ -567,7 +560,6 @@ impl Runtime for GvisorRuntime {
 
     fn remove_image(&self, image: &str) {
         let dir = self.copy_dir(image);
-        self.restoring.lock().unwrap().remove(&dir.display().to_string());
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(image, error = %e, "removing a fork's memory image");
