@@ -115,7 +115,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         if s != 204 {
             bail!("gvisor pause: {s} {v}");
         }
-        *image_mib = dir_mib(&d.data_dir.join("layers/.checkpoints").join(&big.id));
+        *image_mib = dir_mib(&d.data_dir.join("images").join(&big.id));
         let t = Instant::now();
         let (s, v) = d.api("POST", &format!("/sandboxes/{}/connect", big.id), Some(json!({"timeout": 600})));
         // The same first command as runsc's side: `cat /tmp/ready`, no shell.

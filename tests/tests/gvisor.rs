@@ -93,6 +93,11 @@ fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
     });
     assert_eq!(after.0, secret, "a different process is counting");
     assert_eq!(sb.sh("cat /tmp/mem; echo $A").stdout, "in-memory\n1\n");
+    // The restore ran on every CPU; the woken sandbox is back to its own quota (1 CPU).
+    let quota = format!("/sys/fs/cgroup/cpu/warren-e2e-gvisor.gvisor/{}/cpu.cfs_quota_us", sb.id);
+    let quota = std::fs::read_to_string(&quota)
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/warren-e2e-gvisor.gvisor/{}/cpu.max", sb.id)));
+    assert!(quota.as_deref().is_ok_and(|q| q.starts_with("100000")), "{quota:?}");
 
     // Paused across a daemon restart, it still wakes with its memory.
     assert_eq!(pause(&sb.id).0, 204);
@@ -111,7 +116,7 @@ fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
     let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", sb.id), Some(json!({"count": 2})));
     assert_eq!(status, 201, "{v}");
     let second = v[1]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
-    let images = std::fs::read_dir(d.data_dir.join("layers/.checkpoints")).unwrap();
+    let images = std::fs::read_dir(d.data_dir.join("images")).unwrap();
     assert!(
         images.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("copy-")),
         "the fork's memory image was left behind"
@@ -144,7 +149,7 @@ fn gvisor_sandboxes_keep_processes_and_memory_across_pause_and_restart() {
     for id in [&sb.id, &clone, &second] {
         wait_for("its layer and image to go", Duration::from_secs(30), || {
             let layers = d.data_dir.join("layers");
-            (!layers.join(id).exists() && !layers.join(".checkpoints").join(id).exists()).then_some(())
+            (!layers.join(id).exists() && !d.data_dir.join("images").join(id).exists()).then_some(())
         });
         assert_eq!(runsc_processes(id), 0);
         assert!(!std::path::Path::new(&format!("/run/warren-e2e/gvisor/gvisor/sandboxes/{id}")).exists());
@@ -253,7 +258,7 @@ fn memory_snapshots_start_sandboxes_with_their_processes_running() {
     wait_for("the snapshot to be free", Duration::from_secs(30), || {
         (d.api("DELETE", "/templates/gv-mem", None).0 == 204).then_some(())
     });
-    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("layers/.checkpoints"))
+    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("images"))
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     assert!(left.iter().all(|n| !n.starts_with("copy-")), "memory images left: {left:?}");
@@ -333,7 +338,7 @@ fn templates_with_a_start_command_start_from_a_memory_image_on_gvisor() {
     }
     assert_eq!(d.api("DELETE", "/templates/gv-web-e2e", None).0, 204);
     assert_eq!(d.api("DELETE", "/templates/gv-never-e2e", None).0, 204);
-    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("layers/.checkpoints"))
+    let left: Vec<String> = std::fs::read_dir(d.data_dir.join("images"))
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "memory images left: {left:?}");
@@ -352,7 +357,7 @@ fn a_full_disk_during_a_pause_and_a_corrupt_image_fail_cleanly() {
     let state = |d: &Daemon| info(d, &sb.id)["warrenState"].as_str().unwrap().to_owned();
 
     // The disk fills up during the checkpoint: its image directory is a 4 MiB tmpfs.
-    let img = d.data_dir.join("layers/.checkpoints").join(&sb.id);
+    let img = d.data_dir.join("images").join(&sb.id);
     std::fs::create_dir_all(&img).unwrap();
     let mounted =
         std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&img).status();

@@ -106,6 +106,7 @@ fn select_runtimes(
             cgroup_parent: format!("{}.gvisor", cfg.native.cgroup_parent),
             compress_images: cfg.gvisor.compress_images,
             debug_log: cfg.gvisor.debug_log.clone(),
+            image_root: cfg.data_dir.join("images"),
         };
         match warren_runtime::gvisor::GvisorRuntime::new(settings, layers) {
             Ok(g) => {

@@ -724,7 +724,7 @@ impl Engine {
             if image.is_none() || !handle.agent_dials {
                 break (handle, watch);
             }
-            match self.await_restored_agent(&handle, &watch).await {
+            match self.await_restored_agent(&id, spec.cpu_count, &handle, &watch).await {
                 Ok(()) => break (handle, watch),
                 Err(detail) => {
                     let said = self.agent_log_excerpt(&id);
@@ -1108,7 +1108,7 @@ impl Engine {
             if !rec.memory_image || !handle.agent_dials {
                 break (handle, watch);
             }
-            match self.await_restored_agent(&handle, &watch).await {
+            match self.await_restored_agent(&rec.id, rec.cpu_count, &handle, &watch).await {
                 Ok(()) => break (handle, watch),
                 Err(detail) => {
                     let said = self.agent_log_excerpt(&rec.id);
@@ -1485,8 +1485,20 @@ impl Engine {
 
     /// Waits for a sandbox restored from a memory image to dial in and answer a first request;
     /// fails as soon as the sandbox exits (its agent crashed on restore), or after
-    /// [`RESTORED_DIAL_WAIT`].
-    async fn await_restored_agent(&self, handle: &Handle, watch: &warren_runtime::ExitWatch) -> Result<(), String> {
+    /// [`RESTORED_DIAL_WAIT`]. Then lowers its CPU quota to its own `cpu_count`: the runtime
+    /// restores on every CPU (docs/runtimes.md), and the restore is done once the agent answers.
+    async fn await_restored_agent(
+        &self,
+        id: &SandboxId,
+        cpu_count: u32,
+        handle: &Handle,
+        watch: &warren_runtime::ExitWatch,
+    ) -> Result<(), String> {
+        self.await_restored_answer(handle, watch).await?;
+        self.runtime.set_cpu(id, cpu_count).map_err(|e| format!("setting its CPU quota: {e}"))
+    }
+
+    async fn await_restored_answer(&self, handle: &Handle, watch: &warren_runtime::ExitWatch) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + RESTORED_DIAL_WAIT;
         loop {
             let slice = Duration::from_millis(50).min(deadline - tokio::time::Instant::now());

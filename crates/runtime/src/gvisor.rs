@@ -41,6 +41,9 @@ pub struct GvisorSettings {
     pub compress_images: bool,
     /// runsc's debug logs go here when set (`--debug-log`, one file per call and process).
     pub debug_log: Option<PathBuf>,
+    /// Memory images: sandboxes paused to disk (`<id>/`) and copies for forks and snapshots
+    /// (`copy-<name>/`).
+    pub image_root: PathBuf,
 }
 
 pub struct GvisorRuntime {
@@ -122,7 +125,8 @@ impl GvisorRuntime {
         })
     }
 
-    fn write_bundle(&self, spec: &SandboxSpec, dir: &Path) -> Result<(), RuntimeError> {
+    /// The bundle runsc starts `spec` from, with `cpus` as its CPU quota.
+    fn write_bundle(&self, spec: &SandboxSpec, dir: &Path, cpus: u32) -> Result<(), RuntimeError> {
         let id = spec.id.as_str();
         let bad =
             |e: oci_spec::OciSpecError| RuntimeError::Boot { id: spec.id.clone(), detail: format!("OCI spec: {e}") };
@@ -192,7 +196,7 @@ impl GvisorRuntime {
             )
             .cpu(
                 oci::LinuxCpuBuilder::default()
-                    .quota(spec.cpu_count as i64 * period as i64)
+                    .quota(cpus as i64 * period as i64)
                     .period(period)
                     .build()
                     .map_err(bad)?,
@@ -231,10 +235,52 @@ impl GvisorRuntime {
         fs::write(bundle.join("config.json"), body).map_err(prep("bundle", &bundle))
     }
 
-    /// Where a checkpointed sandbox's memory image lives: in the layer store, beside (not in) its
-    /// quota-limited layer, so a large memory never fails on the disk quota.
+    /// Where a checkpointed sandbox's memory image lives: outside its quota-limited layer (a
+    /// large memory never fails on the disk quota) and outside the layer store, on the data
+    /// directory's own filesystem: the layer store may sit on a loop file, whose double page
+    /// cache and writeback slowed every wake that followed a write of other images.
     fn image_dir(&self, id: &str) -> PathBuf {
-        self.layers.root().join(".checkpoints").join(id)
+        self.image_path(id)
+    }
+
+    /// `name` under the image root, or where an older Warren kept it (in the layer store) if it
+    /// is only there.
+    fn image_path(&self, name: &str) -> PathBuf {
+        let path = self.settings.image_root.join(name);
+        let legacy = self.legacy_image_root().join(name);
+        if !path.exists() && legacy.exists() {
+            legacy
+        } else {
+            path
+        }
+    }
+
+    fn legacy_image_root(&self) -> PathBuf {
+        self.layers.root().join(".checkpoints")
+    }
+
+    /// Names under both image roots.
+    fn image_names(&self) -> Vec<(String, PathBuf)> {
+        let mut names = Vec::new();
+        for root in [self.settings.image_root.clone(), self.legacy_image_root()] {
+            if let Ok(rd) = fs::read_dir(&root) {
+                names.extend(rd.flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())));
+            }
+        }
+        names
+    }
+
+    /// Removes `name` from both image roots.
+    fn remove_image_dir(&self, name: &str) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for root in [self.settings.image_root.clone(), self.legacy_image_root()] {
+            if let Err(e) = fs::remove_dir_all(root.join(name)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 
     /// Runs `runsc checkpoint` into `image` (emptied first); returns the image's size. The agent
@@ -271,7 +317,7 @@ impl GvisorRuntime {
 
     /// Where the image `name` of a fork lives.
     fn copy_dir(&self, name: &str) -> PathBuf {
-        self.layers.root().join(".checkpoints").join(format!("copy-{name}"))
+        self.image_path(&format!("copy-{name}"))
     }
 
     /// Prepares the layer and the host-side overlay, then starts runsc (`run`, or `restore` from
@@ -317,7 +363,15 @@ impl GvisorRuntime {
             )
             .map_err(|e| prep("overlay root filesystem", &rootfs)(std::io::Error::from(e)))?;
         }
-        self.write_bundle(spec, &dir)?;
+        // A restore is the runtime's work, not the sandbox's: loading its memory runs on every
+        // CPU (runsc's page loaders are parallel, and go on after `runsc restore` returns), and
+        // the sandbox's own quota made a wake of 256 MiB 1.3x slower than runsc restoring it
+        // unconfined. The engine lowers the quota to the sandbox's once its agent answers.
+        let cpus = match image {
+            Some(_) => spec.cpu_count.max(host_cpus()),
+            None => spec.cpu_count,
+        };
+        self.write_bundle(spec, &dir, cpus)?;
 
         let log_path = dir.join("agent.log");
         let log =
@@ -364,6 +418,7 @@ impl GvisorRuntime {
         let pid = self.boot(spec, &dir, image);
         reap_orphans();
         let pid = pid?;
+
         let start_time = read_start_time(pid).ok_or_else(|| RuntimeError::Boot {
             id: spec.id.clone(),
             detail: format!("the sandbox process {pid} exited right after start"),
@@ -518,7 +573,10 @@ impl Runtime for GvisorRuntime {
         // Frozen first and saved with `--leave-running`: a checkpoint that fails (a full disk)
         // then leaves the sandbox as it was, to be thawed, where a plain one would end it.
         self.freeze(id)?;
-        let bytes = match self.checkpoint_into(id, &self.image_dir(id.as_str()), true) {
+        // A new image goes to the image root, never beside an older one in the layer store.
+        let _ = self.remove_image_dir(id.as_str());
+        let taken = self.checkpoint_into(id, &self.settings.image_root.join(id.as_str()), true);
+        let bytes = match taken {
             Ok(b) => b,
             Err(e) => {
                 if let Err(t) = self.thaw(id) {
@@ -540,7 +598,8 @@ impl Runtime for GvisorRuntime {
     }
 
     fn checkpoint_copy(&self, id: &SandboxId, _handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
-        self.checkpoint_into(id, &self.copy_dir(image), true)
+        let _ = self.remove_image_dir(&format!("copy-{image}"));
+        self.checkpoint_into(id, &self.settings.image_root.join(format!("copy-{image}")), true)
     }
 
     fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
@@ -559,22 +618,17 @@ impl Runtime for GvisorRuntime {
     }
 
     fn remove_image(&self, image: &str) {
-        let dir = self.copy_dir(image);
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(image, error = %e, "removing a fork's memory image");
-            }
+        if let Err(e) = self.remove_image_dir(&format!("copy-{image}")) {
+            warn!(image, error = %e, "removing a fork's memory image");
         }
     }
 
     fn images(&self) -> Vec<String> {
-        fs::read_dir(self.layers.root().join(".checkpoints"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("copy-").map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut names: Vec<String> =
+            self.image_names().into_iter().filter_map(|(n, _)| n.strip_prefix("copy-").map(str::to_owned)).collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
@@ -605,11 +659,8 @@ impl Runtime for GvisorRuntime {
 
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
         self.halt(id, handle)?;
-        let image = self.image_dir(id.as_str());
-        if let Err(e) = fs::remove_dir_all(&image) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(sandbox = %id, error = %e, "removing its checkpoint image");
-            }
+        if let Err(e) = self.remove_image_dir(id.as_str()) {
+            warn!(sandbox = %id, error = %e, "removing its checkpoint image");
         }
         self.layers.remove(id.as_str())
     }
@@ -703,12 +754,9 @@ impl Runtime for GvisorRuntime {
         }
         // Memory images of sandboxes gone (copies made for forks and snapshots are the
         // engine's to collect: it knows which snapshots name them).
-        if let Ok(rd) = fs::read_dir(self.layers.root().join(".checkpoints")) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with("copy-") && !is_live(&name) {
-                    let _ = fs::remove_dir_all(e.path());
-                }
+        for (name, path) in self.image_names() {
+            if !name.starts_with("copy-") && !is_live(&name) {
+                let _ = fs::remove_dir_all(path);
             }
         }
         swept
@@ -733,4 +781,8 @@ impl Runtime for GvisorRuntime {
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool) {
         crate::log_tail(&self.sandbox_dir(id.as_str()).join("agent.log"), max_bytes)
     }
+}
+/// CPUs this host offers.
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
