@@ -235,16 +235,11 @@ impl GvisorRuntime {
         fs::write(bundle.join("config.json"), body).map_err(prep("bundle", &bundle))
     }
 
-    /// Where a checkpointed sandbox's memory image lives: outside its quota-limited layer (a
-    /// large memory never fails on the disk quota) and outside the layer store, on the data
-    /// directory's own filesystem: the layer store may sit on a loop file, whose double page
-    /// cache and writeback slowed every wake that followed a write of other images.
-    fn image_dir(&self, id: &str) -> PathBuf {
-        self.image_path(id)
-    }
-
-    /// `name` under the image root, or where an older Warren kept it (in the layer store) if it
-    /// is only there.
+    /// Where the image `name` lives (a sandbox id, or `copy-<name>` for forks and snapshots):
+    /// outside the quota-limited layers (a large memory never fails on the disk quota) and
+    /// outside the layer store, on the data directory's own filesystem (the layer store may sit
+    /// on a loop file, whose double page cache and writeback slowed pauses). An image an older
+    /// Warren kept in the layer store is found there while it is only there.
     fn image_path(&self, name: &str) -> PathBuf {
         let path = self.settings.image_root.join(name);
         let legacy = self.legacy_image_root().join(name);
@@ -418,7 +413,6 @@ impl GvisorRuntime {
         let pid = self.boot(spec, &dir, image);
         reap_orphans();
         let pid = pid?;
-
         let start_time = read_start_time(pid).ok_or_else(|| RuntimeError::Boot {
             id: spec.id.clone(),
             detail: format!("the sandbox process {pid} exited right after start"),
@@ -632,7 +626,7 @@ impl Runtime for GvisorRuntime {
     }
 
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
-        let image = self.image_dir(spec.id.as_str());
+        let image = self.image_path(spec.id.as_str());
         if !image.join("checkpoint.img").is_file() {
             return Err(RuntimeError::Restore {
                 id: spec.id.clone(),
