@@ -8,7 +8,10 @@
 set -euo pipefail
 version=4.1.1
 prefix=/opt/warren/criu
-if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version"; then
+# Warren's own fixes to the source, by name; a build without all of them is rebuilt.
+fixes="passcred-eopnotsupp"
+if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version" &&
+    [ "$(cat "$prefix/fixes" 2>/dev/null)" = "$fixes" ]; then
     exit 0
 fi
 echo "building CRIU $version into $prefix (once)" >&2
@@ -44,8 +47,20 @@ build=$(mktemp -d /tmp/warren-criu.XXXXXX)
 trap 'rm -rf "$build"' EXIT
 tar -xJf "$tarball" -C "$build"
 cd "$build"/criu-*
+# passcred-eopnotsupp: Linux 6.16 and newer answer EOPNOTSUPP when asked for SO_PASSCRED or
+# SO_PASSSEC on sockets other than unix and netlink ones, and CRIU 4.1.1 takes that answer for a
+# failed dump (of any process holding a TCP socket). Such a socket cannot have the option set, so
+# "off" is its true value.
+for opt in SO_PASSCRED SO_PASSSEC; do
+    sed -i "s/^\tret |= dump_opt(sk, SOL_SOCKET, $opt, &val);\$/\tval = 0;\n\tif (getsockopt(sk, SOL_SOCKET, $opt, \&val, \&(socklen_t){ sizeof(val) }) < 0 \&\& errno != EOPNOTSUPP)\n\t\tret |= dump_opt(sk, SOL_SOCKET, $opt, \&val);/" criu/sockets.c
+done
+if [ "$(grep -c 'errno != EOPNOTSUPP' criu/sockets.c)" -ne 2 ]; then
+    echo "criu.sh: the passcred-eopnotsupp fix no longer applies to criu/sockets.c" >&2
+    exit 1
+fi
 # Only the criu binary: no docs (asciidoc), no Python bindings, no compel plugins beyond its own.
 make -j"$(nproc)" criu >/dev/null 2>"$build/make.log" || { tail -30 "$build/make.log" >&2; exit 1; }
 install -D -m 0755 criu/criu "$prefix/sbin/criu.new"
 mv -f "$prefix/sbin/criu.new" "$prefix/sbin/criu"
+echo "$fixes" > "$prefix/fixes"
 "$prefix/sbin/criu" --version >&2

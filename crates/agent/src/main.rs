@@ -64,6 +64,9 @@ fn main() {
     if std::process::id() == 1 {
         let _ = nix::unistd::setsid();
     }
+    // Nothing inside the sandbox may read the agent's memory or trace it, root included (the
+    // kernel would otherwise allow both to processes of the agent's own uid). See `dumpable`.
+    dumpable(false);
     // A current-thread runtime keeps an idle agent small; blocking file work uses its pool.
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build().expect("runtime");
@@ -165,10 +168,20 @@ impl Drop for LinkGuard {
     }
 }
 
+/// Sets whether the agent is dumpable. It is not, except between a quiesce and the next
+/// connection to the daemon: a checkpoint (CRIU, on the native runtime) opens the agent's
+/// namespaces from inside the sandbox's user namespace, which a non-dumpable agent refuses once it
+/// has been restored (its memory then belongs to the host's user namespace).
+fn dumpable(on: bool) {
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) };
+}
+
 /// `POST /warren/quiesce` on connection `me`: closes every other connection to the daemon and
 /// answers once only `me` is left; `Connection: close` makes the server close `me` right after.
 async fn quiesce(links: &Arc<HostLinks>, me: u64) -> hyper::Response<server::Body> {
     use std::sync::atomic::Ordering::SeqCst;
+    dumpable(true);
     links.generation.fetch_add(1, SeqCst);
     links.quiesced.notify_waiters();
     for (id, task) in links.serving.lock().unwrap().iter() {
@@ -251,6 +264,8 @@ async fn dial_forever(path: std::path::PathBuf, agent: Arc<server::Agent>, links
                 continue;
             }
         };
+        // Connected again after a checkpoint (or a daemon restart): no longer dumpable.
+        dumpable(false);
         let guard = LinkGuard::new(&links);
         failing_since = None;
         warned = false;

@@ -44,6 +44,7 @@ impl From<NodeError> for ApiError {
             | NodeError::TemplateTaken { .. }
             | NodeError::SnapshotInUse { .. }
             | NodeError::SnapshotDamaged { .. }
+            | NodeError::NotSaved { .. }
             | NodeError::Startup { .. }
             | NodeError::Illegal(_) => StatusCode::CONFLICT,
             NodeError::Capacity { .. } | NodeError::HostFull { .. } | NodeError::AddressesExhausted { .. } => {

@@ -382,7 +382,9 @@ async fn connect(
 
 #[derive(Deserialize, Default)]
 struct PauseBody {
-    /// E2B's `false` asks for a filesystem-only pause: processes end and memory is freed.
+    /// E2B's `false` asks for a filesystem-only pause: processes end and memory is freed. `true`
+    /// saves the memory to disk on every runtime that can (on native, a plain pause freezes the
+    /// sandbox in place instead).
     memory: Option<bool>,
 }
 
@@ -395,11 +397,11 @@ async fn pause(
 ) -> Result<StatusCode, ApiError> {
     st.engine.get_owned(&c.team, &id)?;
     let req: PauseBody = json_body(body, true).await?;
-    if req.memory == Some(false) {
-        st.engine.pause_to_disk(&id, "requested").await?;
-    } else {
-        st.engine.pause(&id).await?;
-    }
+    match req.memory {
+        Some(false) => st.engine.pause_to_disk(&id, "requested").await?,
+        Some(true) => st.engine.pause_with_memory(&id, "requested").await?,
+        None => st.engine.pause(&id).await?,
+    };
     Ok(StatusCode::NO_CONTENT)
 }
 

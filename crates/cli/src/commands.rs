@@ -138,8 +138,13 @@ pub async fn sandbox(client: &Client, out: &Output, cmd: SandboxCmd) -> Result<i
             client.call(Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": seconds}))).await?;
             out.print(&json!({"sandboxID": id, "timeout": seconds}), || println!("{id} now ends in {seconds} s"));
         }
-        SandboxCmd::Pause { id } => {
-            client.call(Method::POST, &format!("/sandboxes/{id}/pause"), Some(json!({}))).await?;
+        SandboxCmd::Pause { id, memory, files_only } => {
+            let body = match (memory, files_only) {
+                (true, _) => json!({"memory": true}),
+                (_, true) => json!({"memory": false}),
+                _ => json!({}),
+            };
+            client.call(Method::POST, &format!("/sandboxes/{id}/pause"), Some(body)).await?;
             out.print(&json!({"sandboxID": id, "state": "paused"}), || println!("paused {id}"));
         }
         SandboxCmd::Resume { id, timeout } => {

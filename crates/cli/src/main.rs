@@ -134,7 +134,15 @@ pub enum SandboxCmd {
     Timeout { id: String, seconds: u64 },
     /// Pause a sandbox: its processes stop with their memory kept (frozen in place on native,
     /// saved to disk on gvisor); resume carries on where it was.
-    Pause { id: String },
+    Pause {
+        id: String,
+        /// Save the memory to disk and free it (native: with CRIU), instead of freezing in place.
+        #[arg(long, conflicts_with = "files_only")]
+        memory: bool,
+        /// Keep only the files: processes end, and a resume starts them again.
+        #[arg(long)]
+        files_only: bool,
+    },
     /// Thaw a paused sandbox.
     Resume {
         id: String,

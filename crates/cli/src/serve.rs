@@ -72,6 +72,29 @@ fn network_settings(
     }))
 }
 
+/// The CRIU that memory snapshots of native sandboxes stand on, when this host has a working one;
+/// the start-up log says which, or why not.
+fn native_criu(cfg: &warren_types::config::Config) -> Option<std::path::PathBuf> {
+    match warren_runtime::native::criu::probe(&cfg.native.criu) {
+        Ok(version) => {
+            info!(
+                criu = %cfg.native.criu.display(),
+                version,
+                "native runtime: memory snapshots available (pause with {{\"memory\": true}} saves a sandbox's \
+                 processes and memory to disk)"
+            );
+            Some(cfg.native.criu.clone())
+        }
+        Err(why) => {
+            info!(
+                "native runtime: no memory snapshots: {why}; pauses freeze in place, and runtime \"gvisor\" \
+                 keeps memory on disk"
+            );
+            None
+        }
+    }
+}
+
 /// The backends this daemon offers, its default first. gVisor is offered when runsc works here;
 /// when it does not, the reason is logged (and starting fails if it is the configured default).
 fn select_runtimes(
@@ -80,20 +103,6 @@ fn select_runtimes(
 ) -> Result<Arc<dyn warren_runtime::Runtime>> {
     let layers = native.layer_store();
     let native: Arc<dyn warren_runtime::Runtime> = Arc::new(native);
-    // Memory snapshots of native sandboxes stand on CRIU: say whether this host has a working one.
-    match warren_runtime::native::criu::probe(&cfg.native.criu) {
-        Ok(version) => info!(
-            criu = %cfg.native.criu.display(),
-            version,
-            "native runtime: CRIU works here, but this version keeps a native sandbox's memory only by \
-             freezing it in place (pause); memory snapshots, pauses to disk with memory and forks with \
-             memory need runtime \"gvisor\""
-        ),
-        Err(why) => info!(
-            "native runtime: no memory snapshots: {why}; pauses freeze in place, and runtime \"gvisor\" \
-             keeps memory on disk"
-        ),
-    }
     let mut backends = vec![native];
     if cfg.gvisor.enabled || cfg.default_runtime == "gvisor" {
         let settings = warren_runtime::gvisor::GvisorSettings {
@@ -145,6 +154,8 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         spawner_exe: std::env::current_exe().context("locating the warren executable")?,
         cgroup_parent: cfg.native.cgroup_parent.clone(),
         network: network_settings(&cfg)?,
+        criu: native_criu(&cfg),
+        image_root: cfg.data_dir.join("images"),
     })
     .context("starting the native runtime")?;
     info!(cgroup = runtime.cgroup_version(), "native runtime ready");

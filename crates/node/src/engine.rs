@@ -997,6 +997,31 @@ impl Engine {
         self.pause_because(id, "requested").await
     }
 
+    /// Pauses with the memory saved to disk (`memory: true`): every process stops where it is, its
+    /// memory is written out and freed, and a resume restores them. A runtime that keeps memory
+    /// only in place (native without CRIU) refuses with what to do instead.
+    #[instrument(skip_all, fields(sandbox = %id))]
+    pub async fn pause_with_memory(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
+        let lock = self.op_lock(id);
+        let _serial = lock.lock().await;
+        let t0 = std::time::Instant::now();
+        let rec = self.get(id)?;
+        if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
+            return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
+        }
+        if !self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.hibernate) {
+            return Err(NodeError::Unsupported {
+                detail: format!(
+                    "runtime {} cannot save a sandbox's memory to disk on this host (no working CRIU; the \
+                     daemon's start-up log says why): pause without \"memory\" to freeze it in place, or create \
+                     it with runtime \"gvisor\"",
+                    rec.runtime
+                ),
+            });
+        }
+        self.checkpoint_locked(rec, reason, t0).await
+    }
+
     /// Pauses to disk (E2B's filesystem mode, `memory: false`): every process ends and its memory
     /// is freed; the writable layer, address, tokens and settings stay, and a resume boots the
     /// sandbox again on the same files (the template's start command runs again). A sandbox paused
@@ -1185,7 +1210,7 @@ impl Engine {
         if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
         }
-        if self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.memory_snapshots) {
+        if self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.pause_to_disk) {
             return self.checkpoint_locked(rec, reason, t0).await;
         }
         let next = transition(rec.state, &SandboxEvent::Pause)?;
@@ -1263,7 +1288,16 @@ impl Engine {
                 if let Err(err) = self.register_agent(&handle) {
                     warn!(error = %err, "listening for its agent again");
                 }
-                Err(e.into())
+                // What the sandbox holds can stop a checkpoint (409: it keeps running, and trying
+                // again as it is will fail again); a full disk is the host's trouble.
+                Err(match e {
+                    warren_runtime::RuntimeError::Checkpoint { ref detail, .. }
+                        if !detail.to_ascii_lowercase().contains("no space left on device") =>
+                    {
+                        NodeError::NotSaved { detail: e.to_string() }
+                    }
+                    other => other.into(),
+                })
             }
         }
     }

@@ -52,6 +52,10 @@ pub enum NodeError {
     Forbidden { detail: String },
     #[error("{detail}")]
     Unsupported { detail: String },
+    /// A checkpoint the sandbox's own state prevented (a resource CRIU or runsc cannot save); the
+    /// sandbox keeps running.
+    #[error("{detail}")]
+    NotSaved { detail: String },
     #[error("template {template}'s start command failed: {detail}")]
     Startup { template: String, detail: String },
     #[error("snapshot {id} is damaged: its layer {layer} is missing from the layer store; delete the snapshot (DELETE /templates/{id}) and take it again")]

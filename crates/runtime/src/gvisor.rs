@@ -551,7 +551,14 @@ impl Runtime for GvisorRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { freeze: true, memory_snapshots: true, filesystem_snapshots: false, network: false }
+        Capabilities {
+            freeze: true,
+            hibernate: true,
+            pause_to_disk: true,
+            memory_snapshots: true,
+            filesystem_snapshots: false,
+            network: false,
+        }
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {

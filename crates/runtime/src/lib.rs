@@ -16,6 +16,12 @@ use warren_types::SandboxId;
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
     pub freeze: bool,
+    /// Saves a sandbox's processes and memory to disk and restores them (`checkpoint`/`restore`).
+    pub hibernate: bool,
+    /// A plain pause goes to disk with the memory (the backend has no cheap frozen state).
+    pub pause_to_disk: bool,
+    /// Copies of a sandbox's memory for forks, snapshots and template images
+    /// (`checkpoint_copy`/`restore_copy`).
     pub memory_snapshots: bool,
     pub filesystem_snapshots: bool,
     pub network: bool,

@@ -2,6 +2,7 @@
 //! layer store, seccomp and dropped capabilities. See `spawn.rs` for the order of the set-up steps.
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod criu;
 pub mod exit_watch;
 pub mod network;
@@ -12,10 +13,7 @@ pub mod zygote;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{chown, PermissionsExt};
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +22,10 @@ use tracing::{debug, warn};
 use warren_types::SandboxId;
 
 use crate::{Capabilities, ExitWatch, Handle, Runtime, RuntimeError, SandboxSpec, Stats};
-use spawn::{SpawnRequest, SpawnResult, LISTEN_FD, SPAWN_ARG};
+use spawn::{SpawnRequest, SpawnResult, DIAL_DIR_IN_SANDBOX, SPAWN_ARG};
+
+/// The agent's socket in a sandbox's dial directory.
+const AGENT_SOCKET: &str = "agent.sock";
 
 /// Settings of the native backend, taken from the daemon's config.
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub struct NativeSettings {
     pub cgroup_parent: String,
     /// Sandbox networking; loopback only when `None`.
     pub network: Option<network::NetworkSettings>,
+    /// A working CRIU (≥ 4), for memory snapshots; `None` when this host has none.
+    pub criu: Option<PathBuf>,
+    /// Where memory images live (`<data_dir>/images`, shared with other backends).
+    pub image_root: PathBuf,
 }
 
 pub struct NativeRuntime {
@@ -141,9 +146,11 @@ impl NativeRuntime {
         let run = self.run_dir(id);
         let mountpoint = run.join("rootfs");
         fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
-        let socket = run.join("agent.sock");
-        let _ = fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).map_err(prep("agent socket", socket.clone()))?;
+        // The agent dials the daemon through this directory (see `spawn::DIAL_DIR_IN_SANDBOX`);
+        // the engine listens on the socket once the sandbox is up.
+        let dial_dir = run.join("dial");
+        fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        let socket = dial_dir.join(AGENT_SOCKET);
         let log_path = run.join("agent.log");
         let log = fs::File::create(&log_path).map_err(prep("agent log", log_path.clone()))?;
 
@@ -160,7 +167,7 @@ impl NativeRuntime {
             tmp_size_bytes: spec.memory_mb * 1024 * 1024 / 2,
             env: vec![
                 ("WARREN_SANDBOX_ID".into(), id.to_owned()),
-                ("WARREN_LISTEN_FD".into(), LISTEN_FD.to_string()),
+                ("WARREN_AGENT_DIAL".into(), format!("{DIAL_DIR_IN_SANDBOX}/{AGENT_SOCKET}")),
                 ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ],
             net: match (&self.settings.network, spec.address, self.bridge_index) {
@@ -173,31 +180,18 @@ impl NativeRuntime {
                 }),
                 _ => None,
             },
+            dial_dir: Some(dial_dir),
         };
         if let Some(z) = &self.zygote {
             use std::os::fd::AsFd;
-            match z.spawn(&req, listener.as_fd(), log.as_fd()) {
+            match z.spawn(&req, log.as_fd()) {
                 Ok(res) => return self.boot_result(spec, res, String::new(), socket),
                 Err(e) => warn!(error = %e, "the spawner zygote failed; spawning by exec"),
             }
         }
-        let listen_fd = listener.as_raw_fd();
         let mut cmd = Command::new(&self.settings.spawner_exe);
         cmd.arg(SPAWN_ARG).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(log));
-        // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if listen_fd == LISTEN_FD {
-                    let flags = libc::fcntl(LISTEN_FD, libc::F_GETFD);
-                    libc::fcntl(LISTEN_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|source| RuntimeError::SpawnerExec { source })?;
-        drop(listener);
         let body = serde_json::to_vec(&req).expect("spawn request serializes");
         let mut stdin = child.stdin.take().expect("piped stdin");
         let write = stdin.write_all(&body);
@@ -240,6 +234,8 @@ impl Runtime for NativeRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             freeze: true,
+            hibernate: self.settings.criu.is_some(),
+            pause_to_disk: false,
             memory_snapshots: false,
             filesystem_snapshots: false,
             network: self.settings.network.is_some(),
@@ -272,7 +268,7 @@ impl Runtime for NativeRuntime {
                 start_time,
                 agent_socket,
                 project_id: project,
-                agent_dials: false,
+                agent_dials: true,
                 backend: "native".into(),
             })
         })();
@@ -297,6 +293,12 @@ impl Runtime for NativeRuntime {
 
     fn destroy(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
         self.halt(id, handle)?;
+        let image = self.settings.image_root.join(id.as_str());
+        if let Err(e) = fs::remove_dir_all(&image) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(sandbox = %id, error = %e, "removing its memory image");
+            }
+        }
         self.layers.remove(id.as_str())
     }
 
@@ -419,5 +421,106 @@ impl Runtime for NativeRuntime {
 
     fn log_tail(&self, id: &SandboxId, max_bytes: u64) -> (Vec<u8>, bool) {
         crate::log_tail(&self.run_dir(id.as_str()).join("agent.log"), max_bytes)
+    }
+
+    fn checkpoint(&self, id: &SandboxId, handle: &Handle) -> Result<u64, RuntimeError> {
+        let criu = self.criu()?;
+        let image = self.settings.image_root.join(id.as_str());
+        let started = Instant::now();
+        let meta = checkpoint::dump(criu, handle.pid, &image, self.settings.network.is_some(), false)
+            .map_err(|detail| RuntimeError::Checkpoint { id: id.clone(), detail })?;
+        let dumped_ms = started.elapsed().as_millis() as u64;
+        // The agent's log goes with the image: the restored agent carries on writing it (CRIU
+        // checks that the file is as long as when it was saved).
+        let log = self.run_dir(id.as_str()).join("agent.log");
+        fs::copy(&log, image.join(checkpoint::AGENT_LOG))
+            .map_err(|e| RuntimeError::Checkpoint { id: id.clone(), detail: format!("saving its agent log: {e}") })?;
+        // CRIU ended the processes; what they held (cgroup, veth, run directory) goes too. The
+        // writable layer and the image stay for the restore.
+        self.halt(id, None)?;
+        debug!(sandbox = %id, dumped_ms, memory_bytes = meta.bytes, "sandbox saved with CRIU");
+        Ok(checkpoint::dir_bytes(&image))
+    }
+
+    fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
+        let image = self.settings.image_root.join(spec.id.as_str());
+        let result = self.restore_from(spec, &image);
+        if result.is_err() {
+            // Keep the layer and the image: the wake can be tried again, or the sandbox killed.
+            let _ = self.halt(&spec.id, None);
+        }
+        result
+    }
+}
+
+impl NativeRuntime {
+    fn criu(&self) -> Result<&std::path::Path, RuntimeError> {
+        self.settings.criu.as_deref().ok_or(RuntimeError::Unsupported {
+            backend: "native",
+            op: "save a sandbox's memory without a working CRIU (see the daemon's start-up log)",
+        })
+    }
+
+    /// Starts the sandbox `spec` from the CRIU image `image`, on its writable layer.
+    fn restore_from(&self, spec: &SandboxSpec, image: &std::path::Path) -> Result<Handle, RuntimeError> {
+        let criu = self.criu()?;
+        let id = spec.id.as_str();
+        let fail = |detail: String| RuntimeError::Restore { id: spec.id.clone(), detail };
+        let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
+        let started = Instant::now();
+        let cg = self.cgroups.sandbox(id);
+        cg.create(cgroup::Limits {
+            cpu_count: spec.cpu_count,
+            memory_bytes: spec.memory_mb * 1024 * 1024,
+            pids_max: spec.pids_max,
+        })?;
+        let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
+        let run = self.run_dir(id);
+        let mountpoint = run.join("rootfs");
+        fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
+        let dial_dir = run.join("dial");
+        fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        let log_path = run.join("agent.log");
+        fs::copy(image.join(checkpoint::AGENT_LOG), &log_path)
+            .map_err(|e| fail(format!("its image holds no agent log ({e}); the image is incomplete")))?;
+        let log = fs::OpenOptions::new().append(true).open(&log_path).map_err(prep("agent log", log_path.clone()))?;
+        // CRIU reopens the inherited log from inside the restored sandbox, as its root.
+        chown(&log_path, Some(self.settings.uid_base), Some(self.settings.uid_base))
+            .map_err(prep("agent log", log_path.clone()))?;
+        let lower: Vec<PathBuf> = spec.layers.iter().chain([&spec.template_rootfs]).cloned().collect();
+        let veth = match (self.bridge_index, spec.address) {
+            (Some(bridge), Some(_)) => {
+                // A leftover of an earlier try would hold the names.
+                let _ = network::delete_veth(id);
+                network::create_restore_veth(id, bridge).map_err(|e| fail(format!("creating its veth pair: {e}")))?;
+                Some(network::restore_peer_veth(id))
+            }
+            _ => None,
+        };
+        let pid = checkpoint::restore(&checkpoint::RestoreRequest {
+            criu,
+            image,
+            overlay_options: spawn::overlay_options(&lower, &dir.join("upper"), &dir.join("work")),
+            mountpoint: &mountpoint,
+            cgroup_procs: &cg.procs_files(),
+            agent_binary: &self.settings.agent_binary,
+            dial_dir: &dial_dir,
+            log: &log,
+            veth,
+            pidfile: &run.join("restore.pid"),
+            criu_log: &image.join("restore.log"),
+        })
+        .map_err(fail)?;
+        let start_time = spawn::read_start_time(pid).ok_or_else(|| fail(format!("its init {pid} vanished at once")))?;
+        debug!(sandbox = %id, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
+        Ok(Handle {
+            version: HANDLE_VERSION,
+            pid,
+            start_time,
+            agent_socket: dial_dir.join(AGENT_SOCKET),
+            project_id: project,
+            agent_dials: true,
+            backend: "native".into(),
+        })
     }
 }

@@ -252,24 +252,44 @@ pub fn delete_veth(id: &str) -> std::io::Result<()> {
 /// of `pid`; then marks the bridge port isolated. One netlink request and one sysfs write, no
 /// helper processes.
 pub fn create_veth(link: &SandboxLink, pid: i32) -> std::io::Result<()> {
+    create_veth_pair(&link.host_veth, link.bridge_index, "eth0", Some(pid))
+}
+
+/// Name of the sandbox-side veth a restore creates in the host's namespace, for CRIU to move into
+/// the restored sandbox as its `eth0`.
+pub fn restore_peer_veth(id: &str) -> String {
+    format!("r{}", &id[id.len().saturating_sub(14)..])
+}
+
+/// The veth pair of a sandbox being restored: the host end on the bridge (isolated, up) and the
+/// peer [`restore_peer_veth`] still in the host's namespace; CRIU moves the peer in.
+pub fn create_restore_veth(id: &str, bridge_index: u32) -> std::io::Result<()> {
+    create_veth_pair(&host_veth(id), bridge_index, &restore_peer_veth(id), None)
+}
+
+/// `host` up on the bridge, its peer `peer` in the namespace of `peer_pid` (the host's when
+/// `None`), then the bridge port marked isolated.
+fn create_veth_pair(host: &str, bridge_index: u32, peer_name: &str, peer_pid: Option<i32>) -> std::io::Result<()> {
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
     use netlink_packet_route::RouteNetlinkMessage;
 
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName("eth0".into()));
-    peer.attributes.push(LinkAttribute::NetNsPid(pid as u32));
-    let mut host = LinkMessage::default();
-    host.header.flags = LinkFlags::Up;
-    host.header.change_mask = LinkFlags::Up;
-    host.attributes.push(LinkAttribute::IfName(link.host_veth.clone()));
-    host.attributes.push(LinkAttribute::Controller(link.bridge_index));
-    host.attributes.push(LinkAttribute::LinkInfo(vec![
+    peer.attributes.push(LinkAttribute::IfName(peer_name.into()));
+    if let Some(pid) = peer_pid {
+        peer.attributes.push(LinkAttribute::NetNsPid(pid as u32));
+    }
+    let mut host_msg = LinkMessage::default();
+    host_msg.header.flags = LinkFlags::Up;
+    host_msg.header.change_mask = LinkFlags::Up;
+    host_msg.attributes.push(LinkAttribute::IfName(host.to_owned()));
+    host_msg.attributes.push(LinkAttribute::Controller(bridge_index));
+    host_msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    netlink_request(RouteNetlinkMessage::NewLink(host), NLM_F_CREATE | NLM_F_EXCL)?;
-    std::fs::write(format!("/sys/class/net/{}/brport/isolated", link.host_veth), "1")
+    netlink_request(RouteNetlinkMessage::NewLink(host_msg), NLM_F_CREATE | NLM_F_EXCL)?;
+    std::fs::write(format!("/sys/class/net/{host}/brport/isolated"), "1")
 }
 
 /// `/etc/resolv.conf` and `/etc/hosts` for a sandbox, written into its writable layer before boot

@@ -14,13 +14,13 @@
 //!
 //! C mounts `/proc` and `/dev/pts` (which must belong to its own namespaces), masks sensitive `/proc`
 //! files, pivots into the new root, sets the hostname, brings up loopback, drops capabilities, sets
-//! no_new_privs, installs the seccomp filters and execs the agent as PID 1 with the listening socket
-//! on fd 3.
+//! no_new_privs, installs the seccomp filters and execs the agent as PID 1. The agent dials the
+//! daemon through the sandbox's dial directory (mounted read-only at [`DIAL_DIR_IN_SANDBOX`]).
 
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -32,11 +32,16 @@ use serde::{Deserialize, Serialize};
 /// The hidden first argument that makes the `warren` binary act as the spawner.
 pub const SPAWN_ARG: &str = "__warren_spawn";
 
-/// The fd the agent finds its listening socket on.
-pub const LISTEN_FD: RawFd = 3;
+/// Device nodes every sandbox gets from the host (bind-mounted into its `/dev`).
+pub const HOST_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Where the agent binary appears inside every sandbox.
 pub const AGENT_PATH_IN_SANDBOX: &str = "/.warren/warren-agent";
+
+/// Where the sandbox's dial directory (a host directory, read-only inside) appears: the daemon
+/// listens on a socket there and the agent dials it. A dialing agent holds no host socket between
+/// requests, so a checkpoint (CRIU) can save the sandbox once the daemon has let go.
+pub const DIAL_DIR_IN_SANDBOX: &str = "/.warren/dial";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -58,6 +63,10 @@ pub struct SpawnRequest {
     /// The sandbox's network link; loopback only when absent.
     #[serde(default)]
     pub net: Option<super::network::SandboxLink>,
+    /// Host directory mounted read-only at [`DIAL_DIR_IN_SANDBOX`]: the daemon listens on a
+    /// socket there and the agent dials it.
+    #[serde(default)]
+    pub dial_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,8 +117,8 @@ fn failure(error: String) -> SpawnResult {
     SpawnResult { pid: None, start_time: None, error: Some(error) }
 }
 
-/// Boots one sandbox from a fresh single-threaded process (see the module docs). The listening
-/// socket must already be on [`LISTEN_FD`] and the agent's log on stderr.
+/// Boots one sandbox from a fresh single-threaded process (see the module docs). The agent's log
+/// must already be on stderr.
 pub fn run(req: &SpawnRequest) -> SpawnResult {
     match spawn(req) {
         Ok((pid, start_time)) => SpawnResult { pid: Some(pid), start_time: Some(start_time), error: None },
@@ -240,11 +249,16 @@ fn ensure_file(p: &Path) -> Result<(), String> {
     ctx(fs::File::create(p), || format!("creating {}", p.display())).map(drop)
 }
 
+/// Mount options of a sandbox's overlay root (`lower` topmost first).
+pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lower = lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display())
+}
+
 /// Mounts done by real root in P's private namespace.
 fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
     let root = &req.mountpoint;
-    let lower = req.lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let opts = format!("lowerdir={lower},upperdir={},workdir={}", req.upper.display(), req.work.display());
+    let opts = overlay_options(&req.lower, &req.upper, &req.work);
     mount_at(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&opts))?;
     let owner = format!("uid={},gid={}", req.uid_base, req.uid_base);
 
@@ -257,11 +271,10 @@ fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some(&format!("mode=755,size=1m,{owner}")),
     )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = dev.join(name);
-        ensure_file(&target)?;
-        let source = format!("/dev/{name}");
-        mount_at(Some(&source), &target, None, MsFlags::MS_BIND, None)?;
+    // Mount points only: the sandbox's own namespace mounts the devices and /dev/shm on them (see
+    // `child`).
+    for name in HOST_DEVICES {
+        ensure_file(&dev.join(name))?;
     }
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -273,10 +286,8 @@ fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
         ctx(symlink(to, dev.join(link)), || format!("linking /dev/{link}"))?;
     }
     ensure_dir(&dev.join("pts"))?;
-    let shm = dev.join("shm");
-    ensure_dir(&shm)?;
+    ensure_dir(&dev.join("shm"))?;
     let tmp_opts = format!("mode=1777,size={},{owner}", req.tmp_size_bytes.max(1 << 20));
-    mount_at(Some("tmpfs"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?;
     let tmp = root.join("tmp");
     ensure_dir(&tmp)?;
     mount_at(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?;
@@ -293,6 +304,26 @@ fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
+    if let Some(dial) = &req.dial_dir {
+        let target = root.join(DIAL_DIR_IN_SANDBOX.trim_start_matches('/'));
+        ensure_dir(&target)?;
+        let src = dial.display().to_string();
+        mount_at(Some(&src), &target, None, MsFlags::MS_BIND, None)?;
+        // Connecting to a socket needs no write access to its file system: read-only keeps the
+        // sandbox from putting anything there.
+        mount_at(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None,
+        )?;
+    }
     ensure_dir(&root.join("proc"))?;
     Ok(())
 }
@@ -314,6 +345,20 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
     // a recursive bind made here is ours (its children stay locked, which is what we want).
     let root_s = root.display().to_string();
     mount_at(Some(&root_s), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    // /dev's own mounts are made here, in the sandbox's namespace, rather than by P: mounts P made
+    // are locked under /dev, and a checkpoint (CRIU) must be able to bind /dev alone to save its
+    // contents. Without CAP_SYS_ADMIN the sandbox cannot unmount them either way.
+    for name in HOST_DEVICES {
+        let source = format!("/dev/{name}");
+        mount_at(Some(&source), &root.join("dev").join(name), None, MsFlags::MS_BIND, None)?;
+    }
+    mount_at(
+        Some("tmpfs"),
+        &root.join("dev/shm"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=1777,size={}", req.tmp_size_bytes.max(1 << 20))),
+    )?;
     mount_at(
         Some("proc"),
         &root.join("proc"),

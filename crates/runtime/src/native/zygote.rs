@@ -1,8 +1,8 @@
 //! The spawner zygote. Exec'ing the daemon's binary for every sandbox costs a few milliseconds of
 //! exec and dynamic start-up; instead, while the daemon is still single-threaded, it forks one
 //! helper process that stays single-threaded and forks a fresh spawner (P in `spawn.rs`) per
-//! request. Requests arrive over a SOCK_SEQPACKET socket with three descriptors: the agent's
-//! listening socket, the agent's log file and the write end of a pipe for the result.
+//! request. Requests arrive over a SOCK_SEQPACKET socket with two descriptors: the agent's log
+//! file and the write end of a pipe for the result.
 
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -12,7 +12,7 @@ use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 
-use super::spawn::{self, SpawnRequest, SpawnResult, LISTEN_FD};
+use super::spawn::{self, SpawnRequest, SpawnResult};
 
 const MAX_REQUEST: usize = 256 * 1024;
 
@@ -58,8 +58,8 @@ impl Zygote {
         self.pid
     }
 
-    /// Boots a sandbox through the zygote. `listen` and `log` become the agent's fd 3 and stderr.
-    pub fn spawn(&self, req: &SpawnRequest, listen: BorrowedFd<'_>, log: BorrowedFd<'_>) -> io::Result<SpawnResult> {
+    /// Boots a sandbox through the zygote. `log` becomes the agent's stderr.
+    pub fn spawn(&self, req: &SpawnRequest, log: BorrowedFd<'_>) -> io::Result<SpawnResult> {
         let body = serde_json::to_vec(req).map_err(io::Error::other)?;
         if body.len() > MAX_REQUEST {
             return Err(io::Error::other("spawn request too large"));
@@ -67,7 +67,7 @@ impl Zygote {
         let (reply_r, reply_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         {
             let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-            let fds = [listen.as_raw_fd(), log.as_raw_fd(), reply_w.as_raw_fd()];
+            let fds = [log.as_raw_fd(), reply_w.as_raw_fd()];
             let cmsg = [ControlMessage::ScmRights(&fds)];
             sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(&body)], &cmsg, MsgFlags::empty(), None)
                 .map_err(io::Error::from)?;
@@ -115,7 +115,7 @@ fn serve(sock: OwnedFd) -> ! {
                 break;
             }
         }
-        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut cmsg = nix::cmsg_space!([RawFd; 2]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let received = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC);
         let (len, fds) = match received {
@@ -135,7 +135,7 @@ fn serve(sock: OwnedFd) -> ! {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => std::process::exit(1),
         };
-        let [listen, log, reply]: [OwnedFd; 3] = match fds.try_into() {
+        let [log, reply]: [OwnedFd; 2] = match fds.try_into() {
             Ok(f) => f,
             Err(_) => continue,
         };
@@ -147,7 +147,7 @@ fn serve(sock: OwnedFd) -> ! {
                         SpawnResult { pid: None, start_time: None, error: Some(format!("bad spawn request: {e}")) }
                     }
                     Ok(req) => {
-                        let ok = keep_as(listen.as_raw_fd(), LISTEN_FD) && keep_as(log.as_raw_fd(), 2);
+                        let ok = keep_as(log.as_raw_fd(), 2);
                         if ok {
                             spawn::run(&req)
                         } else {
@@ -168,6 +168,6 @@ fn serve(sock: OwnedFd) -> ! {
                 let _ = std::io::Write::write_all(&mut f, serde_json::to_string(&r).unwrap_or_default().as_bytes());
             }
         }
-        drop((listen, log));
+        drop(log);
     }
 }
