@@ -38,6 +38,16 @@ pub struct Gvisor {
     pub server_image_took_ms: u64,
     /// Forks in memory mode of a sandbox holding `touched_mib`, and of one holding 16 MiB.
     pub forks: Vec<MemoryFork>,
+    /// The same pause (`{"memory": true}`) and wake of a native sandbox holding `touched_mib`,
+    /// saved with CRIU; absent when this host has no working CRIU.
+    pub native: Option<NativeMemory>,
+}
+
+#[derive(Serialize)]
+pub struct NativeMemory {
+    pub pause: Series,
+    pub wake: Series,
+    pub image_mib: f64,
 }
 
 /// A fork of 10 in memory mode: the call, and until every clone answered an exec; the source's
@@ -50,6 +60,49 @@ pub struct MemoryFork {
     pub all_answer_ms: f64,
     pub source_pss_mib: f64,
     pub clone_pss_mib: f64,
+}
+
+/// Memory pauses and wakes of a native sandbox holding `touched_mib` (CRIU), timed as gVisor's
+/// are: the pause call, and the connect until a first command answers. `None` when the daemon
+/// says native sandboxes cannot save memory here.
+fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<NativeMemory>> {
+    let sb = d.create(json!({"templateID": "base", "runtime": "native", "memoryMB": touched_mib * 2 + 256}));
+    sb.sh(&format!("({} >/dev/null 2>&1 &)", holder(touched_mib)));
+    warren_e2e::wait_for("the native memory holder", Duration::from_secs(120), || {
+        (sb.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
+    });
+    let (mut pause, mut wake) = (Vec::new(), Vec::new());
+    let mut image_mib = 0.0;
+    let result = (|| {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let (s, v) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({"memory": true})));
+            if s == 400 && pause.is_empty() {
+                eprintln!("native memory pauses not measured: {v}");
+                return Ok(false);
+            }
+            pause.push(t.elapsed());
+            if s != 204 {
+                bail!("native memory pause: {s} {v}");
+            }
+            image_mib = dir_mib(&d.data_dir.join("images").join(&sb.id));
+            let t = Instant::now();
+            let (s, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 600})));
+            let r = sb.run(json!({"process": {"cmd": "/bin/cat", "args": ["/tmp/ready"]}}), &[]);
+            wake.push(t.elapsed());
+            let held = sb.sh("pgrep -c python3");
+            if s != 201 || r.stdout != "1" || held.stdout.trim() != "1" {
+                bail!("native wake: {s} {v} {r:?} {held:?}");
+            }
+        }
+        Ok(true)
+    })();
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+    Ok(result?.then(|| NativeMemory {
+        pause: series("warren native: pause (memory, CRIU)", pause),
+        wake: series("warren native: wake -> exec (CRIU)", wake),
+        image_mib,
+    }))
 }
 
 /// A Python process that touches `mib` MiB of random bytes (incompressible, like real state) and
@@ -149,6 +202,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     d.api("DELETE", &format!("/sandboxes/{}", small.id), None);
     let forks = vec![fork_big, fork_small?];
 
+    let native = native_memory(d, rounds, touched_mib)?;
     let (server_cold, server_from_memory, server_image_took_ms) = server_ready(d, root, n)?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
@@ -167,6 +221,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         server_from_memory,
         server_image_took_ms,
         forks,
+        native,
     })
 }
 

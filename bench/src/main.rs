@@ -299,6 +299,9 @@ fn main() -> Result<()> {
             &g.server_cold,
             &g.server_from_memory,
         ]);
+        if let Some(n) = &g.native {
+            rows.extend([&n.pause, &n.wake]);
+        }
     }
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
@@ -323,6 +326,19 @@ fn main() -> Result<()> {
             );
         }
         println!("gvisor server template: memory image taken in {} ms", g.server_image_took_ms);
+        if let Some(n) = &g.native {
+            println!(
+                "native memory pause (CRIU), {} MiB touched: wake p50 {:.0} ms (gvisor {:.0} ms, ratio {:.2}); pause p50 {:.0} ms (gvisor {:.0} ms); image {:.0} MiB (gvisor {:.0} MiB)",
+                g.touched_mib,
+                n.wake.p50_ms,
+                g.warren_wake.p50_ms,
+                n.wake.p50_ms / g.warren_wake.p50_ms,
+                n.pause.p50_ms,
+                g.warren_pause.p50_ms,
+                n.image_mib,
+                g.warren_image_mib
+            );
+        }
     }
     println!(
         "sustained claim+exec+kill: {:.0}/s over {:.0} s with {} clients ({} done, {} errors)",

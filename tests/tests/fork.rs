@@ -144,7 +144,7 @@ fn snapshots_serve_as_templates_and_pools() {
     let (_, info) = d.api("GET", &format!("/sandboxes/{}", second.id), None);
     assert_eq!(info["templateID"], "e2e-snap");
     for (body, want) in
-        [(json!({"name": "base"}), 409), (json!({"name": "Not A Name"}), 400), (json!({"memory": true}), 400)]
+        [(json!({"name": "base"}), 409), (json!({"name": "Not A Name"}), 400), (json!({"memory": "yes"}), 400)]
     {
         let (status, v) = snap(body.clone());
         assert_eq!(status, want, "{body}: {v}");

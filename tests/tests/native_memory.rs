@@ -61,6 +61,9 @@ fn counter(sb: &Sandbox) -> (String, u64) {
 /// The body of a GET to port 8000 inside, through the proxy; `None` until something answers.
 fn served(d: &Daemon, sb: &Sandbox) -> Option<u64> {
     let (status, body) = d.raw("GET", "/", &[("E2b-Sandbox-Id", &sb.id), ("E2b-Sandbox-Port", "8000")], b"");
+    if status != 200 {
+        eprintln!("port 8000 of {}: {status} {}", sb.id, String::from_utf8_lossy(&body));
+    }
     (status == 200).then(|| String::from_utf8_lossy(&body).trim().parse().ok()).flatten()
 }
 
@@ -198,4 +201,129 @@ for _ in $(seq 500); do [ -s /tmp/held ] && break; sleep 0.01; done; cat /tmp/he
     assert!(v["message"].as_str().unwrap_or_default().contains("warren-image.json"), "{v}");
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", sb.id), None).0, 204);
     assert_eq!(d.api("POST", "/sandboxes/inope/pause", Some(json!({"memory": true}))).0, 404);
+}
+
+#[test]
+fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
+    let d = Daemon::start_fresh(&format!("{NAME}-fork"));
+    let src = d.create(json!({"templateID": "base", "envVars": {"SEED": "7"}}));
+    assert_eq!(src.sh(PROCESSES).exit_code, Some(0));
+    assert_eq!(src.sh("echo in-memory > /tmp/mem").exit_code, Some(0));
+    let (secret, _) = counter(&src);
+    assert_eq!(wait_for("the server inside", Duration::from_secs(20), || served(&d, &src)), 1);
+    let address = |sb: &Sandbox| {
+        sb.sh("python3 -c 'import socket; print(socket.gethostbyname(socket.gethostname()))'").stdout.trim().to_owned()
+    };
+    let src_address = address(&src);
+
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": 2})));
+    assert_eq!(status, 201, "{v}");
+    let clones: Vec<Sandbox> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Sandbox {
+            id: c["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned(),
+            token: c["sandbox"]["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+            url: d.url(),
+            http: d.http.clone(),
+        })
+        .collect();
+    let images = std::fs::read_dir(d.data_dir.join("images")).unwrap();
+    assert!(
+        images.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("copy-")),
+        "the fork's memory image was left behind"
+    );
+    let mut addresses = std::collections::BTreeSet::from([src_address.clone()]);
+    for c in &clones {
+        // The clone's processes carry on from the source's memory, under its own name and address,
+        // and it is told whose clone it is.
+        assert_eq!(counter(c).0, secret, "the clone's counter is not the source's process");
+        assert_eq!(served(&d, c), Some(2), "the clone's server did not keep the source's state");
+        let r = c.sh("cat /tmp/mem; hostname; echo $WARREN_FORKED_FROM $SEED");
+        assert_eq!(r.stdout, format!("in-memory\n{}\n{} 7\n", c.id, src.id), "{r:?}");
+        addresses.insert(address(c));
+    }
+    assert_eq!(addresses.len(), 3, "clones share an address: {addresses:?}");
+    // They diverge: each server counts on its own, and the source carries on.
+    assert_eq!(served(&d, &clones[0]), Some(3));
+    assert_eq!(served(&d, &clones[1]), Some(3));
+    assert_eq!(served(&d, &src), Some(2));
+    let (s, n) = counter(&src);
+    assert_eq!(s, secret);
+    wait_for("the source's counter to move", Duration::from_secs(10), || (counter(&src).1 > n).then_some(()));
+
+    // A fork of a clone.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", clones[0].id), Some(json!({})));
+    assert_eq!(status, 201, "{v}");
+    let grandchild = Sandbox {
+        id: v[0]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned(),
+        token: v[0]["sandbox"]["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+        url: d.url(),
+        http: d.http.clone(),
+    };
+    assert_eq!(counter(&grandchild).0, secret);
+    assert_eq!(served(&d, &grandchild), Some(4));
+
+    // A memory snapshot starts sandboxes with the source's processes running.
+    let (status, v) = d.api(
+        "POST",
+        &format!("/sandboxes/{}/snapshots", src.id),
+        Some(json!({"name": "native-mem-snap", "memory": true})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let from_snapshot = d.create(json!({"templateID": "native-mem-snap"}));
+    assert_eq!(counter(&from_snapshot).0, secret);
+    assert_eq!(from_snapshot.sh("hostname").stdout, format!("{}\n", from_snapshot.id));
+
+    for sb in clones.iter().chain([&grandchild, &from_snapshot, &src]) {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", sb.id), None).0, 204);
+    }
+    assert_eq!(d.api("DELETE", "/templates/native-mem-snap", None).0, 204);
+    wait_for("every layer and image to go", Duration::from_secs(30), || {
+        let empty = |dir: &str| std::fs::read_dir(d.data_dir.join(dir)).map(|rd| rd.count() == 0).unwrap_or(true);
+        (empty("images") && empty("layers/.frozen")).then_some(())
+    });
+}
+
+/// The template's memory image for native sandboxes, once its warm-up ended.
+fn template_image(d: &Daemon, id: &str) -> Option<serde_json::Value> {
+    let (status, v) = d.api("GET", &format!("/templates/{id}"), None);
+    assert_eq!(status, 200, "{v}");
+    v["memorySnapshots"].as_array()?.iter().find(|s| s["runtime"] == "native").cloned()
+}
+
+#[test]
+fn templates_with_a_start_command_start_from_a_memory_image_on_native() {
+    let root = std::path::Path::new(warren_e2e::ROOT);
+    let _ = std::fs::remove_file(root.join(format!("{NAME}-tpl/state.redb")));
+    let d = Daemon::start_with(root, &format!("{NAME}-tpl"), "[gvisor]\ntemplate_memory_snapshots = true\n");
+    // The start command notes where it ran: a sandbox restored from the image did not run it.
+    let start = "hostname > /home/user/started-in; echo x >> /home/user/starts; exec python3 -m http.server 8082";
+    let tpl = json!({"templateID": "nat-web-e2e", "from": "base", "startCmd": start,
+                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8082'", "readyTimeout": 30});
+    let (status, v) = d.api("POST", "/templates", Some(tpl));
+    assert_eq!(status, 201, "{v}");
+    // The first sandbox boots cold (and runs the start command); the image is taken meanwhile.
+    let first = d.create(json!({"templateID": "nat-web-e2e"}));
+    let img = wait_for("the template's memory image", Duration::from_secs(120), || template_image(&d, "nat-web-e2e"));
+    assert_eq!(img["status"], "ready", "{img}");
+    let sb = d.create(json!({"templateID": "nat-web-e2e"}));
+    // Its server answers at once, through the proxy and inside, and it never ran the start command.
+    let (status, _) = d.raw("GET", "/", &[("E2b-Sandbox-Id", &sb.id), ("E2b-Sandbox-Port", "8082")], b"");
+    assert_eq!(status, 200);
+    let r = sb.sh("curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8082/; cat /home/user/started-in; \
+                   wc -l < /home/user/starts; hostname");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{r:?}");
+    assert_eq!((lines[0], lines[2], lines[3]), ("200", "1", sb.id.as_str()), "{r:?}");
+    assert_ne!(lines[1], sb.id, "the start command ran in the sandbox itself: {r:?}");
+    for s in [&first, &sb] {
+        assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", s.id), None).0, 204);
+    }
+    assert_eq!(d.api("DELETE", "/templates/nat-web-e2e", None).0, 204);
+    wait_for("the template's image to go", Duration::from_secs(30), || {
+        let left = std::fs::read_dir(d.data_dir.join("images")).map(|rd| rd.count()).unwrap_or(0);
+        (left == 0).then_some(())
+    });
 }

@@ -239,6 +239,14 @@ impl SandboxCgroup {
         all
     }
 
+    /// The directory whose freezer holds the sandbox (CRIU's `--freeze-cgroup`).
+    pub fn freezer_dir(&self) -> PathBuf {
+        match &self.layout.kind {
+            Kind::V1 { freezer, .. } => self.dir(freezer),
+            Kind::V2 { root } => self.dir(root),
+        }
+    }
+
     pub fn freeze(&self) -> Result<(), RuntimeError> {
         self.set_frozen(true)
     }

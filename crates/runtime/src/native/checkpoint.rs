@@ -153,10 +153,10 @@ pub fn dir_bytes(dir: &Path) -> u64 {
     rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
-/// Saves the process tree whose init is `pid` into `dir` (emptied first). With `leave_running`
-/// the sandbox carries on afterwards (a copy for forks); otherwise CRIU ends it once saved. On
-/// failure the sandbox keeps running, as it was.
-pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, leave_running: bool) -> Result<ImageMeta, String> {
+/// Saves the process tree whose init is `pid` into `dir` (emptied first). With `copy_of` (the
+/// sandbox's freezer cgroup, which may be frozen) the sandbox carries on afterwards as it was (a
+/// copy, for forks); otherwise CRIU ends it once saved. On failure the sandbox keeps running.
+pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, copy_of: Option<&Path>) -> Result<ImageMeta, String> {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -173,8 +173,10 @@ pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, leave_running: boo
         .arg("--network-lock=nftables")
         .args(dump_mounts())
         .arg(format!("--external={log_key}"));
-    if leave_running {
-        cmd.arg("--leave-running");
+    if let Some(freezer) = copy_of {
+        // The caller froze the sandbox so that its files and its memory are copied at one instant;
+        // CRIU seizes the frozen tasks and leaves the cgroup frozen as it found it.
+        cmd.arg("--leave-running").arg("--freeze-cgroup").arg(freezer);
     }
     let out = cmd.output().map_err(|e| format!("running {}: {e}", criu.display()))?;
     if !out.status.success() {
@@ -218,6 +220,9 @@ pub struct RestoreRequest<'a> {
     /// Where CRIU writes the restored init's host pid, and its log.
     pub pidfile: &'a Path,
     pub criu_log: &'a Path,
+    /// CRIU's working directory (its statistics): the sandbox's own, since one image may be
+    /// restored many times at once.
+    pub work_dir: &'a Path,
 }
 
 /// Restores the image; returns the host pid of the restored init (re-parented to this process,
@@ -234,6 +239,8 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<i32, String> {
     let _ = fs::remove_file(req.pidfile);
     let mut cmd = common(req.criu, req.image, req.criu_log);
     cmd.arg("restore")
+        .arg("--work-dir")
+        .arg(req.work_dir)
         .arg("--restore-detached")
         .arg("--root")
         .arg(req.mountpoint)

@@ -124,6 +124,20 @@ impl NativeRuntime {
         self.cgroups.version()
     }
 
+    /// The sandbox's network link, when networking is on and it has an address.
+    fn link(&self, spec: &SandboxSpec) -> Option<network::SandboxLink> {
+        match (&self.settings.network, spec.address, self.bridge_index) {
+            (Some(n), Some(address), Some(bridge_index)) => Some(network::SandboxLink {
+                host_veth: network::host_veth(spec.id.as_str()),
+                bridge_index,
+                address,
+                prefix: n.prefix,
+                gateway: n.gateway(),
+            }),
+            _ => None,
+        }
+    }
+
     fn run_dir(&self, id: &str) -> PathBuf {
         self.settings.run_dir.join("sandboxes").join(id)
     }
@@ -170,16 +184,7 @@ impl NativeRuntime {
                 ("WARREN_AGENT_DIAL".into(), format!("{DIAL_DIR_IN_SANDBOX}/{AGENT_SOCKET}")),
                 ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ],
-            net: match (&self.settings.network, spec.address, self.bridge_index) {
-                (Some(n), Some(address), Some(bridge_index)) => Some(network::SandboxLink {
-                    host_veth: network::host_veth(id),
-                    bridge_index,
-                    address,
-                    prefix: n.prefix,
-                    gateway: n.gateway(),
-                }),
-                _ => None,
-            },
+            net: self.link(spec),
             dial_dir: Some(dial_dir),
         };
         if let Some(z) = &self.zygote {
@@ -236,7 +241,7 @@ impl Runtime for NativeRuntime {
             freeze: true,
             hibernate: self.settings.criu.is_some(),
             pause_to_disk: false,
-            memory_snapshots: false,
+            memory_snapshots: self.settings.criu.is_some(),
             filesystem_snapshots: false,
             network: self.settings.network.is_some(),
         }
@@ -427,7 +432,7 @@ impl Runtime for NativeRuntime {
         let criu = self.criu()?;
         let image = self.settings.image_root.join(id.as_str());
         let started = Instant::now();
-        let meta = checkpoint::dump(criu, handle.pid, &image, self.settings.network.is_some(), false)
+        let meta = checkpoint::dump(criu, handle.pid, &image, self.settings.network.is_some(), None)
             .map_err(|detail| RuntimeError::Checkpoint { id: id.clone(), detail })?;
         let dumped_ms = started.elapsed().as_millis() as u64;
         // The agent's log goes with the image: the restored agent carries on writing it (CRIU
@@ -444,13 +449,65 @@ impl Runtime for NativeRuntime {
 
     fn restore(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
         let image = self.settings.image_root.join(spec.id.as_str());
-        let result = self.restore_from(spec, &image);
+        let result = self.restore_from(spec, &image, false);
         if result.is_err() {
             // Keep the layer and the image: the wake can be tried again, or the sandbox killed.
             let _ = self.halt(&spec.id, None);
         }
         result
     }
+
+    fn checkpoint_copy(&self, id: &SandboxId, handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
+        let criu = self.criu()?;
+        let dir = self.copy_image(image);
+        let freezer = self.cgroups.sandbox(id.as_str()).freezer_dir();
+        let fail = |detail: String| RuntimeError::Checkpoint { id: id.clone(), detail };
+        checkpoint::dump(criu, handle.pid, &dir, self.settings.network.is_some(), Some(&freezer)).map_err(fail)?;
+        let log = self.run_dir(id.as_str()).join("agent.log");
+        if let Err(e) = fs::copy(&log, dir.join(checkpoint::AGENT_LOG)) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(fail(format!("saving its agent log: {e}")));
+        }
+        Ok(checkpoint::dir_bytes(&dir))
+    }
+
+    fn restore_copy(&self, spec: &SandboxSpec, image: &str) -> Result<Handle, RuntimeError> {
+        let result = self.restore_from(spec, &self.copy_image(image), true);
+        if result.is_err() {
+            // A clone that did not start leaves nothing behind, as a failed create.
+            let _ = self.destroy(&spec.id, None);
+        }
+        result
+    }
+
+    fn remove_image(&self, image: &str) {
+        if let Err(e) = fs::remove_dir_all(self.copy_image(image)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(image, error = %e, "removing a fork's memory image");
+            }
+        }
+    }
+
+    fn images(&self) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(&self.settings.image_root) else { return Vec::new() };
+        rd.flatten()
+            .filter(|e| e.path().join(checkpoint::META_FILE).is_file())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("copy-")).map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Sets the hostname inside a restored clone (it woke up with its source's, the source's id).
+fn set_hostname(pid: i32, name: &str) -> Result<(), String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--uts=/proc/{pid}/ns/uts"))
+        .args(["hostname", name])
+        .output()
+        .map_err(|e| format!("running nsenter (util-linux): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("setting its hostname: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
 }
 
 impl NativeRuntime {
@@ -461,8 +518,15 @@ impl NativeRuntime {
         })
     }
 
-    /// Starts the sandbox `spec` from the CRIU image `image`, on its writable layer.
-    fn restore_from(&self, spec: &SandboxSpec, image: &std::path::Path) -> Result<Handle, RuntimeError> {
+    /// Where the memory image `image` of a fork or snapshot lives.
+    fn copy_image(&self, image: &str) -> PathBuf {
+        self.settings.image_root.join(format!("copy-{image}"))
+    }
+
+    /// Starts the sandbox `spec` from the CRIU image `image`, on its writable layer. A `copy` is
+    /// another sandbox's image (a fork's clone): the clone gets its own address, hostname and
+    /// `/etc/hosts` before its network is connected.
+    fn restore_from(&self, spec: &SandboxSpec, image: &std::path::Path, copy: bool) -> Result<Handle, RuntimeError> {
         let criu = self.criu()?;
         let id = spec.id.as_str();
         let fail = |detail: String| RuntimeError::Restore { id: spec.id.clone(), detail };
@@ -475,6 +539,18 @@ impl NativeRuntime {
             pids_max: spec.pids_max,
         })?;
         let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
+        let link = self.link(spec);
+        if copy {
+            let upper = dir.join("upper");
+            chown(&upper, Some(self.settings.uid_base), Some(self.settings.uid_base))
+                .map_err(prep("writable layer", upper.clone()))?;
+            fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+                .map_err(prep("writable layer", upper.clone()))?;
+            if let (Some(net), Some(l)) = (&self.settings.network, &link) {
+                network::write_etc(net, &upper, id, l.address, self.settings.uid_base)
+                    .map_err(prep("/etc/resolv.conf and /etc/hosts", upper.join("etc")))?;
+            }
+        }
         let run = self.run_dir(id);
         let mountpoint = run.join("rootfs");
         fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
@@ -488,14 +564,19 @@ impl NativeRuntime {
         chown(&log_path, Some(self.settings.uid_base), Some(self.settings.uid_base))
             .map_err(prep("agent log", log_path.clone()))?;
         let lower: Vec<PathBuf> = spec.layers.iter().chain([&spec.template_rootfs]).cloned().collect();
-        let veth = match (self.bridge_index, spec.address) {
-            (Some(bridge), Some(_)) => {
+        let veth = match &link {
+            Some(l) => {
                 // A leftover of an earlier try would hold the names.
                 let _ = network::delete_veth(id);
-                network::create_restore_veth(id, bridge).map_err(|e| fail(format!("creating its veth pair: {e}")))?;
+                let made = if copy {
+                    network::create_detached_restore_veth(id)
+                } else {
+                    network::create_restore_veth(id, l.bridge_index)
+                };
+                made.map_err(|e| fail(format!("creating its veth pair: {e}")))?;
                 Some(network::restore_peer_veth(id))
             }
-            _ => None,
+            None => None,
         };
         let pid = checkpoint::restore(&checkpoint::RestoreRequest {
             criu,
@@ -508,11 +589,22 @@ impl NativeRuntime {
             log: &log,
             veth,
             pidfile: &run.join("restore.pid"),
-            criu_log: &image.join("restore.log"),
+            // A failed wake's log stays with the image (the run directory goes); a clone's is its
+            // own.
+            criu_log: &if copy { run.join("restore.log") } else { image.join("restore.log") },
+            work_dir: &run,
         })
         .map_err(fail)?;
         let start_time = spawn::read_start_time(pid).ok_or_else(|| fail(format!("its init {pid} vanished at once")))?;
-        debug!(sandbox = %id, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
+        if copy {
+            set_hostname(pid, id).map_err(fail)?;
+            if let Some(l) = &link {
+                network::readdress(pid, id, l)?;
+                network::attach_veth(id, l.bridge_index)
+                    .map_err(|e| fail(format!("putting its veth on the bridge: {e}")))?;
+            }
+        }
+        debug!(sandbox = %id, copy, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
         Ok(Handle {
             version: HANDLE_VERSION,
             pid,

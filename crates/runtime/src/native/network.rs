@@ -267,6 +267,81 @@ pub fn create_restore_veth(id: &str, bridge_index: u32) -> std::io::Result<()> {
     create_veth_pair(&host_veth(id), bridge_index, &restore_peer_veth(id), None)
 }
 
+/// The veth pair of a sandbox restored from another's image (a fork's clone): like
+/// [`create_restore_veth`], but the host end stays down and off the bridge, since the clone wakes
+/// up with the source's address; [`readdress`] and [`attach_veth`] follow.
+pub fn create_detached_restore_veth(id: &str) -> std::io::Result<()> {
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+    use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(restore_peer_veth(id)));
+    let mut host_msg = LinkMessage::default();
+    host_msg.attributes.push(LinkAttribute::IfName(host_veth(id)));
+    host_msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    netlink_request(RouteNetlinkMessage::NewLink(host_msg), NLM_F_CREATE | NLM_F_EXCL)
+}
+
+/// A locally administered unicast MAC address derived from the sandbox's id.
+fn mac_of(id: &str) -> String {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let b = h.to_be_bytes();
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4])
+}
+
+/// Gives a restored clone its own MAC and IP address (it woke up with its source's: on one bridge
+/// the shared MAC would send each one's frames to whichever port spoke last) and default route,
+/// from the host, inside its network namespace.
+pub fn readdress(pid: i32, id: &str, link: &SandboxLink) -> Result<(), RuntimeError> {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(net_err("running nsenter and ip (util-linux, iproute2)"))?;
+    let lines = format!(
+        "link set dev eth0 address {}\naddr flush dev eth0\naddr add {}/{} dev eth0\nroute replace default via {}\n",
+        mac_of(id),
+        link.address,
+        link.prefix,
+        link.gateway
+    );
+    child.stdin.take().expect("piped").write_all(lines.as_bytes()).map_err(net_err("writing to ip"))?;
+    let out = child.wait_with_output().map_err(net_err("running nsenter and ip"))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Network {
+            detail: format!("readdressing eth0: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(())
+}
+
+/// Puts a detached host-side veth on the bridge: enslaved while down, marked isolated, then up,
+/// so no frame passes before the port is isolated.
+pub fn attach_veth(id: &str, bridge_index: u32) -> std::io::Result<()> {
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let host = host_veth(id);
+    let set = |up: bool, controller: Option<u32>| {
+        let mut msg = LinkMessage::default();
+        msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(host.clone()));
+        if let Some(c) = controller {
+            msg.attributes.push(LinkAttribute::Controller(c));
+        }
+        netlink_request(RouteNetlinkMessage::SetLink(msg), 0)
+    };
+    set(false, Some(bridge_index))?;
+    std::fs::write(format!("/sys/class/net/{host}/brport/isolated"), "1")?;
+    set(true, None)
+}
+
 /// `host` up on the bridge, its peer `peer` in the namespace of `peer_pid` (the host's when
 /// `None`), then the bridge port marked isolated.
 fn create_veth_pair(host: &str, bridge_index: u32, peer_name: &str, peer_pid: Option<i32>) -> std::io::Result<()> {
@@ -314,6 +389,13 @@ pub fn write_etc(s: &NetworkSettings, upper: &Path, hostname: &str, addr: Ipv4Ad
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_macs_are_local_unicast_and_differ() {
+        let (a, b) = (mac_of("iaaaaaaaaaaaaaaaaaaa"), mac_of("iaaaaaaaaaaaaaaaaaab"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("02:") && a.len() == 17, "{a}");
+    }
 
     #[test]
     fn names_fit_and_the_ruleset_parses() {
