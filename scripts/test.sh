@@ -46,4 +46,5 @@ echo "== benchmark smoke run (figures in BENCHMARKS.md come from a full run)"
 cargo build --release --locked -p warren-bench
 target/release/warren-bench --root /var/lib/warren-e2e --iterations 5 --out target/bench-smoke.json \
     --sdk-python target/e2b-venv/bin/python --sustain-secs 3 --density 50 --claims-per-client 2 --fork-count 20 --proxy-secs 2 --server-iterations 0 --gvisor-mib 32 \
+    --native-fork-count 10 --native-fork-mib 16 \
     --memory-docs 3000 --memory-queries 50

@@ -35,6 +35,7 @@ use warren_e2e::Daemon;
 
 mod gvisor;
 mod memory;
+mod native_memory;
 mod proxy;
 
 #[derive(Parser)]
@@ -73,6 +74,12 @@ struct Args {
     /// MiB of touched memory in the gVisor pause/wake measurement (0 skips the gVisor runs).
     #[arg(long, default_value_t = 256)]
     gvisor_mib: u64,
+    /// Clones in the native memory fork (CRIU), and the template-from-memory runs (0 skips both).
+    #[arg(long, default_value_t = 100)]
+    native_fork_count: usize,
+    /// MiB of touched memory in the source of the native memory fork.
+    #[arg(long, default_value_t = 64)]
+    native_fork_mib: u64,
     /// Records in the memory store measurement (0 skips it).
     #[arg(long, default_value_t = 0)]
     memory_docs: usize,
@@ -248,6 +255,10 @@ fn main() -> Result<()> {
         0 => None,
         mib => Some(gvisor::measure(&daemon, &args.root, &bundle, n, mib)?),
     };
+    let native_mem = match args.native_fork_count {
+        0 => None,
+        clones => Some(native_memory::measure(&daemon, &args.root, n, clones, args.native_fork_mib)?),
+    };
 
     let mem = memory_run(&args)?;
     let report = json!({
@@ -273,6 +284,7 @@ fn main() -> Result<()> {
         "fork": forked,
         "template_server_ready": server,
         "gvisor": gv,
+        "native_memory": native_mem,
         "host": host_info(),
     });
     println!("{:<40} {:>8} {:>10} {:>10}", "measurement", "samples", "p50 ms", "p99 ms");
@@ -303,8 +315,22 @@ fn main() -> Result<()> {
             rows.extend([&n.pause, &n.wake]);
         }
     }
+    if let Some(m) = &native_mem {
+        rows.extend([&m.server_cold, &m.server_from_memory]);
+    }
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
+    }
+    if let Some(m) = &native_mem {
+        let f = &m.fork;
+        println!(
+            "native fork {} clones in memory mode ({} MiB touched): call {:.0} ms, all answered an exec after {:.0} ms; PSS {:.1} MiB per clone (source {:.1} MiB)",
+            f.clones, f.touched_mib, f.call_ms, f.all_answer_ms, f.clone_pss_mib, f.source_pss_mib
+        );
+        println!(
+            "native server template: create -> 200 p50 {:.1} ms from its memory image (taken in {} ms) vs {:.1} ms cold",
+            m.server_from_memory.p50_ms, m.server_image_took_ms, m.server_cold.p50_ms
+        );
     }
     if let Some(g) = &gv {
         println!(
@@ -460,7 +486,8 @@ struct Fork {
     all_answer_ms: f64,
 }
 
-/// Forks `count` clones of a sandbox with some files in it, then execs in each (in parallel).
+/// Forks `count` clones of a sandbox with some files in it in filesystem mode, then execs in each
+/// (in parallel).
 fn fork_many(d: &Daemon, count: usize) -> Result<Fork> {
     let src = d.create(json!({"templateID": "base", "timeout": 600}));
     let r = src.sh("mkdir -p /home/user/work && seq 1 100000 > /home/user/work/data && echo ok");
@@ -468,8 +495,11 @@ fn fork_many(d: &Daemon, count: usize) -> Result<Fork> {
         bail!("preparing the fork source: {r:?}");
     }
     let t = Instant::now();
-    let (status, v) =
-        d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": count, "timeout": 600})));
+    let (status, v) = d.api(
+        "POST",
+        &format!("/sandboxes/{}/fork", src.id),
+        Some(json!({"count": count, "timeout": 600, "memory": false})),
+    );
     let fork_call = t.elapsed();
     if status != 201 {
         bail!("fork answered {status}: {v}");

@@ -265,6 +265,23 @@ fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
     assert_eq!(counter(&grandchild).0, secret);
     assert_eq!(served(&d, &grandchild), Some(4));
 
+    // A fork of the files only starts fresh processes on them.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": 1, "memory": false})));
+    assert_eq!(status, 201, "{v}");
+    let files_only = Sandbox {
+        id: v[0]["sandbox"]["sandboxID"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned(),
+        token: v[0]["sandbox"]["envdAccessToken"].as_str().unwrap_or_default().to_owned(),
+        url: d.url(),
+        http: d.http.clone(),
+    };
+    assert_eq!(
+        files_only.sh("pgrep -x python3 || echo none; cat /tmp/mem 2>/dev/null || echo no-tmp").stdout,
+        "none
+no-tmp
+"
+    );
+    assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", files_only.id), None).0, 204);
+
     // A memory snapshot starts sandboxes with the source's processes running.
     let (status, v) = d.api(
         "POST",

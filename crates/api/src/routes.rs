@@ -639,6 +639,8 @@ async fn network_update(
 struct ForkBody {
     timeout: Option<u64>,
     count: Option<u32>,
+    /// A Warren extension: `false` forks the files only (clones start fresh processes, faster).
+    memory: Option<bool>,
 }
 
 /// `POST /sandboxes/{id}/fork`: 201 with one entry per clone, `{sandbox}` or `{error}`, as E2B
@@ -651,7 +653,7 @@ async fn fork(
 ) -> Result<Response, ApiError> {
     let req: ForkBody = json_body(body, true).await?;
     st.engine.touch(&id);
-    let results = st.engine.fork(&c.team, &id, req.count.unwrap_or(1), req.timeout).await?;
+    let results = st.engine.fork(&c.team, &id, req.count.unwrap_or(1), req.timeout, req.memory).await?;
     let out: Vec<serde_json::Value> = results
         .into_iter()
         .map(|r| match r {

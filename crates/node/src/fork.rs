@@ -34,6 +34,7 @@ impl Engine {
         id: &str,
         count: u32,
         timeout_secs: Option<u64>,
+        memory: Option<bool>,
     ) -> Result<Vec<Result<SandboxRecord, NodeError>>, NodeError> {
         let lim = &self.cfg.sandbox;
         if count == 0 || count > lim.max_fork_count {
@@ -53,8 +54,24 @@ impl Engine {
             });
         }
         self.template_stack(&src.template_id)?;
-        let memory = src.state == SandboxState::Running
-            && self.runtime.backend_capabilities(Some(&src.runtime)).is_some_and(|c| c.memory_snapshots);
+        let can = self.runtime.backend_capabilities(Some(&src.runtime)).is_some_and(|c| c.memory_snapshots);
+        if memory == Some(true) && !can {
+            return Err(NodeError::Unsupported {
+                detail: format!(
+                    "runtime {} cannot copy a sandbox's memory on this host (native needs a working CRIU; the \
+                     daemon's start-up log says why): fork with \"memory\": false to copy the files only",
+                    src.runtime
+                ),
+            });
+        }
+        if memory == Some(true) && src.state != SandboxState::Running {
+            return Err(NodeError::Conflict {
+                id: src.id.to_string(),
+                state: "paused",
+                action: "forking it with its memory (resume it first, or fork with \"memory\": false)",
+            });
+        }
+        let memory = src.state == SandboxState::Running && can && memory != Some(false);
         let (layer, image) = self.freeze_for_fork(&src.id, memory).await?;
         let mut layers = vec![layer.clone()];
         layers.extend(src.layers.iter().cloned());

@@ -1,0 +1,146 @@
+//! Memory snapshots of native sandboxes (CRIU): a fork of many clones from one running sandbox
+//! holding touched memory, and a template whose start command launched a server, created from
+//! its memory image against booted cold. (Memory pauses and wakes are measured beside gVisor's,
+//! in `gvisor.rs`.)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use serde_json::json;
+use warren_e2e::Daemon;
+
+use crate::{series, Series};
+
+#[derive(Serialize)]
+pub struct NativeMemory {
+    pub fork: NativeFork,
+    /// Create → the template's server answers a request through the proxy, booted cold (the start
+    /// command and ready check run) and restored from the template's memory image.
+    pub server_cold: Series,
+    pub server_from_memory: Series,
+    pub server_image_took_ms: u64,
+}
+
+/// A fork of `clones` copies of a sandbox holding `touched_mib` in a Python process: the call,
+/// and until every clone answered an exec with the source's process still there; memory on the
+/// host (PSS of every process in the cgroup).
+#[derive(Serialize)]
+pub struct NativeFork {
+    pub touched_mib: u64,
+    pub clones: usize,
+    pub call_ms: f64,
+    pub all_answer_ms: f64,
+    pub source_pss_mib: f64,
+    pub clone_pss_mib: f64,
+}
+
+/// A Python process holding `mib` MiB of random bytes (incompressible, like real state).
+fn holder(mib: u64) -> String {
+    format!(
+        "python3 -c \"import os,time; b=os.urandom({mib}<<20); open('/tmp/ready','w').write('1'); time.sleep(1e9)\""
+    )
+}
+
+/// PSS of the processes of native sandbox `id` (found in any daemon's memory cgroup).
+fn pss_mib(id: &str) -> f64 {
+    let Ok(parents) = std::fs::read_dir("/sys/fs/cgroup/memory") else { return 0.0 };
+    let procs = parents.flatten().map(|p| p.path().join(id).join("cgroup.procs")).find(|p| p.is_file());
+    let Some(procs) = procs else { return 0.0 };
+    let mut kib = 0u64;
+    for pid in std::fs::read_to_string(procs).unwrap_or_default().split_whitespace() {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        kib += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    kib as f64 / 1024.0
+}
+
+pub fn measure(d: &Daemon, root: &Path, n: usize, clones: usize, touched_mib: u64) -> Result<NativeMemory> {
+    let fork = fork(d, clones, touched_mib)?;
+    let (server_cold, server_from_memory, server_image_took_ms) = server(d, root, n)?;
+    Ok(NativeMemory { fork, server_cold, server_from_memory, server_image_took_ms })
+}
+
+fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
+    let src = d.create(json!({"templateID": "base", "memoryMB": mib * 2 + 256, "timeout": 900}));
+    src.sh(&format!("({} >/dev/null 2>&1 &)", holder(mib)));
+    warren_e2e::wait_for("the memory holder", Duration::from_secs(120), || {
+        (src.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
+    });
+    let source_pss_mib = pss_mib(&src.id);
+    let t = Instant::now();
+    let (s, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": clones, "timeout": 600})));
+    let call = t.elapsed();
+    let forked = crate::fork_clones(d, &v);
+    let answered = forked.iter().all(|c| c.sh("pgrep -c python3").stdout.trim() == "1");
+    let all = t.elapsed();
+    let per_clone: Vec<f64> = forked.iter().map(|c| pss_mib(&c.id)).collect();
+    for c in forked.iter().chain([&src]) {
+        d.api("DELETE", &format!("/sandboxes/{}", c.id), None);
+    }
+    if s != 201 || forked.len() != clones || !answered {
+        bail!("native memory fork of {clones}: {s} {v}");
+    }
+    Ok(NativeFork {
+        touched_mib: mib,
+        clones,
+        call_ms: call.as_secs_f64() * 1e3,
+        all_answer_ms: all.as_secs_f64() * 1e3,
+        source_pss_mib,
+        clone_pss_mib: per_clone.iter().sum::<f64>() / per_clone.len().max(1) as f64,
+    })
+}
+
+/// Create → the server of a template with a start command answers through the proxy: on `d`
+/// (no template images: the start command runs at boot) and on a daemon that restores the
+/// template's memory image.
+fn server(d: &Daemon, root: &Path, n: usize) -> Result<(Series, Series, u64)> {
+    let tpl = json!({"templateID": "bench-nat-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
+                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
+    let (status, v) = d.api("POST", "/templates", Some(tpl));
+    if status != 201 {
+        bail!("deriving the server template: {status} {v}");
+    }
+    let measure = |d: &Daemon| -> Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n + 1 {
+            let t = Instant::now();
+            let sb = d.create(json!({"templateID": "bench-nat-web"}));
+            let (status, _) = d.raw("GET", "/", &[("E2b-Sandbox-Id", &sb.id), ("E2b-Sandbox-Port", "8080")], b"");
+            samples.push(t.elapsed());
+            d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+            if status != 200 {
+                bail!("the template's server answered {status}");
+            }
+        }
+        samples.remove(0);
+        Ok(samples)
+    };
+    let cold = measure(d);
+    let _ = std::fs::remove_file(root.join("bench-nat/state.redb"));
+    let warm_daemon = Daemon::start_with(root, "bench-nat", "[gvisor]\ntemplate_memory_snapshots = true\n");
+    let warm = (|| {
+        let img = warren_e2e::wait_for("the template's memory image", Duration::from_secs(180), || {
+            let (_, v) = warm_daemon.api("GET", "/templates/bench-nat-web", None);
+            v["memorySnapshots"].as_array().and_then(|a| a.iter().find(|s| s["runtime"] == "native").cloned())
+        });
+        if img["status"] != "ready" {
+            bail!("the template's memory image: {img}");
+        }
+        Ok((measure(&warm_daemon)?, img["tookMs"].as_u64().unwrap_or(0)))
+    })();
+    warm_daemon.api("DELETE", "/templates/bench-nat-web", None);
+    warm_daemon.kill9();
+    d.api("DELETE", "/templates/bench-nat-web", None);
+    let (cold, (warm, took)) = (cold?, warm?);
+    Ok((
+        series("native server template: create -> 200 (cold)", cold),
+        series("native from template memory image: -> 200", warm),
+        took,
+    ))
+}
