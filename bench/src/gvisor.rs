@@ -203,7 +203,8 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     let forks = vec![fork_big, fork_small?];
 
     let native = native_memory(d, rounds, touched_mib)?;
-    let (server_cold, server_from_memory, server_image_took_ms) = server_ready(d, root, n)?;
+    let (server_cold, server_from_memory, server_image_took_ms) =
+        crate::template_server::measure(d, root, n, "gvisor")?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
         runsc_run: direct.run,
@@ -287,58 +288,6 @@ fn sandbox_pss_mib(id: &str) -> Result<f64> {
             .unwrap_or(0);
     }
     Ok(kib as f64 / 1024.0)
-}
-
-/// Cold on `d` (its daemon takes no template images), then restored from the template's memory
-/// image on a second daemon whose default runtime is gVisor (it takes the image at start).
-fn server_ready(d: &Daemon, root: &Path, n: usize) -> Result<(Series, Series, u64)> {
-    let tpl = json!({"templateID": "bench-gv-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
-                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
-    let (status, v) = d.api("POST", "/templates", Some(tpl));
-    if status != 201 {
-        bail!("deriving the server template: {status} {v}");
-    }
-    let ask = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/').status)\"";
-    let measure = |d: &Daemon| -> Result<Vec<Duration>> {
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n + 1 {
-            let t = Instant::now();
-            let sb = d.create(json!({"templateID": "bench-gv-web", "runtime": "gvisor"}));
-            let r = sb.sh(ask);
-            samples.push(t.elapsed());
-            d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
-            if r.stdout.trim() != "200" {
-                bail!("the template's server answered {r:?}");
-            }
-        }
-        samples.remove(0);
-        Ok(samples)
-    };
-    let cold = measure(d);
-    let _ = std::fs::remove_file(root.join("bench-gv/state.redb"));
-    let warm_daemon = Daemon::start_with(
-        root,
-        "bench-gv",
-        "default_runtime = \"gvisor\"\n[gvisor]\ntemplate_memory_snapshots = true\n[network]\nenabled = false\n",
-    );
-    let warm = (|| {
-        let img = warren_e2e::wait_for("the template's memory image", Duration::from_secs(180), || {
-            let (_, v) = warm_daemon.api("GET", "/templates/bench-gv-web", None);
-            v["memorySnapshots"].as_array().and_then(|a| a.iter().find(|s| s["runtime"] == "gvisor").cloned())
-        });
-        if img["status"] != "ready" {
-            bail!("the template's memory image: {img}");
-        }
-        Ok((measure(&warm_daemon)?, img["tookMs"].as_u64().unwrap_or(0)))
-    })();
-    warm_daemon.api("DELETE", "/templates/bench-gv-web", None);
-    d.api("DELETE", "/templates/bench-gv-web", None);
-    let (cold, (warm, took)) = (cold?, warm?);
-    Ok((
-        series("gvisor server template: create -> 200", cold),
-        series("gvisor from template memory image: -> 200", warm),
-        took,
-    ))
 }
 
 /// `runsc` on the crun baseline's bundle (same root filesystem, same limits), with the flags

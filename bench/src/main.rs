@@ -37,6 +37,7 @@ mod gvisor;
 mod memory;
 mod native_memory;
 mod proxy;
+mod template_server;
 
 #[derive(Parser)]
 struct Args {
@@ -109,7 +110,7 @@ struct Series {
     mean_ms: f64,
 }
 
-fn series(name: &str, mut d: Vec<Duration>) -> Series {
+pub(crate) fn series(name: &str, mut d: Vec<Duration>) -> Series {
     d.sort();
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
     let pct = |p: f64| ms(d[((d.len() as f64 - 1.0) * p).round() as usize]);

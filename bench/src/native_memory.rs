@@ -62,7 +62,8 @@ fn pss_mib(id: &str) -> f64 {
 
 pub fn measure(d: &Daemon, root: &Path, n: usize, clones: usize, touched_mib: u64) -> Result<NativeMemory> {
     let fork = fork(d, clones, touched_mib)?;
-    let (server_cold, server_from_memory, server_image_took_ms) = server(d, root, n)?;
+    let (server_cold, server_from_memory, server_image_took_ms) =
+        crate::template_server::measure(d, root, n, "native")?;
     Ok(NativeMemory { fork, server_cold, server_from_memory, server_image_took_ms })
 }
 
@@ -94,53 +95,4 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
         source_pss_mib,
         clone_pss_mib: per_clone.iter().sum::<f64>() / per_clone.len().max(1) as f64,
     })
-}
-
-/// Create → the server of a template with a start command answers through the proxy: on `d`
-/// (no template images: the start command runs at boot) and on a daemon that restores the
-/// template's memory image.
-fn server(d: &Daemon, root: &Path, n: usize) -> Result<(Series, Series, u64)> {
-    let tpl = json!({"templateID": "bench-nat-web", "from": "base", "startCmd": "exec python3 -m http.server 8080",
-                     "readyCmd": "bash -c '</dev/tcp/127.0.0.1/8080'", "readyTimeout": 30});
-    let (status, v) = d.api("POST", "/templates", Some(tpl));
-    if status != 201 {
-        bail!("deriving the server template: {status} {v}");
-    }
-    let measure = |d: &Daemon| -> Result<Vec<Duration>> {
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n + 1 {
-            let t = Instant::now();
-            let sb = d.create(json!({"templateID": "bench-nat-web"}));
-            let (status, _) = d.raw("GET", "/", &[("E2b-Sandbox-Id", &sb.id), ("E2b-Sandbox-Port", "8080")], b"");
-            samples.push(t.elapsed());
-            d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
-            if status != 200 {
-                bail!("the template's server answered {status}");
-            }
-        }
-        samples.remove(0);
-        Ok(samples)
-    };
-    let cold = measure(d);
-    let _ = std::fs::remove_file(root.join("bench-nat/state.redb"));
-    let warm_daemon = Daemon::start_with(root, "bench-nat", "[gvisor]\ntemplate_memory_snapshots = true\n");
-    let warm = (|| {
-        let img = warren_e2e::wait_for("the template's memory image", Duration::from_secs(180), || {
-            let (_, v) = warm_daemon.api("GET", "/templates/bench-nat-web", None);
-            v["memorySnapshots"].as_array().and_then(|a| a.iter().find(|s| s["runtime"] == "native").cloned())
-        });
-        if img["status"] != "ready" {
-            bail!("the template's memory image: {img}");
-        }
-        Ok((measure(&warm_daemon)?, img["tookMs"].as_u64().unwrap_or(0)))
-    })();
-    warm_daemon.api("DELETE", "/templates/bench-nat-web", None);
-    warm_daemon.kill9();
-    d.api("DELETE", "/templates/bench-nat-web", None);
-    let (cold, (warm, took)) = (cold?, warm?);
-    Ok((
-        series("native server template: create -> 200 (cold)", cold),
-        series("native from template memory image: -> 200", warm),
-        took,
-    ))
 }

@@ -1002,24 +1002,7 @@ impl Engine {
     /// only in place (native without CRIU) refuses with what to do instead.
     #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn pause_with_memory(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
-        let lock = self.op_lock(id);
-        let _serial = lock.lock().await;
-        let t0 = std::time::Instant::now();
-        let rec = self.get(id)?;
-        if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
-            return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
-        }
-        if !self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.hibernate) {
-            return Err(NodeError::Unsupported {
-                detail: format!(
-                    "runtime {} cannot save a sandbox's memory to disk on this host (no working CRIU; the \
-                     daemon's start-up log says why): pause without \"memory\" to freeze it in place, or create \
-                     it with runtime \"gvisor\"",
-                    rec.runtime
-                ),
-            });
-        }
-        self.checkpoint_locked(rec, reason, t0).await
+        self.pause_as(id, reason, true).await
     }
 
     /// Pauses to disk (E2B's filesystem mode, `memory: false`): every process ends and its memory
@@ -1203,6 +1186,12 @@ impl Engine {
     /// [`Engine::pause`], logging why (`requested`, `timeout`, `idle`).
     #[instrument(skip_all, fields(sandbox = %id))]
     pub async fn pause_because(&self, id: &str, reason: &str) -> Result<SandboxRecord, NodeError> {
+        self.pause_as(id, reason, false).await
+    }
+
+    /// A pause: in place, or with the memory saved to disk when `to_disk` is asked or the runtime
+    /// has no cheap frozen state.
+    async fn pause_as(&self, id: &str, reason: &str, to_disk: bool) -> Result<SandboxRecord, NodeError> {
         let lock = self.op_lock(id);
         let _serial = lock.lock().await;
         let t0 = std::time::Instant::now();
@@ -1210,7 +1199,18 @@ impl Engine {
         if matches!(rec.state, SandboxState::Paused | SandboxState::Hibernated) {
             return Err(NodeError::Conflict { id: id.into(), state: "already paused", action: "pausing it" });
         }
-        if self.runtime.backend_capabilities(Some(&rec.runtime)).is_some_and(|c| c.pause_to_disk) {
+        let caps = self.runtime.backend_capabilities(Some(&rec.runtime));
+        if to_disk && !caps.is_some_and(|c| c.hibernate) {
+            return Err(NodeError::Unsupported {
+                detail: format!(
+                    "runtime {} cannot save a sandbox's memory to disk on this host (no working CRIU; the \
+                     daemon's start-up log says why): pause without \"memory\" to freeze it in place, or create \
+                     it with runtime \"gvisor\"",
+                    rec.runtime
+                ),
+            });
+        }
+        if to_disk || caps.is_some_and(|c| c.pause_to_disk) {
             return self.checkpoint_locked(rec, reason, t0).await;
         }
         let next = transition(rec.state, &SandboxEvent::Pause)?;

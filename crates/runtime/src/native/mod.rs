@@ -124,6 +124,34 @@ impl NativeRuntime {
         self.cgroups.version()
     }
 
+    /// The upper layer's root becomes the sandbox's `/`: owned by the sandbox's root, mode 0755,
+    /// with its `/etc/resolv.conf` and `/etc/hosts` (with networking).
+    fn prepare_upper(&self, spec: &SandboxSpec, upper: &std::path::Path) -> Result<(), RuntimeError> {
+        let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
+        let owner = Some(self.settings.uid_base);
+        chown(upper, owner, owner).map_err(prep("writable layer", upper.to_path_buf()))?;
+        fs::set_permissions(upper, fs::Permissions::from_mode(0o755))
+            .map_err(prep("writable layer", upper.to_path_buf()))?;
+        if let (Some(net), Some(addr)) = (&self.settings.network, spec.address) {
+            network::write_etc(net, upper, spec.id.as_str(), addr, self.settings.uid_base)
+                .map_err(prep("/etc/resolv.conf and /etc/hosts", upper.join("etc")))?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox's run directory with its root's mount point and its dial directory (the agent
+    /// dials the daemon there, see `spawn::DIAL_DIR_IN_SANDBOX`; the engine listens on the socket
+    /// once the sandbox is up). Returns the three.
+    fn prepare_run_dir(&self, id: &str) -> Result<(PathBuf, PathBuf, PathBuf), RuntimeError> {
+        let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
+        let run = self.run_dir(id);
+        let mountpoint = run.join("rootfs");
+        fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
+        let dial_dir = run.join("dial");
+        fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        Ok((run, mountpoint, dial_dir))
+    }
+
     /// The sandbox's network link, when networking is on and it has an address.
     fn link(&self, spec: &SandboxSpec) -> Option<network::SandboxLink> {
         match (&self.settings.network, spec.address, self.bridge_index) {
@@ -147,23 +175,8 @@ impl NativeRuntime {
         let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
         let upper = project_dir.join("upper");
         let work = project_dir.join("work");
-        // The upper layer's root becomes the sandbox's `/`: owned by the sandbox's root, mode 0755.
-        chown(&upper, Some(self.settings.uid_base), Some(self.settings.uid_base))
-            .map_err(prep("writable layer", upper.clone()))?;
-        fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
-            .map_err(prep("writable layer", upper.clone()))?;
-        if let (Some(net), Some(addr)) = (&self.settings.network, spec.address) {
-            network::write_etc(net, &upper, id, addr, self.settings.uid_base)
-                .map_err(prep("/etc/resolv.conf and /etc/hosts", upper.join("etc")))?;
-        }
-
-        let run = self.run_dir(id);
-        let mountpoint = run.join("rootfs");
-        fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
-        // The agent dials the daemon through this directory (see `spawn::DIAL_DIR_IN_SANDBOX`);
-        // the engine listens on the socket once the sandbox is up.
-        let dial_dir = run.join("dial");
-        fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        self.prepare_upper(spec, &upper)?;
+        let (run, mountpoint, dial_dir) = self.prepare_run_dir(id)?;
         let socket = dial_dir.join(AGENT_SOCKET);
         let log_path = run.join("agent.log");
         let log = fs::File::create(&log_path).map_err(prep("agent log", log_path.clone()))?;
@@ -541,21 +554,10 @@ impl NativeRuntime {
         let (dir, project) = self.layers.create(id, spec.disk_mb * 1024 * 1024)?;
         let link = self.link(spec);
         if copy {
-            let upper = dir.join("upper");
-            chown(&upper, Some(self.settings.uid_base), Some(self.settings.uid_base))
-                .map_err(prep("writable layer", upper.clone()))?;
-            fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
-                .map_err(prep("writable layer", upper.clone()))?;
-            if let (Some(net), Some(l)) = (&self.settings.network, &link) {
-                network::write_etc(net, &upper, id, l.address, self.settings.uid_base)
-                    .map_err(prep("/etc/resolv.conf and /etc/hosts", upper.join("etc")))?;
-            }
+            // A clone's own layer is empty: its root and its name and address files, as a boot's.
+            self.prepare_upper(spec, &dir.join("upper"))?;
         }
-        let run = self.run_dir(id);
-        let mountpoint = run.join("rootfs");
-        fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
-        let dial_dir = run.join("dial");
-        fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        let (run, mountpoint, dial_dir) = self.prepare_run_dir(id)?;
         let log_path = run.join("agent.log");
         fs::copy(image.join(checkpoint::AGENT_LOG), &log_path)
             .map_err(|e| fail(format!("its image holds no agent log ({e}); the image is incomplete")))?;

@@ -235,6 +235,19 @@ fn mount_at(
     })
 }
 
+/// Binds `source` on `target` read-only, nosuid and nodev (recursively, and noexec, when asked).
+fn bind_read_only(source: &Path, target: &Path, recursive: bool, noexec: bool) -> Result<(), String> {
+    let src = source.display().to_string();
+    let bind = if recursive { MsFlags::MS_BIND | MsFlags::MS_REC } else { MsFlags::MS_BIND };
+    mount_at(Some(&src), target, None, bind, None)?;
+    let mut flags =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    mount_at(None, target, None, flags, None)
+}
+
 fn ensure_dir(p: &Path) -> Result<(), String> {
     match fs::create_dir_all(p) {
         Ok(()) => Ok(()),
@@ -295,34 +308,13 @@ fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
     let agent = root.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
     ensure_dir(agent.parent().expect("agent path has a parent"))?;
     ensure_file(&agent)?;
-    let src = req.agent_binary.display().to_string();
-    mount_at(Some(&src), &agent, None, MsFlags::MS_BIND, None)?;
-    mount_at(
-        None,
-        &agent,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
+    bind_read_only(&req.agent_binary, &agent, false, false)?;
     if let Some(dial) = &req.dial_dir {
         let target = root.join(DIAL_DIR_IN_SANDBOX.trim_start_matches('/'));
         ensure_dir(&target)?;
-        let src = dial.display().to_string();
-        mount_at(Some(&src), &target, None, MsFlags::MS_BIND, None)?;
         // Connecting to a socket needs no write access to its file system: read-only keeps the
         // sandbox from putting anything there.
-        mount_at(
-            None,
-            &target,
-            None,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None,
-        )?;
+        bind_read_only(dial, &target, false, true)?;
     }
     ensure_dir(&root.join("proc"))?;
     Ok(())
@@ -391,20 +383,7 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
     for p in ["bus", "fs", "irq", "sys"] {
         let target = root.join("proc").join(p);
         if target.is_dir() {
-            let s = target.display().to_string();
-            mount_at(Some(&s), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-            mount_at(
-                None,
-                &target,
-                None,
-                MsFlags::MS_BIND
-                    | MsFlags::MS_REMOUNT
-                    | MsFlags::MS_RDONLY
-                    | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
-                    | MsFlags::MS_NOEXEC,
-                None,
-            )?;
+            bind_read_only(&target, &target, true, true)?;
         }
     }
 
