@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 use warren_e2e::Daemon;
 
-use crate::{series, Series};
+use crate::Series;
 
 #[derive(Serialize)]
 pub struct NativeMemory {

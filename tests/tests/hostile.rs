@@ -80,6 +80,10 @@ fn privileged_operations_fail_with_the_expected_errors_as_user_and_root() {
         );
         assert_eq!(p(&libc_call("libc.syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)")), "EPERM", "{user}: reboot");
     }
+    // The daemon's socket for the agent is the sandbox root's alone: no other user inside can
+    // take the agent's place and be handed its requests.
+    let dial = "attempt(lambda: socket.socket(socket.AF_UNIX).connect('/.warren/dial/agent.sock'))";
+    assert_eq!(probe(&sb, "user", &format!("{ERRNO}{dial}")), "EACCES");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
 

@@ -149,6 +149,12 @@ impl NativeRuntime {
         fs::create_dir_all(&mountpoint).map_err(prep("mount point", mountpoint.clone()))?;
         let dial_dir = run.join("dial");
         fs::create_dir_all(&dial_dir).map_err(prep("dial directory", dial_dir.clone()))?;
+        // The sandbox's root alone may reach the daemon's socket: another user inside connecting
+        // there would be handed requests meant for the agent (commands to run as root).
+        let owner = Some(self.settings.uid_base);
+        chown(&dial_dir, owner, owner).map_err(prep("dial directory", dial_dir.clone()))?;
+        fs::set_permissions(&dial_dir, fs::Permissions::from_mode(0o700))
+            .map_err(prep("dial directory", dial_dir.clone()))?;
         Ok((run, mountpoint, dial_dir))
     }
 
