@@ -18,7 +18,12 @@ fn info(d: &Daemon, id: &str) -> serde_json::Value {
 }
 
 fn cgroup(id: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/cgroup/memory/warren-e2e-{NAME}")).join(id)
+    cgroup_of(NAME, id)
+}
+
+/// The memory cgroup of sandbox `id` of the test daemon named `daemon`.
+fn cgroup_of(daemon: &str, id: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/cgroup/memory/warren-e2e-{daemon}")).join(id)
 }
 
 /// A Python process that holds a random secret in memory and counts in a file, and a Python
@@ -69,7 +74,11 @@ fn served(d: &Daemon, sb: &Sandbox) -> Option<u64> {
 
 /// The nftables ruleset of the sandbox's network namespace, read from the host.
 fn sandbox_ruleset(id: &str) -> String {
-    let procs = std::fs::read_to_string(cgroup(id).join("cgroup.procs")).unwrap_or_default();
+    sandbox_ruleset_of(NAME, id)
+}
+
+fn sandbox_ruleset_of(daemon: &str, id: &str) -> String {
+    let procs = std::fs::read_to_string(cgroup_of(daemon, id).join("cgroup.procs")).unwrap_or_default();
     let pid = procs.lines().next().unwrap_or_else(|| panic!("sandbox {id} has no process"));
     let out = std::process::Command::new("nsenter")
         .args([format!("--net=/proc/{pid}/ns/net").as_str(), "nft", "list", "ruleset"])
@@ -215,6 +224,9 @@ fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
         sb.sh("python3 -c 'import socket; print(socket.gethostbyname(socket.gethostname()))'").stdout.trim().to_owned()
     };
     let src_address = address(&src);
+    let (status, v) =
+        d.api("PUT", &format!("/sandboxes/{}/network", src.id), Some(json!({"denyOut": ["10.124.0.0/16"]})));
+    assert_eq!(status, 204, "{v}");
 
     let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": 2})));
     assert_eq!(status, 201, "{v}");
@@ -243,6 +255,13 @@ fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
         let r = c.sh("cat /tmp/mem; hostname; echo $WARREN_FORKED_FROM $SEED");
         assert_eq!(r.stdout, format!("in-memory\n{}\n{} 7\n", c.id, src.id), "{r:?}");
         addresses.insert(address(c));
+        assert!(
+            sandbox_ruleset_of(&format!("{NAME}-fork"), &c.id).contains("10.124.0.0/16"),
+            "the clone lost its source's egress rules"
+        );
+        // Nothing of the source's address stays on the clone's eth0 (it carried it while restored).
+        let own = c.sh("grep -B1 '/32 host' /proc/net/fib_trie | grep -o '10\\.[0-9.]*' | sort -u | wc -l").stdout;
+        assert_eq!(own.trim(), "1", "the clone holds more than its own address");
     }
     assert_eq!(addresses.len(), 3, "clones share an address: {addresses:?}");
     // They diverge: each server counts on its own, and the source carries on.

@@ -78,6 +78,11 @@ impl Egress {
     fn targets(list: &[String]) -> Vec<(Ipv4Addr, u8)> {
         list.iter().filter_map(|s| parse_target("egress", s).ok()).collect()
     }
+
+    /// The policy as the runtime applies it.
+    pub(crate) fn rules(&self) -> warren_runtime::EgressRules {
+        warren_runtime::EgressRules { allow: Self::targets(&self.allow), deny: Self::targets(&self.deny) }
+    }
 }
 
 impl Engine {

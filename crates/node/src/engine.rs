@@ -487,7 +487,7 @@ impl Engine {
         }
         self.template_stack(&shape.template_id)?;
         let t_cold = std::time::Instant::now();
-        let (rec, watch) = self.boot(&shape, pool, &[]).await?;
+        let (rec, watch) = self.boot(&shape, pool, &[], egress.as_ref()).await?;
         let rec = self.start_booted(rec, watch, req, timeout, egress, "sandbox created").await?;
         self.telemetry.cold_create_seconds.observe(t_cold.elapsed().as_secs_f64());
         Ok(rec)
@@ -576,9 +576,10 @@ impl Engine {
         shape: &Shape,
         pool: Option<String>,
         layers: &[String],
+        egress: Option<&crate::egress::Egress>,
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         if !layers.is_empty() {
-            return self.boot_from(shape, pool, layers, None).await;
+            return self.boot_from(shape, pool, layers, None, egress).await;
         }
         // A memory snapshot's sandboxes on its runtime start from its memory image.
         let image = self
@@ -586,20 +587,20 @@ impl Engine {
             .filter(|s| s.runtime.as_deref() == Some(shape.runtime.as_str()))
             .and_then(|s| s.memory_image);
         if image.is_some() {
-            return self.boot_from(shape, pool, layers, image.as_deref()).await;
+            return self.boot_from(shape, pool, layers, image.as_deref(), egress).await;
         }
         // So do a template's, once its start command has run and its image was taken.
         let Some(img) = self.template_image(&shape.template_id, &shape.runtime) else {
             self.want_template_image(&shape.template_id, &shape.runtime);
-            return self.boot_from(shape, pool, layers, None).await;
+            return self.boot_from(shape, pool, layers, None, egress).await;
         };
-        match self.boot_from(shape, pool.clone(), &img.layers, Some(&img.memory_image)).await {
+        match self.boot_from(shape, pool.clone(), &img.layers, Some(&img.memory_image), egress).await {
             Ok(booted) => Ok(booted),
             // A damaged image costs the speed-up, not the sandbox: boot it the slow way.
             Err(e @ NodeError::Runtime(_)) => {
                 warn!(template = %shape.template_id, runtime = %shape.runtime, error = %e,
                       "restoring from the template's memory image failed; booting it cold");
-                self.boot_from(shape, pool, layers, None).await
+                self.boot_from(shape, pool, layers, None, egress).await
             }
             Err(e) => Err(e),
         }
@@ -613,6 +614,7 @@ impl Engine {
         pool: Option<String>,
         layers: &[String],
         image: Option<&str>,
+        egress: Option<&crate::egress::Egress>,
     ) -> Result<(SandboxRecord, warren_runtime::ExitWatch), NodeError> {
         let lim = &self.cfg.sandbox;
         // An explicit stack (a fork's) replaces the template's own layers (a snapshot's).
@@ -669,6 +671,7 @@ impl Engine {
             pids_max: lim.pids_max,
             address: None,
             runtime: Some(shape.runtime.clone()),
+            egress: egress.map(crate::egress::Egress::rules),
         };
         if let Some(pool) = self.addresses.as_ref().filter(|_| self.networked(&shape.runtime)) {
             let Some(a) = pool.lock().unwrap().allocate() else {
@@ -1066,6 +1069,7 @@ impl Engine {
             pids_max: self.cfg.sandbox.pids_max,
             address: rec.address,
             runtime: Some(rec.runtime.clone()),
+            egress: rec.egress.as_ref().map(crate::egress::Egress::rules),
         };
         let t0 = std::time::Instant::now();
         let halt = |h: Option<warren_runtime::Handle>| {
@@ -1140,7 +1144,8 @@ impl Engine {
             if !rec.memory_image {
                 self.init_agent(&handle.agent_socket, &req).await?;
             }
-            if let Some(e) = &rec.egress {
+            // A restored sandbox had its rules before its processes ran again (`SandboxSpec::egress`).
+            if let Some(e) = rec.egress.as_ref().filter(|_| !rec.memory_image) {
                 self.set_egress_on(&rec.id, handle.clone(), Some(e)).await?;
             }
             // Restored processes carry on; only a booted sandbox starts its server again.

@@ -102,7 +102,7 @@ impl Engine {
             let (me, shape, layers, req, egress, image) =
                 (self.clone(), shape.clone(), layers.clone(), req.clone(), src.egress.clone(), image.clone());
             set.spawn(async move {
-                let r = match me.boot_from(&shape, None, &layers, image.as_deref()).await {
+                let r = match me.boot_from(&shape, None, &layers, image.as_deref(), egress.as_ref()).await {
                     Ok((rec, watch)) => me.start_booted(rec, watch, req, timeout, egress, "sandbox forked").await,
                     Err(e) => Err(e),
                 };

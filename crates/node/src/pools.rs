@@ -705,7 +705,7 @@ impl Engine {
 
     /// Boots and persists a ready sandbox for a pool.
     async fn boot_for_pool(self: &Arc<Self>, shape: &Shape, pool: &str) -> Result<SandboxId, NodeError> {
-        let (rec, watch) = self.boot(shape, Some(pool.to_owned()), &[]).await?;
+        let (rec, watch) = self.boot(shape, Some(pool.to_owned()), &[], None).await?;
         let socket = rec.handle.as_ref().expect("booted").agent_socket.clone();
         if let Err(e) = self.agents.run_quietly(&socket, "/bin/bash", &["-l", "-c", "true"]).await {
             // Not fatal: a template without bash still serves its purpose.

@@ -154,7 +154,7 @@ impl Engine {
             let Some(img) = image.clone() else { return Ok((layer, image)) };
             let mut layers = vec![layer.clone()];
             layers.extend(src.layers.iter().cloned());
-            let err = match self.boot_from(&shape, None, &layers, Some(&img)).await {
+            let err = match self.boot_from(&shape, None, &layers, Some(&img), None).await {
                 Ok((trial, _watch)) => {
                     self.agents.forget(&trial.handle.as_ref().expect("booted").agent_socket);
                     self.abort_create(&trial.id, trial.handle.clone()).await;

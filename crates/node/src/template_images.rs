@@ -279,7 +279,7 @@ impl Engine {
         let team = rec.team.unwrap_or_default();
         let shape = self.shape(&team, template.as_str(), None, None, None, Some(runtime))?;
         info!(template = %template, runtime, "taking the template's memory image");
-        let (sb, _watch) = self.boot_from(&shape, None, &[], None).await?;
+        let (sb, _watch) = self.boot_from(&shape, None, &[], None, None).await?;
         // Booted: the freeze below goes by the engine's record of it.
         self.sandboxes.lock().unwrap().insert(sb.id.clone(), sb.clone());
         // runsc's checkpoint fails now and then on a sandbox whose network stack is mid-change

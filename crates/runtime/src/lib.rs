@@ -43,6 +43,16 @@ pub struct SandboxSpec {
     pub address: Option<std::net::Ipv4Addr>,
     /// The backend to run it on (`None`: the default one).
     pub runtime: Option<String>,
+    /// Egress rules a sandbox restored from a memory image has before any of its processes runs
+    /// again (a booted one gets its rules through [`Runtime::set_egress`] before its first command).
+    pub egress: Option<EgressRules>,
+}
+
+/// Destinations a sandbox may reach (`allow` beats `deny`), as `(address, prefix length)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressRules {
+    pub allow: Vec<(std::net::Ipv4Addr, u8)>,
+    pub deny: Vec<(std::net::Ipv4Addr, u8)>,
 }
 
 /// What the engine persists about a live sandbox so that a restarted daemon can find it again.

@@ -47,6 +47,10 @@ pub struct ImageMeta {
     pub network: bool,
     /// Size of the memory the processes held, as CRIU's pages images count it.
     pub bytes: u64,
+    /// The address `eth0` had: sockets in the image may be bound to it, so a clone (which has its
+    /// own) carries it too while it is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl ImageMeta {
@@ -91,7 +95,7 @@ fn restore_mounts(agent_binary: &Path, dial_dir: &Path) -> Vec<String> {
     args
 }
 
-/// Options both directions share: what a sandbox's processes may hold.
+/// A dump's command line: what a sandbox's processes may hold.
 fn common(criu: &Path, dir: &Path, log: &Path) -> Command {
     let mut cmd = Command::new(criu);
     cmd.arg("--images-dir")
@@ -156,7 +160,16 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 /// Saves the process tree whose init is `pid` into `dir` (emptied first). With `copy_of` (the
 /// sandbox's freezer cgroup, which may be frozen) the sandbox carries on afterwards as it was (a
 /// copy, for forks); otherwise CRIU ends it once saved. On failure the sandbox keeps running.
-pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, copy_of: Option<&Path>) -> Result<ImageMeta, String> {
+///
+/// The network namespace itself is not saved (`--empty-ns net`): a restore builds it afresh.
+/// `address` is `eth0`'s, when the sandbox has a network.
+pub fn dump(
+    criu: &Path,
+    pid: i32,
+    dir: &Path,
+    network: Option<Option<std::net::Ipv4Addr>>,
+    copy_of: Option<&Path>,
+) -> Result<ImageMeta, String> {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -171,6 +184,7 @@ pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, copy_of: Option<&P
         .arg(pid.to_string())
         // The sandbox's network is held still while it is saved (no iptables on these hosts).
         .arg("--network-lock=nftables")
+        .args(["--empty-ns", "net"])
         .args(dump_mounts())
         .arg(format!("--external={log_key}"));
     if let Some(freezer) = copy_of {
@@ -184,7 +198,13 @@ pub fn dump(criu: &Path, pid: i32, dir: &Path, network: bool, copy_of: Option<&P
         let _ = fs::remove_dir_all(dir);
         return Err(format!("criu dump exited with {}: {said}", out.status));
     }
-    let meta = ImageMeta { version: IMAGE_VERSION, log_key, network, bytes: pages_bytes(dir) };
+    let meta = ImageMeta {
+        version: IMAGE_VERSION,
+        log_key,
+        network: network.is_some(),
+        bytes: pages_bytes(dir),
+        address: network.flatten(),
+    };
     let text = serde_json::to_vec_pretty(&meta).expect("image record serializes");
     fs::write(dir.join(META_FILE), text).map_err(|e| format!("writing {}: {e}", dir.join(META_FILE).display()))?;
     Ok(meta)
@@ -214,43 +234,68 @@ pub struct RestoreRequest<'a> {
     pub dial_dir: &'a Path,
     /// The agent's new log, opened for appending.
     pub log: &'a fs::File,
-    /// The veth CRIU moves into the sandbox as its `eth0` (with a network): the peer of a pair
-    /// the caller made, still in the host's namespace.
-    pub veth: Option<String>,
-    /// Where CRIU writes the restored init's host pid, and its log.
-    pub pidfile: &'a Path,
-    pub criu_log: &'a Path,
-    /// CRIU's working directory (its statistics): the sandbox's own, since one image may be
-    /// restored many times at once.
+    /// Whether the sandbox gets a network link (it must match the image's).
+    pub network: bool,
+    /// CRIU's working directory (its log, `restore.log`): the sandbox's own, since one image may
+    /// be restored many times at once.
     pub work_dir: &'a Path,
 }
 
+/// The points of a restore at which Warren acts, with the restored init's host pid.
+pub enum RestoreStage {
+    /// The sandbox's namespaces exist, its network namespace empty, and none of its tasks runs.
+    NamespacesReady(i32),
+    /// Every task is back and still stopped.
+    Restored(i32),
+}
+
+/// CRIU's name for the log of a restore, in its working directory.
+pub const RESTORE_LOG: &str = "restore.log";
+
 /// Restores the image; returns the host pid of the restored init (re-parented to this process,
-/// a subreaper, once CRIU exits).
-pub fn restore(req: &RestoreRequest<'_>) -> Result<i32, String> {
+/// a subreaper, once CRIU exits). `at` runs at each [`RestoreStage`]; its error fails the restore.
+///
+/// The network namespace is made empty rather than replayed from the image: `at` builds it
+/// (creating `eth0` right inside it, addresses, routes, egress rules), which costs a few
+/// milliseconds where CRIU's replay (a veth moved in, `ip` runs, sysctls) cost ≈ 50.
+pub fn restore(
+    req: &RestoreRequest<'_>,
+    mut at: impl FnMut(RestoreStage) -> Result<(), String>,
+) -> Result<i32, String> {
+    use super::criu_rpc as rpc;
     let meta = ImageMeta::read(req.image)?;
-    if meta.network != req.veth.is_some() {
+    if meta.network != req.network {
         return Err(if meta.network {
             "the image has a network link but the sandbox would have none (networking is off now)".into()
         } else {
             "the image has no network link but networking is on now".into()
         });
     }
-    let _ = fs::remove_file(req.pidfile);
-    let mut cmd = common(req.criu, req.image, req.criu_log);
-    cmd.arg("restore")
-        .arg("--work-dir")
-        .arg(req.work_dir)
-        .arg("--restore-detached")
-        .arg("--root")
-        .arg(req.mountpoint)
-        .arg("--pidfile")
-        .arg(req.pidfile)
-        .args(restore_mounts(req.agent_binary, req.dial_dir))
-        .arg(format!("--inherit-fd=fd[{LOG_INHERIT_FD}]:{}", meta.log_key));
-    if let Some(peer) = &req.veth {
-        cmd.arg(format!("--external=netdev[eth0]:{peer}"));
-    }
+    // CRIU opens both through this process's /proc/<pid>/fd.
+    let open_dir = |p: &Path| fs::File::open(p).map_err(|e| format!("opening {}: {e}", p.display()));
+    let (images_dir, work_dir) = (open_dir(req.image)?, open_dir(req.work_dir)?);
+    let opts = rpc::Opts {
+        images_dir_fd: images_dir.as_raw_fd(),
+        images_dir: None,
+        work_dir_fd: Some(work_dir.as_raw_fd()),
+        log_file: Some(RESTORE_LOG.into()),
+        log_level: Some(2),
+        root: Some(req.mountpoint.display().to_string()),
+        tcp_established: Some(true),
+        file_locks: Some(true),
+        link_remap: Some(true),
+        manage_cgroups_mode: Some(rpc::CG_MODE_IGNORE),
+        notify_scripts: Some(true),
+        external: restore_mounts(req.agent_binary, req.dial_dir)
+            .into_iter()
+            .map(|a| a.trim_start_matches("--external=").to_owned())
+            .collect(),
+        inherit_fd: vec![rpc::InheritFd { key: meta.log_key.clone(), fd: LOG_INHERIT_FD }],
+        empty_ns: req.network.then_some(libc::CLONE_NEWNET as u32),
+        // No packet reaches the sandbox before its host-side veth is attached, after the restore.
+        network_lock: Some(rpc::NETWORK_LOCK_SKIP),
+    };
+    let (ours, theirs) = rpc::socket_pair().map_err(|e| format!("a socket pair for CRIU: {e}"))?;
 
     // Everything the child touches is prepared here: between fork and exec only raw syscalls run.
     let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
@@ -271,6 +316,9 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<i32, String> {
         .collect::<Result<_, _>>()?;
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let log_fd = req.log.as_raw_fd();
+    let rpc_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(req.criu);
+    cmd.arg("swrk").arg(RPC_FD.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: only async-signal-safe syscalls on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -297,26 +345,96 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<i32, String> {
             if libc::mount(overlay.as_ptr(), target.as_ptr(), overlay.as_ptr(), 0, options.as_ptr().cast()) != 0 {
                 return fail();
             }
-            if log_fd == LOG_INHERIT_FD {
-                if libc::fcntl(log_fd, libc::F_SETFD, 0) != 0 {
-                    return fail();
-                }
-            } else if libc::dup2(log_fd, LOG_INHERIT_FD) < 0 {
+            // Both descriptors go to their fixed numbers by way of high ones, so that neither
+            // overwrites the other on the way.
+            let (log_high, rpc_high) =
+                (libc::fcntl(log_fd, libc::F_DUPFD, 1000), libc::fcntl(rpc_fd, libc::F_DUPFD, 1000));
+            if log_high < 0 || rpc_high < 0 {
                 return fail();
             }
+            if libc::dup2(log_high, LOG_INHERIT_FD) < 0 || libc::dup2(rpc_high, RPC_FD) < 0 {
+                return fail();
+            }
+            libc::close(log_high);
+            libc::close(rpc_high);
             Ok(())
         });
     }
-    let out = cmd.output().map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    let child = cmd.spawn().map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    drop(theirs);
     drop(procs);
-    if !out.status.success() {
-        let said = log_excerpt(req.criu_log);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let said = if said.is_empty() { stderr.trim().to_owned() } else { said };
-        return Err(format!("criu restore exited with {}: {said}", out.status));
+    let outcome = converse(&ours, &opts, &mut at);
+    drop(ours);
+    // What CRIU says before its log is open (a bad request) goes to its stderr.
+    let out = child.wait_with_output().map_err(|e| format!("waiting for {}: {e}", req.criu.display()))?;
+    drop((images_dir, work_dir));
+    let said = || {
+        let log = log_excerpt(&req.work_dir.join(RESTORE_LOG));
+        if log.is_empty() {
+            String::from_utf8_lossy(&out.stderr).trim().chars().take(800).collect()
+        } else {
+            log
+        }
+    };
+    match outcome {
+        Ok(pid) if out.status.success() => Ok(pid),
+        Ok(_) => Err(format!("criu exited with {} after restoring: {}", out.status, said())),
+        Err(why) => Err(format!("criu restore failed: {why}: {}", said())),
     }
-    let text = fs::read_to_string(req.pidfile).map_err(|e| format!("reading {}: {e}", req.pidfile.display()))?;
-    text.trim().parse().map_err(|_| format!("{} holds {text:?}, not a pid", req.pidfile.display()))
+}
+
+/// The descriptor number CRIU's RPC socket is handed to `criu swrk` on.
+const RPC_FD: i32 = 4;
+
+/// One restore request over CRIU's RPC socket: answers its notifications until its result.
+fn converse(
+    sock: &OwnedFd,
+    opts: &super::criu_rpc::Opts,
+    at: &mut impl FnMut(RestoreStage) -> Result<(), String>,
+) -> Result<i32, String> {
+    use super::criu_rpc as rpc;
+    let io = |e: std::io::Error| format!("talking to CRIU: {e}");
+    rpc::send(sock, &rpc::Req { r#type: rpc::ReqType::Restore as i32, opts: Some(opts.clone()), notify_success: None })
+        .map_err(io)?;
+    loop {
+        let Some(resp) = rpc::recv(sock).map_err(io)? else {
+            return Err("CRIU ended without an answer".into());
+        };
+        match rpc::ReqType::try_from(resp.r#type) {
+            Ok(rpc::ReqType::Notify) => {
+                let n = resp.notify.unwrap_or_default();
+                let done = match (n.script.as_deref(), n.pid) {
+                    (Some("setup-namespaces"), Some(pid)) => at(RestoreStage::NamespacesReady(pid)),
+                    (Some("post-restore"), Some(pid)) => at(RestoreStage::Restored(pid)),
+                    _ => Ok(()),
+                };
+                let ok = done.is_ok();
+                rpc::send(
+                    sock,
+                    &rpc::Req { r#type: rpc::ReqType::Notify as i32, opts: None, notify_success: Some(ok) },
+                )
+                .map_err(io)?;
+                if let Err(why) = done {
+                    // CRIU now fails the restore and kills what it restored; its last answer is
+                    // read so that it exits.
+                    while let Ok(Some(_)) = rpc::recv(sock) {}
+                    return Err(why);
+                }
+            }
+            Ok(rpc::ReqType::Restore) if resp.success => {
+                return resp.restore.map(|r| r.pid).ok_or_else(|| "CRIU answered without a pid".to_owned());
+            }
+            _ => {
+                let errno =
+                    resp.cr_errno.filter(|e| *e != 0).map(|e| format!(" ({})", std::io::Error::from_raw_os_error(e)));
+                return Err(format!(
+                    "{}{}",
+                    resp.cr_errmsg.unwrap_or_else(|| "it reported a failure".into()),
+                    errno.unwrap_or_default()
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +447,13 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         assert!(ImageMeta::read(&dir).unwrap_err().contains("reading"));
-        let meta = ImageMeta { version: IMAGE_VERSION, log_key: "file[1b:2a]".into(), network: true, bytes: 4096 };
+        let meta = ImageMeta {
+            version: IMAGE_VERSION,
+            log_key: "file[1b:2a]".into(),
+            network: true,
+            bytes: 4096,
+            address: Some(std::net::Ipv4Addr::new(10, 88, 0, 2)),
+        };
         fs::write(dir.join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
         assert!(ImageMeta::read(&dir).unwrap_err().contains("inventory"));
         fs::write(dir.join("inventory.img"), b"x").unwrap();

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod checkpoint;
 pub mod criu;
+mod criu_rpc;
 pub mod exit_watch;
 pub mod network;
 pub mod seccomp;
@@ -451,7 +452,7 @@ impl Runtime for NativeRuntime {
         let criu = self.criu()?;
         let image = self.settings.image_root.join(id.as_str());
         let started = Instant::now();
-        let meta = checkpoint::dump(criu, handle.pid, &image, self.settings.network.is_some(), None)
+        let meta = checkpoint::dump(criu, handle.pid, &image, self.dump_network(handle.pid), None)
             .map_err(|detail| RuntimeError::Checkpoint { id: id.clone(), detail })?;
         let dumped_ms = started.elapsed().as_millis() as u64;
         // The agent's log goes with the image: the restored agent carries on writing it (CRIU
@@ -481,7 +482,7 @@ impl Runtime for NativeRuntime {
         let dir = self.copy_image(image);
         let freezer = self.cgroups.sandbox(id.as_str()).freezer_dir();
         let fail = |detail: String| RuntimeError::Checkpoint { id: id.clone(), detail };
-        checkpoint::dump(criu, handle.pid, &dir, self.settings.network.is_some(), Some(&freezer)).map_err(fail)?;
+        checkpoint::dump(criu, handle.pid, &dir, self.dump_network(handle.pid), Some(&freezer)).map_err(fail)?;
         let log = self.run_dir(id.as_str()).join("agent.log");
         if let Err(e) = fs::copy(&log, dir.join(checkpoint::AGENT_LOG)) {
             let _ = fs::remove_dir_all(&dir);
@@ -516,25 +517,18 @@ impl Runtime for NativeRuntime {
     }
 }
 
-/// Sets the hostname inside a restored clone (it woke up with its source's, the source's id).
-fn set_hostname(pid: i32, name: &str) -> Result<(), String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--uts=/proc/{pid}/ns/uts"))
-        .args(["hostname", name])
-        .output()
-        .map_err(|e| format!("running nsenter (util-linux): {e}"))?;
-    if !out.status.success() {
-        return Err(format!("setting its hostname: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(())
-}
-
 impl NativeRuntime {
     fn criu(&self) -> Result<&std::path::Path, RuntimeError> {
         self.settings.criu.as_deref().ok_or(RuntimeError::Unsupported {
             backend: "native",
             op: "save a sandbox's memory without a working CRIU (see the daemon's start-up log)",
         })
+    }
+
+    /// What a dump records of the sandbox's network: whether it has one, and `eth0`'s address.
+    fn dump_network(&self, pid: i32) -> Option<Option<std::net::Ipv4Addr>> {
+        self.settings.network.as_ref()?;
+        Some(network::in_namespaces_of(pid, &["net"], || Ok(network::eth0_address())).ok().flatten())
     }
 
     /// Where the memory image `image` of a fork or snapshot lives.
@@ -572,46 +566,73 @@ impl NativeRuntime {
         chown(&log_path, Some(self.settings.uid_base), Some(self.settings.uid_base))
             .map_err(prep("agent log", log_path.clone()))?;
         let lower: Vec<PathBuf> = spec.layers.iter().chain([&spec.template_rootfs]).cloned().collect();
-        let veth = match &link {
-            Some(l) => {
-                // A leftover of an earlier try would hold the names.
-                let _ = network::delete_veth(id);
-                let made = if copy {
-                    network::create_detached_restore_veth(id)
-                } else {
-                    network::create_restore_veth(id, l.bridge_index)
-                };
-                made.map_err(|e| fail(format!("creating its veth pair: {e}")))?;
-                Some(network::restore_peer_veth(id))
+        let image_address = checkpoint::ImageMeta::read(image).ok().and_then(|m| m.address);
+        let egress = spec.egress.clone().filter(|e| !e.allow.is_empty() || !e.deny.is_empty());
+        // A leftover of an earlier try would hold the names.
+        let _ = network::delete_veth(id);
+        let work_dir = run.clone();
+        let restored = checkpoint::restore(
+            &checkpoint::RestoreRequest {
+                criu,
+                image,
+                overlay_options: spawn::overlay_options(&lower, &dir.join("upper"), &dir.join("work")),
+                mountpoint: &mountpoint,
+                cgroup_procs: &cg.procs_files(),
+                agent_binary: &self.settings.agent_binary,
+                dial_dir: &dial_dir,
+                log: &log,
+                network: link.is_some(),
+                work_dir: &work_dir,
+            },
+            |stage| match stage {
+                checkpoint::RestoreStage::NamespacesReady(pid) => {
+                    let Some(l) = &link else { return Ok(()) };
+                    network::create_detached_veth(id, pid).map_err(|e| format!("creating its veth pair: {e}"))?;
+                    // A clone's sockets may be bound to its source's address: it has that one
+                    // too until its tasks are back.
+                    let alias = image_address.filter(|a| *a != l.address);
+                    network::in_namespaces_of(pid, &["net"], || {
+                        spawn::loopback_up()?;
+                        spawn::eth0_up(l)?;
+                        if let Some(a) = alias {
+                            network::add_source_alias(a, l.prefix)?;
+                        }
+                        match &egress {
+                            Some(e) => network::apply_egress_here(&e.allow, &e.deny),
+                            None => Ok(()),
+                        }
+                    })
+                }
+                checkpoint::RestoreStage::Restored(pid) => {
+                    let alias = link.as_ref().and_then(|l| image_address.filter(|a| *a != l.address));
+                    if copy || alias.is_some() {
+                        // A clone woke up with its source's name (the source's id).
+                        network::in_namespaces_of(pid, &["net", "uts"], || {
+                            if alias.is_some() {
+                                network::remove_source_alias()?;
+                            }
+                            nix::unistd::sethostname(id).map_err(|e| format!("setting its hostname: {e}"))
+                        })?;
+                    }
+                    match &link {
+                        Some(l) => network::attach_veth(id, l.bridge_index)
+                            .map_err(|e| format!("putting its veth on the bridge: {e}")),
+                        None => Ok(()),
+                    }
+                }
+            },
+        );
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(detail) => {
+                if !copy {
+                    // A failed wake's log stays with the image (the run directory goes).
+                    let _ = fs::copy(run.join(checkpoint::RESTORE_LOG), image.join(checkpoint::RESTORE_LOG));
+                }
+                return Err(fail(detail));
             }
-            None => None,
         };
-        let pid = checkpoint::restore(&checkpoint::RestoreRequest {
-            criu,
-            image,
-            overlay_options: spawn::overlay_options(&lower, &dir.join("upper"), &dir.join("work")),
-            mountpoint: &mountpoint,
-            cgroup_procs: &cg.procs_files(),
-            agent_binary: &self.settings.agent_binary,
-            dial_dir: &dial_dir,
-            log: &log,
-            veth,
-            pidfile: &run.join("restore.pid"),
-            // A failed wake's log stays with the image (the run directory goes); a clone's is its
-            // own.
-            criu_log: &if copy { run.join("restore.log") } else { image.join("restore.log") },
-            work_dir: &run,
-        })
-        .map_err(fail)?;
         let start_time = spawn::read_start_time(pid).ok_or_else(|| fail(format!("its init {pid} vanished at once")))?;
-        if copy {
-            set_hostname(pid, id).map_err(fail)?;
-            if let Some(l) = &link {
-                network::readdress(pid, id, l)?;
-                network::attach_veth(id, l.bridge_index)
-                    .map_err(|e| fail(format!("putting its veth on the bridge: {e}")))?;
-            }
-        }
         debug!(sandbox = %id, copy, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
         Ok(Handle {
             version: HANDLE_VERSION,

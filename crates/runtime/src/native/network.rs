@@ -255,27 +255,18 @@ pub fn create_veth(link: &SandboxLink, pid: i32) -> std::io::Result<()> {
     create_veth_pair(&link.host_veth, link.bridge_index, "eth0", Some(pid))
 }
 
-/// Name of the sandbox-side veth a restore creates in the host's namespace, for CRIU to move into
-/// the restored sandbox as its `eth0`.
-pub fn restore_peer_veth(id: &str) -> String {
-    format!("r{}", &id[id.len().saturating_sub(14)..])
-}
-
-/// The veth pair of a sandbox being restored: the host end on the bridge (isolated, up) and the
-/// peer [`restore_peer_veth`] still in the host's namespace; CRIU moves the peer in.
-pub fn create_restore_veth(id: &str, bridge_index: u32) -> std::io::Result<()> {
-    create_veth_pair(&host_veth(id), bridge_index, &restore_peer_veth(id), None)
-}
-
-/// The veth pair of a sandbox restored from another's image (a fork's clone): like
-/// [`create_restore_veth`], but the host end stays down and off the bridge, since the clone wakes
-/// up with the source's address; [`readdress`] and [`attach_veth`] follow.
-pub fn create_detached_restore_veth(id: &str) -> std::io::Result<()> {
+/// The veth pair of a sandbox being restored: `eth0` made right in the network namespace of `pid`
+/// (the restored init's, still empty), and the host end down and off the bridge until
+/// [`attach_veth`], so that nothing reaches the sandbox before all of it is back. Creating the
+/// device where it belongs matters: moving one between namespaces waits for an RCU barrier
+/// (20–40 ms here).
+pub fn create_detached_veth(id: &str, pid: i32) -> std::io::Result<()> {
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
     use netlink_packet_route::RouteNetlinkMessage;
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(restore_peer_veth(id)));
+    peer.attributes.push(LinkAttribute::IfName("eth0".into()));
+    peer.attributes.push(LinkAttribute::NetNsPid(pid as u32));
     let mut host_msg = LinkMessage::default();
     host_msg.attributes.push(LinkAttribute::IfName(host_veth(id)));
     host_msg.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -285,40 +276,126 @@ pub fn create_detached_restore_veth(id: &str) -> std::io::Result<()> {
     netlink_request(RouteNetlinkMessage::NewLink(host_msg), NLM_F_CREATE | NLM_F_EXCL)
 }
 
-/// A locally administered unicast MAC address derived from the sandbox's id.
-fn mac_of(id: &str) -> String {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let b = h.to_be_bytes();
-    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4])
+/// Runs `f` on a thread of its own that joined the namespaces `kinds` (`"net"`, `"uts"`) of `pid`:
+/// what it configures lands there, and a process it starts is born there. The caller's threads
+/// stay where they are.
+pub fn in_namespaces_of<T: Send>(
+    pid: i32,
+    kinds: &[&str],
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    use nix::sched::CloneFlags;
+    let mut joins = Vec::new();
+    for kind in kinds {
+        let flag = match *kind {
+            "net" => CloneFlags::CLONE_NEWNET,
+            "uts" => CloneFlags::CLONE_NEWUTS,
+            other => return Err(format!("joining a {other} namespace is not supported")),
+        };
+        let path = format!("/proc/{pid}/ns/{kind}");
+        let fd = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+        joins.push((fd, flag, path));
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for (fd, flag, path) in &joins {
+                nix::sched::setns(fd, *flag).map_err(|e| format!("joining {path}: {e}"))?;
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the namespace worker panicked".into()))
+    })
 }
 
-/// Gives a restored clone its own MAC and IP address (it woke up with its source's: on one bridge
-/// the shared MAC would send each one's frames to whichever port spoke last) and default route,
-/// from the host, inside its network namespace.
-pub fn readdress(pid: i32, id: &str, link: &SandboxLink) -> Result<(), RuntimeError> {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["ip", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(net_err("running nsenter and ip (util-linux, iproute2)"))?;
-    let lines = format!(
-        "link set dev eth0 address {}\naddr flush dev eth0\naddr add {}/{} dev eth0\nroute replace default via {}\n",
-        mac_of(id),
-        link.address,
-        link.prefix,
-        link.gateway
-    );
-    child.stdin.take().expect("piped").write_all(lines.as_bytes()).map_err(net_err("writing to ip"))?;
-    let out = child.wait_with_output().map_err(net_err("running nsenter and ip"))?;
-    if !out.status.success() {
-        return Err(RuntimeError::Network {
-            detail: format!("readdressing eth0: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        });
+/// A datagram socket for interface ioctls, and an `ifreq` naming `name`.
+fn if_request(name: &str) -> Result<(std::os::fd::OwnedFd, libc::ifreq), String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain datagram socket, used only for interface ioctls.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket for {name}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by socket().
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    Ok((sock, ifr))
+}
+
+fn sockaddr_v4(a: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by sa_family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// The label of the second address a clone's `eth0` carries while it is restored.
+const SOURCE_ALIAS: &str = "eth0:0";
+
+/// `eth0`'s IPv4 address in the calling thread's network namespace, if it has one.
+pub fn eth0_address() -> Option<Ipv4Addr> {
+    use std::os::fd::AsRawFd;
+    let (sock, mut ifr) = if_request("eth0").ok()?;
+    // SAFETY: SIOCGIFADDR writes one sockaddr into the ifreq passed.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFADDR, &mut ifr) } < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled ifru_addr with an AF_INET address.
+    let sin: libc::sockaddr_in = unsafe { std::mem::transmute(ifr.ifr_ifru.ifru_addr) };
+    Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+}
+
+/// Gives `eth0` a second address, `addr` (a clone's source's, which sockets in the image are bound
+/// to), until [`remove_source_alias`].
+pub fn add_source_alias(addr: Ipv4Addr, prefix: u8) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let (sock, mut ifr) = if_request(SOURCE_ALIAS)?;
+    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let fail = |what: &str| format!("{what} of {SOURCE_ALIAS}: {}", std::io::Error::last_os_error());
+    // SAFETY: each ioctl reads or writes the one ifreq passed to it.
+    unsafe {
+        ifr.ifr_ifru.ifru_addr = sockaddr_v4(addr);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &ifr) < 0 {
+            return Err(fail("setting the address"));
+        }
+        ifr.ifr_ifru.ifru_netmask = sockaddr_v4(mask);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &ifr) < 0 {
+            return Err(fail("setting the netmask"));
+        }
     }
     Ok(())
+}
+
+/// Drops the address [`add_source_alias`] gave (taking an alias down deletes its address).
+pub fn remove_source_alias() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let (sock, mut ifr) = if_request(SOURCE_ALIAS)?;
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(format!("reading {SOURCE_ALIAS}: {}", std::io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(format!("removing {SOURCE_ALIAS}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Applies the egress table in the calling thread's network namespace (`nft` is started from it).
+pub fn apply_egress_here(allow: &[(Ipv4Addr, u8)], deny: &[(Ipv4Addr, u8)]) -> Result<(), String> {
+    let nft: nftables::schema::Nftables =
+        serde_json::from_value(egress_ruleset(allow, deny)).map_err(|e| format!("egress ruleset: {e}"))?;
+    nftables::helper::apply_ruleset(&nft).map_err(|e| format!("applying the egress rules: {e}"))
 }
 
 /// Puts a detached host-side veth on the bridge: enslaved while down, marked isolated, then up,
@@ -389,13 +466,6 @@ pub fn write_etc(s: &NetworkSettings, upper: &Path, hostname: &str, addr: Ipv4Ad
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clone_macs_are_local_unicast_and_differ() {
-        let (a, b) = (mac_of("iaaaaaaaaaaaaaaaaaaa"), mac_of("iaaaaaaaaaaaaaaaaaab"));
-        assert_ne!(a, b);
-        assert!(a.starts_with("02:") && a.len() == 17, "{a}");
-    }
 
     #[test]
     fn names_fit_and_the_ruleset_parses() {

@@ -451,7 +451,7 @@ fn sockaddr_in(a: std::net::Ipv4Addr) -> libc::sockaddr {
 
 /// Address, netmask, up, and a default route via the gateway for `eth0`, from inside the
 /// sandbox's namespaces (it still holds CAP_NET_ADMIN there; it drops it right after).
-fn eth0_up(link: &super::network::SandboxLink) -> Result<(), String> {
+pub(super) fn eth0_up(link: &super::network::SandboxLink) -> Result<(), String> {
     // SAFETY: a plain datagram socket used only for the ioctls below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -495,7 +495,7 @@ fn eth0_up(link: &super::network::SandboxLink) -> Result<(), String> {
     Ok(())
 }
 
-fn loopback_up() -> Result<(), String> {
+pub(super) fn loopback_up() -> Result<(), String> {
     // SAFETY: a plain datagram socket used only for the SIOC[GS]IFFLAGS ioctls below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
