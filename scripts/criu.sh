@@ -6,10 +6,11 @@
 # system's criu, apt sources and lists are left alone: the source is fetched with a private apt
 # configuration under /var/cache/warren.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=4.1.1
 prefix=/opt/warren/criu
 # Warren's own fixes to the source, by name; a build without all of them is rebuilt.
-fixes="passcred-eopnotsupp kdat-cache-in-dev-shm"
+fixes="passcred-eopnotsupp kdat-cache-in-dev-shm lazy-pages-in-userns"
 if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version" &&
     [ "$(cat "$prefix/fixes" 2>/dev/null)" = "$fixes" ]; then
     exit 0
@@ -18,7 +19,7 @@ echo "building CRIU $version into $prefix (once)" >&2
 need=()
 for pkg in build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev \
     protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev \
-    libaio-dev xz-utils; do
+    libaio-dev xz-utils patch; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -58,6 +59,10 @@ if [ "$(grep -c 'errno != EOPNOTSUPP' criu/sockets.c)" -ne 2 ]; then
     echo "criu.sh: the passcred-eopnotsupp fix no longer applies to criu/sockets.c" >&2
     exit 1
 fi
+# lazy-pages-in-userns: a lazy restore has each restored task open its own userfaultfd, which a
+# task in a user namespace may not do while vm.unprivileged_userfaultfd is 0 (Debian's default);
+# criu opens /dev/userfaultfd itself and the tasks make their descriptor through it.
+patch -s -p1 < "$here/criu-lazy-pages-in-userns.patch"
 # Only the criu binary: no docs (asciidoc), no Python bindings, no compel plugins beyond its own.
 # kdat-cache-in-dev-shm: CRIU probes the kernel's features on every run (≈ 20 ms here) unless it
 # finds its cache, which it keeps only on a tmpfs; /run is not one on these hosts, /dev/shm is.

@@ -47,6 +47,9 @@ pub struct Gvisor {
 pub struct NativeMemory {
     pub pause: Series,
     pub wake: Series,
+    /// Connect until the sandbox holds its memory again (≥ 90 % of its PSS before the pause):
+    /// with lazy restores the pages arrive after the first answer.
+    pub wake_memory_complete: Series,
     pub image_mib: f64,
 }
 
@@ -71,8 +74,9 @@ fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<N
     warren_e2e::wait_for("the native memory holder", Duration::from_secs(120), || {
         (sb.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
     });
-    let (mut pause, mut wake) = (Vec::new(), Vec::new());
+    let (mut pause, mut wake, mut complete) = (Vec::new(), Vec::new(), Vec::new());
     let mut image_mib = 0.0;
+    let held_pss = crate::native_memory::pss_mib(&sb.id);
     let result = (|| {
         for _ in 0..rounds {
             let t = Instant::now();
@@ -90,6 +94,11 @@ fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<N
             let (s, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 600})));
             let r = sb.run(json!({"process": {"cmd": "/bin/cat", "args": ["/tmp/ready"]}}), &[]);
             wake.push(t.elapsed());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && crate::native_memory::pss_mib(&sb.id) < held_pss * 0.9 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            complete.push(t.elapsed());
             let held = sb.sh("pgrep -c python3");
             if s != 201 || r.stdout != "1" || held.stdout.trim() != "1" {
                 bail!("native wake: {s} {v} {r:?} {held:?}");
@@ -101,6 +110,7 @@ fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<N
     Ok(result?.then(|| NativeMemory {
         pause: series("warren native: pause (memory, CRIU)", pause),
         wake: series("warren native: wake -> exec (CRIU)", wake),
+        wake_memory_complete: series("warren native: wake -> memory back", complete),
         image_mib,
     }))
 }

@@ -313,7 +313,7 @@ fn main() -> Result<()> {
             &g.server_from_memory,
         ]);
         if let Some(n) = &g.native {
-            rows.extend([&n.pause, &n.wake]);
+            rows.extend([&n.pause, &n.wake, &n.wake_memory_complete]);
         }
     }
     if let Some(m) = &native_mem {
@@ -325,8 +325,8 @@ fn main() -> Result<()> {
     if let Some(m) = &native_mem {
         let f = &m.fork;
         println!(
-            "native fork {} clones in memory mode ({} MiB touched): call {:.0} ms, all answered an exec after {:.0} ms; PSS {:.1} MiB per clone (source {:.1} MiB)",
-            f.clones, f.touched_mib, f.call_ms, f.all_answer_ms, f.clone_pss_mib, f.source_pss_mib
+            "native fork {} clones in memory mode ({} MiB touched): call {:.0} ms, all answered an exec after {:.0} ms, all held their memory after {:.0} ms; PSS {:.1} MiB per clone (source {:.1} MiB)",
+            f.clones, f.touched_mib, f.call_ms, f.all_answer_ms, f.memory_complete_ms, f.clone_pss_mib, f.source_pss_mib
         );
         println!(
             "native server template: create -> 200 p50 {:.1} ms from its memory image (taken in {} ms) vs {:.1} ms cold",

@@ -32,6 +32,9 @@ pub struct NativeFork {
     pub clones: usize,
     pub call_ms: f64,
     pub all_answer_ms: f64,
+    /// Until every clone holds its memory (≥ 90 % of the source's PSS): with lazy restores the
+    /// pages arrive after the clones answer.
+    pub memory_complete_ms: f64,
     pub source_pss_mib: f64,
     pub clone_pss_mib: f64,
 }
@@ -44,7 +47,7 @@ fn holder(mib: u64) -> String {
 }
 
 /// PSS of the processes of native sandbox `id` (found in any daemon's memory cgroup).
-fn pss_mib(id: &str) -> f64 {
+pub fn pss_mib(id: &str) -> f64 {
     let Ok(parents) = std::fs::read_dir("/sys/fs/cgroup/memory") else { return 0.0 };
     let procs = parents.flatten().map(|p| p.path().join(id).join("cgroup.procs")).find(|p| p.is_file());
     let Some(procs) = procs else { return 0.0 };
@@ -80,6 +83,11 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
     let forked = crate::fork_clones(d, &v);
     let answered = forked.iter().all(|c| c.sh("pgrep -c python3").stdout.trim() == "1");
     let all = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && forked.iter().any(|c| pss_mib(&c.id) < source_pss_mib * 0.9) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let complete = t.elapsed();
     let per_clone: Vec<f64> = forked.iter().map(|c| pss_mib(&c.id)).collect();
     for c in forked.iter().chain([&src]) {
         d.api("DELETE", &format!("/sandboxes/{}", c.id), None);
@@ -92,6 +100,7 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
         clones,
         call_ms: call.as_secs_f64() * 1e3,
         all_answer_ms: all.as_secs_f64() * 1e3,
+        memory_complete_ms: complete.as_secs_f64() * 1e3,
         source_pss_mib,
         clone_pss_mib: per_clone.iter().sum::<f64>() / per_clone.len().max(1) as f64,
     })

@@ -151,6 +151,13 @@ fn native_sandboxes_keep_processes_memory_and_network_across_a_memory_pause_and_
     let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 120})));
     assert_eq!(status, 201, "{v}");
     assert_eq!(counter(&sb).0, secret);
+    // Paused again at once, while its pages may still be coming in, it keeps all of its memory.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 120})));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(pause(json!({"memory": true})).0, 204);
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 120}))).0, 201);
+    assert_eq!(counter(&sb).0, secret);
+    assert_eq!(served(&d, &sb), Some(5), "the server lost its state");
 
     // A plain pause still freezes in place; a memory pause of a paused sandbox is refused.
     assert_eq!(pause(json!({})).0, 204);

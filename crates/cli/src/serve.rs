@@ -95,6 +95,24 @@ fn native_criu(cfg: &warren_types::config::Config) -> Option<std::path::PathBuf>
     }
 }
 
+/// Whether native restores copy memory in lazily (configured, and possible here).
+fn native_lazy_pages(cfg: &warren_types::config::Config, criu: &std::path::Path) -> bool {
+    if !cfg.native.lazy_restore {
+        info!("native runtime: memory is restored eagerly (native.lazy_restore = false)");
+        return false;
+    }
+    match warren_runtime::native::criu::lazy_pages(criu) {
+        Ok(()) => {
+            info!("native runtime: restored sandboxes run at once, their memory copied in behind them (lazy pages)");
+            true
+        }
+        Err(why) => {
+            info!("native runtime: memory is restored eagerly: {why}");
+            false
+        }
+    }
+}
+
 /// The backends this daemon offers, its default first. gVisor is offered when runsc works here;
 /// when it does not, the reason is logged (and starting fails if it is the configured default).
 fn select_runtimes(
@@ -144,6 +162,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg)?;
+    let criu = native_criu(&cfg);
     let mut runtime = warren_runtime::native::NativeRuntime::new(warren_runtime::native::NativeSettings {
         data_dir: cfg.data_dir.clone(),
         run_dir: cfg.run_dir.clone(),
@@ -154,7 +173,8 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         spawner_exe: std::env::current_exe().context("locating the warren executable")?,
         cgroup_parent: cfg.native.cgroup_parent.clone(),
         network: network_settings(&cfg)?,
-        criu: native_criu(&cfg),
+        lazy_pages: criu.as_deref().is_some_and(|c| native_lazy_pages(&cfg, c)),
+        criu,
         image_root: cfg.data_dir.join("images"),
     })
     .context("starting the native runtime")?;

@@ -193,6 +193,10 @@ pub struct NativeConfig {
     pub cgroup_parent: String,
     /// CRIU ≥ 4 (`scripts/criu.sh` builds it here), for memory snapshots of native sandboxes.
     pub criu: PathBuf,
+    /// Restore memory lazily: a woken or forked sandbox runs again as soon as its tasks are back,
+    /// and its pages are copied in behind it (on first touch, or in the background) by a
+    /// `criu lazy-pages` server. Needs userfaultfd and the CRIU of `scripts/criu.sh`.
+    pub lazy_restore: bool,
 }
 
 impl Default for NativeConfig {
@@ -204,6 +208,7 @@ impl Default for NativeConfig {
             agent_path: None,
             cgroup_parent: "warren".into(),
             criu: PathBuf::from("/opt/warren/criu/sbin/criu"),
+            lazy_restore: true,
         }
     }
 }

@@ -239,6 +239,78 @@ pub struct RestoreRequest<'a> {
     /// CRIU's working directory (its log, `restore.log`): the sandbox's own, since one image may
     /// be restored many times at once.
     pub work_dir: &'a Path,
+    /// Restore the memory lazily: the tasks run again at once and a [`LazyPages`] server copies
+    /// their pages in behind them.
+    pub lazy: bool,
+}
+
+/// CRIU's name for the log of a lazy-pages server, in its working directory.
+pub const LAZY_LOG: &str = "lazy-pages.log";
+
+/// A `criu lazy-pages` server for one restore: it gives the restored tasks each page they touch
+/// and copies the rest in behind them, then exits. Its files stay open (an image deleted under it
+/// is still read to the end).
+pub struct LazyPages {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl LazyPages {
+    /// Starts the server on `work_dir`'s socket and waits until it listens.
+    fn start(criu: &Path, image: &Path, work_dir: &Path) -> Result<LazyPages, String> {
+        use nix::fcntl::OFlag;
+        let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("a pipe: {e}"))?;
+        let w = ready_w.as_raw_fd();
+        let mut cmd = Command::new(criu);
+        cmd.arg("lazy-pages")
+            .arg("--images-dir")
+            .arg(image)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .args(["--log-file", LAZY_LOG, "--status-fd", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || {
+                let high = libc::fcntl(w, libc::F_DUPFD, 1000);
+                if high < 0 || libc::dup2(high, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(high);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("running {} lazy-pages: {e}", criu.display()))?;
+        drop(ready_w);
+        let mut server = LazyPages { child, log: work_dir.join(LAZY_LOG) };
+        // CRIU writes one byte once it listens, and closes the pipe if it fails first.
+        let mut pfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let polled = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        let mut byte = [0u8; 1];
+        let ready = polled > 0 && nix::unistd::read(ready_r.as_raw_fd(), &mut byte).unwrap_or(0) == 1;
+        if !ready {
+            server.kill();
+            return Err(format!("criu lazy-pages did not start: {}", log_excerpt(&server.log)));
+        }
+        Ok(server)
+    }
+
+    /// Waits until every page is in; an error means the tasks' memory could not be completed.
+    pub fn wait(mut self) -> Result<(), String> {
+        match self.child.wait() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("criu lazy-pages exited with {s}: {}", log_excerpt(&self.log))),
+            Err(e) => Err(format!("waiting for criu lazy-pages: {e}")),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The points of a restore at which Warren acts, with the restored init's host pid.
@@ -258,10 +330,13 @@ pub const RESTORE_LOG: &str = "restore.log";
 /// The network namespace is made empty rather than replayed from the image: `at` builds it
 /// (creating `eth0` right inside it, addresses, routes, egress rules), which costs a few
 /// milliseconds where CRIU's replay (a veth moved in, `ip` runs, sysctls) cost ≈ 50.
+///
+/// With `req.lazy` the [`LazyPages`] server that fills the memory in comes back with the pid: the
+/// caller waits for it, and must end the sandbox if it fails.
 pub fn restore(
     req: &RestoreRequest<'_>,
     mut at: impl FnMut(RestoreStage) -> Result<(), String>,
-) -> Result<i32, String> {
+) -> Result<(i32, Option<LazyPages>), String> {
     use super::criu_rpc as rpc;
     let meta = ImageMeta::read(req.image)?;
     if meta.network != req.network {
@@ -294,7 +369,9 @@ pub fn restore(
         empty_ns: req.network.then_some(libc::CLONE_NEWNET as u32),
         // No packet reaches the sandbox before its host-side veth is attached, after the restore.
         network_lock: Some(rpc::NETWORK_LOCK_SKIP),
+        lazy_pages: req.lazy.then_some(true),
     };
+    let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
     let (ours, theirs) = rpc::socket_pair().map_err(|e| format!("a socket pair for CRIU: {e}"))?;
 
     // Everything the child touches is prepared here: between fork and exec only raw syscalls run.
@@ -376,11 +453,15 @@ pub fn restore(
             log
         }
     };
-    match outcome {
-        Ok(pid) if out.status.success() => Ok(pid),
-        Ok(_) => Err(format!("criu exited with {} after restoring: {}", out.status, said())),
-        Err(why) => Err(format!("criu restore failed: {why}: {}", said())),
+    let failed = match outcome {
+        Ok(pid) if out.status.success() => return Ok((pid, lazy)),
+        Ok(_) => format!("criu exited with {} after restoring: {}", out.status, said()),
+        Err(why) => format!("criu restore failed: {why}: {}", said()),
+    };
+    if let Some(l) = lazy.as_mut() {
+        l.kill();
     }
+    Err(failed)
 }
 
 /// The descriptor number CRIU's RPC socket is handed to `criu swrk` on.

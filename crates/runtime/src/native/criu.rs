@@ -38,6 +38,29 @@ pub fn probe(criu: &Path) -> Result<String, String> {
     Ok(version)
 }
 
+/// Whether `criu` can restore memory lazily here: the kernel's userfaultfd with the events a
+/// restore needs, `/dev/userfaultfd` (tasks in a user namespace make their descriptor through it),
+/// and the CRIU fix that does so (recorded by `scripts/criu.sh` beside the binary).
+pub fn lazy_pages(criu: &Path) -> Result<(), String> {
+    if !Path::new("/dev/userfaultfd").exists() {
+        return Err("the kernel offers no /dev/userfaultfd".into());
+    }
+    let fixes = criu.parent().and_then(Path::parent).map(|p| p.join("fixes"));
+    let fixed = fixes.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+    if !fixed.split_whitespace().any(|f| f == "lazy-pages-in-userns") {
+        return Err(format!("{} lacks the lazy-pages-in-userns fix of scripts/criu.sh", criu.display()));
+    }
+    let out = Command::new(criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{} cannot be run ({e})", criu.display()))?;
+    if !out.status.success() {
+        return Err("the kernel's userfaultfd lacks the non-cooperative events".into());
+    }
+    Ok(())
+}
+
 /// `Version: 4.1.1` (the first line of `criu --version`) → `4.1.1`.
 fn parse_version(text: &str) -> Option<String> {
     let v = text.lines().find_map(|l| l.trim().strip_prefix("Version:"))?.trim();
@@ -54,6 +77,16 @@ mod tests {
         assert_eq!(parse_version("Version: 3.17.1\nGitID: v3.17.1\n").as_deref(), Some("3.17.1"));
         assert_eq!(parse_version("criu: command not found"), None);
         assert_eq!(parse_version("Version: 4.1-rc1"), None);
+    }
+
+    #[test]
+    fn lazy_restores_need_the_fix_of_criu_sh() {
+        let dir = std::env::temp_dir().join(format!("warren-criu-fixes-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sbin")).unwrap();
+        std::fs::write(dir.join("fixes"), "passcred-eopnotsupp kdat-cache-in-dev-shm\n").unwrap();
+        let why = lazy_pages(&dir.join("sbin/criu")).unwrap_err();
+        assert!(why.contains("lazy-pages-in-userns") || why.contains("/dev/userfaultfd"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Opts {
     /// Namespaces (clone flags) created empty instead of restored from the image.
     #[prost(uint32, optional, tag = "38")]
     pub empty_ns: Option<u32>,
+    /// Private anonymous memory is left to a `criu lazy-pages` server (on the work directory's
+    /// socket), which fills it in while the tasks run.
+    #[prost(bool, optional, tag = "48")]
+    pub lazy_pages: Option<bool>,
     #[prost(int32, optional, tag = "64")]
     pub network_lock: Option<i32>,
     #[prost(string, optional, tag = "68")]

@@ -46,6 +46,8 @@ pub struct NativeSettings {
     pub network: Option<network::NetworkSettings>,
     /// A working CRIU (≥ 4), for memory snapshots; `None` when this host has none.
     pub criu: Option<PathBuf>,
+    /// Restores copy memory in lazily (a `criu lazy-pages` server per restore).
+    pub lazy_pages: bool,
     /// Where memory images live (`<data_dir>/images`, shared with other backends).
     pub image_root: PathBuf,
 }
@@ -57,6 +59,41 @@ pub struct NativeRuntime {
     cgroups: cgroup::Layout,
     layers: std::sync::Arc<storage::LayerStore>,
     zygote: Option<zygote::Zygote>,
+    /// Sandboxes whose memory a lazy restore is still copying in.
+    filling: std::sync::Arc<Filling>,
+}
+
+/// Lazy restores in progress, by sandbox id. A dump waits for the sandbox's to end: CRIU saves
+/// the pages it finds present, and a page still to come would be saved as a hole.
+#[derive(Default)]
+struct Filling {
+    ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    done: std::sync::Condvar,
+}
+
+impl Filling {
+    /// How long a dump waits for a sandbox's memory to be complete.
+    const PATIENCE: Duration = Duration::from_secs(120);
+
+    fn begin(&self, id: &str, ticket: u64) {
+        self.ids.lock().unwrap().insert(id.to_owned(), ticket);
+    }
+
+    fn end(&self, id: &str, ticket: u64) {
+        let mut ids = self.ids.lock().unwrap();
+        if ids.get(id) == Some(&ticket) {
+            ids.remove(id);
+        }
+        self.done.notify_all();
+    }
+
+    /// Waits until no lazy restore of `id` is in progress; false when it still is after
+    /// [`Filling::PATIENCE`].
+    fn wait(&self, id: &str) -> bool {
+        let ids = self.ids.lock().unwrap();
+        let (_ids, timeout) = self.done.wait_timeout_while(ids, Self::PATIENCE, |ids| ids.contains_key(id)).unwrap();
+        !timeout.timed_out()
+    }
 }
 
 const HANDLE_VERSION: u32 = 1;
@@ -100,7 +137,7 @@ impl NativeRuntime {
             None => None,
         };
         debug!(cgroup_version = cgroups.version(), "native runtime ready");
-        Ok(NativeRuntime { settings, bridge_index, cgroups, layers, zygote: None })
+        Ok(NativeRuntime { settings, bridge_index, cgroups, layers, zygote: None, filling: Default::default() })
     }
 
     /// Forks the spawner zygote, which saves an exec per sandbox. Without it (or if it dies) each
@@ -450,6 +487,7 @@ impl Runtime for NativeRuntime {
 
     fn checkpoint(&self, id: &SandboxId, handle: &Handle) -> Result<u64, RuntimeError> {
         let criu = self.criu()?;
+        self.memory_complete(id)?;
         let image = self.settings.image_root.join(id.as_str());
         let started = Instant::now();
         let meta = checkpoint::dump(criu, handle.pid, &image, self.dump_network(handle.pid), None)
@@ -479,6 +517,7 @@ impl Runtime for NativeRuntime {
 
     fn checkpoint_copy(&self, id: &SandboxId, handle: &Handle, image: &str) -> Result<u64, RuntimeError> {
         let criu = self.criu()?;
+        self.memory_complete(id)?;
         let dir = self.copy_image(image);
         let freezer = self.cgroups.sandbox(id.as_str()).freezer_dir();
         let fail = |detail: String| RuntimeError::Checkpoint { id: id.clone(), detail };
@@ -522,6 +561,20 @@ impl NativeRuntime {
         self.settings.criu.as_deref().ok_or(RuntimeError::Unsupported {
             backend: "native",
             op: "save a sandbox's memory without a working CRIU (see the daemon's start-up log)",
+        })
+    }
+
+    /// Waits until a lazy restore of `id` has all its memory in (a dump must not see holes).
+    fn memory_complete(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        if self.filling.wait(id.as_str()) {
+            return Ok(());
+        }
+        Err(RuntimeError::Checkpoint {
+            id: id.clone(),
+            detail: format!(
+                "its memory is still being restored after {} s; try again later",
+                Filling::PATIENCE.as_secs()
+            ),
         })
     }
 
@@ -583,6 +636,7 @@ impl NativeRuntime {
                 log: &log,
                 network: link.is_some(),
                 work_dir: &work_dir,
+                lazy: self.settings.lazy_pages,
             },
             |stage| match stage {
                 checkpoint::RestoreStage::NamespacesReady(pid) => {
@@ -622,8 +676,8 @@ impl NativeRuntime {
                 }
             },
         );
-        let pid = match restored {
-            Ok(pid) => pid,
+        let (pid, lazy) = match restored {
+            Ok(restored) => restored,
             Err(detail) => {
                 if !copy {
                     // A failed wake's log stays with the image (the run directory goes).
@@ -633,6 +687,31 @@ impl NativeRuntime {
             }
         };
         let start_time = spawn::read_start_time(pid).ok_or_else(|| fail(format!("its init {pid} vanished at once")))?;
+        if let Some(lazy) = lazy {
+            // Memory that cannot be completed must not be seen: the kernel would hand the tasks
+            // zero-filled pages where theirs are missing. Such a sandbox is ended.
+            let init = ExitWatch::open(pid, start_time).map_err(|e| fail(format!("watching its init {pid}: {e}")))?;
+            let sandbox = spec.id.clone();
+            let filling = self.filling.clone();
+            let ticket = start_time ^ (u64::from(pid.unsigned_abs()) << 40);
+            filling.begin(id, ticket);
+            let spawned = std::thread::Builder::new().name("lazy-pages".into()).spawn({
+                let filling = filling.clone();
+                move || {
+                    if let Err(why) = lazy.wait() {
+                        if !init.has_exited() {
+                            tracing::error!(%sandbox, %why, "the restored sandbox's memory could not be completed; ending it");
+                            let _ = init.kill();
+                        }
+                    }
+                    filling.end(sandbox.as_str(), ticket);
+                }
+            });
+            if let Err(e) = spawned {
+                filling.end(id, ticket);
+                return Err(fail(format!("a thread for its lazy pages: {e}")));
+            }
+        }
         debug!(sandbox = %id, copy, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
         Ok(Handle {
             version: HANDLE_VERSION,
@@ -643,5 +722,28 @@ impl NativeRuntime {
             agent_dials: true,
             backend: "native".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_waits_for_the_lazy_restore_of_its_sandbox_only() {
+        let filling = std::sync::Arc::new(Filling::default());
+        assert!(filling.wait("a"), "nothing in progress: no wait");
+        filling.begin("a", 1);
+        filling.begin("b", 2);
+        let f = filling.clone();
+        let ender = std::thread::spawn(move || f.end("a", 1));
+        assert!(filling.wait("a"));
+        ender.join().unwrap();
+        // An older restore's end does not end a newer one of the same sandbox.
+        filling.begin("b", 3);
+        filling.end("b", 2);
+        assert!(filling.ids.lock().unwrap().contains_key("b"));
+        filling.end("b", 3);
+        assert!(filling.wait("b"));
     }
 }
