@@ -34,6 +34,8 @@ pub struct Gvisor {
     /// runs) and restored from the template's memory image (taken once, after its ready check).
     pub server_cold: Series,
     pub server_from_memory: Series,
+    /// Claimed from a pool of the template, whose sandboxes were restored from its memory image.
+    pub server_pooled: Series,
     /// How long taking the template's memory image took (boot, start, ready check, checkpoint).
     pub server_image_took_ms: u64,
     /// Forks in memory mode of a sandbox holding `touched_mib`, and of one holding 16 MiB.
@@ -47,7 +49,7 @@ pub struct Gvisor {
 pub struct NativeMemory {
     pub pause: Series,
     pub wake: Series,
-    /// Connect until the sandbox holds its memory again (≥ 90 % of its PSS before the pause):
+    /// Connect until the sandbox holds its memory again (anonymous memory ≥ 90 % of what it was):
     /// with lazy restores the pages arrive after the first answer.
     pub wake_memory_complete: Series,
     pub image_mib: f64,
@@ -76,7 +78,7 @@ fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<N
     });
     let (mut pause, mut wake, mut complete) = (Vec::new(), Vec::new(), Vec::new());
     let mut image_mib = 0.0;
-    let held_pss = crate::native_memory::pss_mib(&sb.id);
+    let held = crate::native_memory::anon_mib(&sb.id);
     let result = (|| {
         for _ in 0..rounds {
             let t = Instant::now();
@@ -95,7 +97,7 @@ fn native_memory(d: &Daemon, rounds: usize, touched_mib: u64) -> Result<Option<N
             let r = sb.run(json!({"process": {"cmd": "/bin/cat", "args": ["/tmp/ready"]}}), &[]);
             wake.push(t.elapsed());
             let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline && crate::native_memory::pss_mib(&sb.id) < held_pss * 0.9 {
+            while Instant::now() < deadline && crate::native_memory::anon_mib(&sb.id) < held * 0.9 {
                 std::thread::sleep(Duration::from_millis(2));
             }
             complete.push(t.elapsed());
@@ -213,8 +215,7 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
     let forks = vec![fork_big, fork_small?];
 
     let native = native_memory(d, rounds, touched_mib)?;
-    let (server_cold, server_from_memory, server_image_took_ms) =
-        crate::template_server::measure(d, root, n, "gvisor")?;
+    let t = crate::template_server::measure(d, root, n, "gvisor")?;
     Ok(Gvisor {
         warren_create: series("warren gvisor: create -> output", create),
         runsc_run: direct.run,
@@ -228,9 +229,10 @@ pub fn measure(d: &Daemon, root: &Path, crun_bundle: &Path, n: usize, touched_mi
         runsc_checkpoint_default: direct.checkpoint_default,
         runsc_restore_default: direct.restore_default,
         runsc_image_mib: direct.image_mib,
-        server_cold,
-        server_from_memory,
-        server_image_took_ms,
+        server_cold: t.cold,
+        server_from_memory: t.from_memory,
+        server_pooled: t.pooled,
+        server_image_took_ms: t.image_took_ms,
         forks,
         native,
     })

@@ -311,13 +311,14 @@ fn main() -> Result<()> {
             &g.runsc_restore_default,
             &g.server_cold,
             &g.server_from_memory,
+            &g.server_pooled,
         ]);
         if let Some(n) = &g.native {
             rows.extend([&n.pause, &n.wake, &n.wake_memory_complete]);
         }
     }
     if let Some(m) = &native_mem {
-        rows.extend([&m.server_cold, &m.server_from_memory]);
+        rows.extend([&m.server_cold, &m.server_from_memory, &m.server_pooled]);
     }
     for s in rows {
         println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);

@@ -20,6 +20,8 @@ pub struct NativeMemory {
     /// command and ready check run) and restored from the template's memory image.
     pub server_cold: Series,
     pub server_from_memory: Series,
+    /// Claimed from a pool of the template, whose sandboxes were restored from its memory image.
+    pub server_pooled: Series,
     pub server_image_took_ms: u64,
 }
 
@@ -32,8 +34,8 @@ pub struct NativeFork {
     pub clones: usize,
     pub call_ms: f64,
     pub all_answer_ms: f64,
-    /// Until every clone holds its memory (≥ 90 % of the source's PSS): with lazy restores the
-    /// pages arrive after the clones answer.
+    /// Until every clone holds its memory (anonymous memory ≥ 90 % of the source's): with lazy
+    /// restores the pages arrive after the clones answer.
     pub memory_complete_ms: f64,
     pub source_pss_mib: f64,
     pub clone_pss_mib: f64,
@@ -63,11 +65,31 @@ pub fn pss_mib(id: &str) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Anonymous memory charged to native sandbox `id` (its memory cgroup's `rss` on cgroup v1,
+/// `anon` on v2): what a restore has to copy back, without the shared file pages PSS splits.
+pub fn anon_mib(id: &str) -> f64 {
+    let roots = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"];
+    for (root, key) in roots.iter().zip(["rss", "anon"]) {
+        let Ok(parents) = std::fs::read_dir(root) else { continue };
+        let stat = parents.flatten().map(|p| p.path().join(id).join("memory.stat")).find(|p| p.is_file());
+        let Some(stat) = stat else { continue };
+        let text = std::fs::read_to_string(stat).unwrap_or_default();
+        let bytes = text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')));
+        return bytes.and_then(|b| b.trim().parse::<u64>().ok()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    }
+    0.0
+}
+
 pub fn measure(d: &Daemon, root: &Path, n: usize, clones: usize, touched_mib: u64) -> Result<NativeMemory> {
     let fork = fork(d, clones, touched_mib)?;
-    let (server_cold, server_from_memory, server_image_took_ms) =
-        crate::template_server::measure(d, root, n, "native")?;
-    Ok(NativeMemory { fork, server_cold, server_from_memory, server_image_took_ms })
+    let t = crate::template_server::measure(d, root, n, "native")?;
+    Ok(NativeMemory {
+        fork,
+        server_cold: t.cold,
+        server_from_memory: t.from_memory,
+        server_pooled: t.pooled,
+        server_image_took_ms: t.image_took_ms,
+    })
 }
 
 fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
@@ -77,6 +99,7 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
         (src.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
     });
     let source_pss_mib = pss_mib(&src.id);
+    let source_anon = anon_mib(&src.id);
     let t = Instant::now();
     let (s, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": clones, "timeout": 600})));
     let call = t.elapsed();
@@ -84,7 +107,7 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
     let answered = forked.iter().all(|c| c.sh("pgrep -c python3").stdout.trim() == "1");
     let all = t.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline && forked.iter().any(|c| pss_mib(&c.id) < source_pss_mib * 0.9) {
+    while Instant::now() < deadline && forked.iter().any(|c| anon_mib(&c.id) < source_anon * 0.9) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let complete = t.elapsed();
