@@ -371,7 +371,9 @@ pub fn restore(
         network_lock: Some(rpc::NETWORK_LOCK_SKIP),
         lazy_pages: req.lazy.then_some(true),
     };
+    let t0 = std::time::Instant::now();
     let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
+    let lazy_ms = t0.elapsed().as_millis() as u64;
     let (ours, theirs) = rpc::socket_pair().map_err(|e| format!("a socket pair for CRIU: {e}"))?;
 
     // Everything the child touches is prepared here: between fork and exec only raw syscalls run.
@@ -453,6 +455,7 @@ pub fn restore(
             log
         }
     };
+    tracing::debug!(lazy_ms, criu_ms = t0.elapsed().as_millis() as u64 - lazy_ms, "criu restore");
     let failed = match outcome {
         Ok(pid) if out.status.success() => return Ok((pid, lazy)),
         Ok(_) => format!("criu exited with {} after restoring: {}", out.status, said()),

@@ -619,6 +619,7 @@ impl NativeRuntime {
         chown(&log_path, Some(self.settings.uid_base), Some(self.settings.uid_base))
             .map_err(prep("agent log", log_path.clone()))?;
         let lower: Vec<PathBuf> = spec.layers.iter().chain([&spec.template_rootfs]).cloned().collect();
+        let prepared_ms = started.elapsed().as_millis() as u64;
         let image_address = checkpoint::ImageMeta::read(image).ok().and_then(|m| m.address);
         let egress = spec.egress.clone().filter(|e| !e.allow.is_empty() || !e.deny.is_empty());
         // A leftover of an earlier try would hold the names.
@@ -712,7 +713,7 @@ impl NativeRuntime {
                 return Err(fail(format!("a thread for its lazy pages: {e}")));
             }
         }
-        debug!(sandbox = %id, copy, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
+        debug!(sandbox = %id, copy, prepared_ms, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
         Ok(Handle {
             version: HANDLE_VERSION,
             pid,
