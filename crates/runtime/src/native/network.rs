@@ -326,17 +326,6 @@ fn if_request(name: &str) -> Result<(std::os::fd::OwnedFd, libc::ifreq), String>
     Ok((sock, ifr))
 }
 
-fn sockaddr_v4(a: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by sa_family.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
 /// The label of the second address a clone's `eth0` carries while it is restored.
 const SOURCE_ALIAS: &str = "eth0:0";
 
@@ -362,11 +351,11 @@ pub fn add_source_alias(addr: Ipv4Addr, prefix: u8) -> Result<(), String> {
     let fail = |what: &str| format!("{what} of {SOURCE_ALIAS}: {}", std::io::Error::last_os_error());
     // SAFETY: each ioctl reads or writes the one ifreq passed to it.
     unsafe {
-        ifr.ifr_ifru.ifru_addr = sockaddr_v4(addr);
+        ifr.ifr_ifru.ifru_addr = super::spawn::sockaddr_in(addr);
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &ifr) < 0 {
             return Err(fail("setting the address"));
         }
-        ifr.ifr_ifru.ifru_netmask = sockaddr_v4(mask);
+        ifr.ifr_ifru.ifru_netmask = super::spawn::sockaddr_in(mask);
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &ifr) < 0 {
             return Err(fail("setting the netmask"));
         }

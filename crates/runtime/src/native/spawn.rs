@@ -438,7 +438,7 @@ fn drop_capabilities() -> Result<(), String> {
     Ok(())
 }
 
-fn sockaddr_in(a: std::net::Ipv4Addr) -> libc::sockaddr {
+pub(super) fn sockaddr_in(a: std::net::Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
