@@ -371,9 +371,6 @@ pub fn restore(
         network_lock: Some(rpc::NETWORK_LOCK_SKIP),
         lazy_pages: req.lazy.then_some(true),
     };
-    let t0 = std::time::Instant::now();
-    let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
-    let lazy_ms = t0.elapsed().as_millis() as u64;
     let (ours, theirs) = rpc::socket_pair().map_err(|e| format!("a socket pair for CRIU: {e}"))?;
 
     // Everything the child touches is prepared here: between fork and exec only raw syscalls run.
@@ -439,7 +436,19 @@ pub fn restore(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("running {}: {e}", req.criu.display()))?;
+    let t0 = std::time::Instant::now();
+    // Started last, so that nothing above can leave it waiting for a restore that never comes.
+    let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
+    let lazy_ms = t0.elapsed().as_millis() as u64;
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(l) = lazy.as_mut() {
+                l.kill();
+            }
+            return Err(format!("running {}: {e}", req.criu.display()));
+        }
+    };
     drop(theirs);
     drop(procs);
     let outcome = converse(&ours, &opts, &mut at);
