@@ -181,11 +181,8 @@ fn egress_ruleset(allow: &[(Ipv4Addr, u8)], deny: &[(Ipv4Addr, u8)]) -> serde_js
 
 /// Applies (or with both lists empty, removes) the egress table in the network namespace of `pid`.
 pub fn set_egress(pid: i32, allow: &[(Ipv4Addr, u8)], deny: &[(Ipv4Addr, u8)]) -> Result<(), RuntimeError> {
-    let nft: nftables::schema::Nftables = serde_json::from_value(egress_ruleset(allow, deny))
-        .map_err(|e| RuntimeError::Network { detail: format!("egress ruleset: {e}") })?;
-    let netns = format!("--net=/proc/{pid}/ns/net");
-    nftables::helper::apply_ruleset_with_args(&nft, Some("nsenter"), [netns.as_str(), "nft"])
-        .map_err(|e| RuntimeError::Network { detail: format!("applying the egress rules: {e}") })
+    in_namespaces_of(pid, &["net"], || apply_egress_here(allow, deny))
+        .map_err(|detail| RuntimeError::Network { detail })
 }
 
 /// The bridge's interface index (the spawner attaches veths to it by index).
