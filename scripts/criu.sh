@@ -10,7 +10,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=4.1.1
 prefix=/opt/warren/criu
 # Warren's own fixes to the source, by name; a build without all of them is rebuilt.
-fixes="passcred-eopnotsupp kdat-cache-in-dev-shm lazy-pages-in-userns"
+fixes="passcred-eopnotsupp kdat-cache-in-dev-shm lazy-pages-in-userns tmpfs-plain-tar populate-before-read"
 if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version" &&
     [ "$(cat "$prefix/fixes" 2>/dev/null)" = "$fixes" ]; then
     exit 0
@@ -63,6 +63,15 @@ fi
 # task in a user namespace may not do while vm.unprivileged_userfaultfd is 0 (Debian's default);
 # criu opens /dev/userfaultfd itself and the tasks make their descriptor through it.
 patch -s -p1 < "$here/criu-lazy-pages-in-userns.patch"
+# tmpfs-plain-tar: a sandbox has four tmpfs mounts (/dev, /dev/shm, /tmp, /proc/acpi) and CRIU runs
+# tar and gzip for each on every dump and restore (≈ 14 ms of CPU per restore here). Their images
+# stay on local disk, so gzip buys nothing; an empty tmpfs is saved as an empty image and needs no
+# tar at all. Restores still read gzipped images made by other builds.
+patch -s -p1 < "$here/criu-tmpfs-plain-tar.patch"
+# populate-before-read: a restore that is not lazy reads each process's pages into fresh memory,
+# taking one page fault per page; asking for the pages first (MADV_POPULATE_WRITE) costs a third
+# less CPU on these virtual machines (≈ 0.38 vs 0.54 s per GiB).
+patch -s -p1 < "$here/criu-populate-before-read.patch"
 # Only the criu binary: no docs (asciidoc), no Python bindings, no compel plugins beyond its own.
 # kdat-cache-in-dev-shm: CRIU probes the kernel's features on every run (≈ 20 ms here) unless it
 # finds its cache, which it keeps only on a tmpfs; /run is not one on these hosts, /dev/shm is.

@@ -61,6 +61,25 @@ pub struct NativeRuntime {
     zygote: Option<zygote::Zygote>,
     /// Sandboxes whose memory a lazy restore is still copying in.
     filling: std::sync::Arc<Filling>,
+    /// Restores running now (see `restore_from`: the lazy mode is for one at a time).
+    restoring: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a restore in [`NativeRuntime::restoring`] while it lives.
+struct Restoring<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Restoring<'a> {
+    /// Registers a restore; also returns how many others were running.
+    fn begin(count: &'a std::sync::atomic::AtomicUsize) -> (Restoring<'a>, usize) {
+        let others = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        (Restoring(count), others)
+    }
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Lazy restores in progress, by sandbox id. A dump waits for the sandbox's to end: CRIU saves
@@ -137,7 +156,15 @@ impl NativeRuntime {
             None => None,
         };
         debug!(cgroup_version = cgroups.version(), "native runtime ready");
-        Ok(NativeRuntime { settings, bridge_index, cgroups, layers, zygote: None, filling: Default::default() })
+        Ok(NativeRuntime {
+            settings,
+            bridge_index,
+            cgroups,
+            layers,
+            zygote: None,
+            filling: Default::default(),
+            restoring: Default::default(),
+        })
     }
 
     /// Forks the spawner zygote, which saves an exec per sandbox. Without it (or if it dies) each
@@ -604,6 +631,11 @@ impl NativeRuntime {
         let fail = |detail: String| RuntimeError::Restore { id: spec.id.clone(), detail };
         let prep = |what: &'static str, path: PathBuf| move |source| RuntimeError::Prepare { what, path, source };
         let started = Instant::now();
+        // A lazy restore answers sooner but costs more CPU in all (a second CRIU process, every
+        // page copied twice): worth it for a wake, whose first answer is waited for, not for a
+        // fork of many clones or a pool's refill, where the CPU is what all of them wait for.
+        let (_restoring, others) = Restoring::begin(&self.restoring);
+        let lazily = self.settings.lazy_pages && others == 0;
         let cg = self.cgroups.sandbox(id);
         cg.create(cgroup::Limits {
             cpu_count: spec.cpu_count,
@@ -643,7 +675,7 @@ impl NativeRuntime {
                 log: &log,
                 network: link.is_some(),
                 work_dir: &work_dir,
-                lazy: self.settings.lazy_pages,
+                lazy: lazily,
             },
             |stage| match stage {
                 checkpoint::RestoreStage::NamespacesReady(pid) => {
@@ -719,7 +751,7 @@ impl NativeRuntime {
                 return Err(fail(format!("a thread for its lazy pages: {e}")));
             }
         }
-        debug!(sandbox = %id, copy, prepared_ms, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
+        debug!(sandbox = %id, copy, lazily, prepared_ms, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox restored with CRIU");
         Ok(Handle {
             version: HANDLE_VERSION,
             pid,
@@ -735,6 +767,17 @@ impl NativeRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_knows_how_many_others_run_beside_it() {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let (first, alone) = Restoring::begin(&count);
+        let (second, beside) = Restoring::begin(&count);
+        assert_eq!((alone, beside), (0, 1));
+        drop(first);
+        drop(second);
+        assert_eq!(Restoring::begin(&count).1, 0, "ended restores are not counted");
+    }
 
     #[test]
     fn a_dump_waits_for_the_lazy_restore_of_its_sandbox_only() {
