@@ -26,8 +26,8 @@ pub struct NativeMemory {
 }
 
 /// A fork of `clones` copies of a sandbox holding `touched_mib` in a Python process: the call,
-/// and until every clone answered an exec (asked eight at a time) with the source's process
-/// still there; memory on the host (PSS of every process in the cgroup).
+/// and until every clone answered an exec (asked eight at a time) with the token its copy of
+/// the source's process holds in memory; memory on the host (PSS of every process in the cgroup).
 #[derive(Serialize)]
 pub struct NativeFork {
     pub touched_mib: u64,
@@ -41,12 +41,20 @@ pub struct NativeFork {
     pub clone_pss_mib: f64,
 }
 
-/// A Python process holding `mib` MiB of random bytes (incompressible, like real state).
+/// A Python process holding `mib` MiB of random bytes (incompressible, like real state) and a
+/// random token, which it writes to `/tmp/told` when sent SIGUSR1: a clone that tells its
+/// source's token has that variable in its own memory (the file system has no copy of it).
 fn holder(mib: u64) -> String {
     format!(
-        "python3 -c \"import os,time; b=os.urandom({mib}<<20); open('/tmp/ready','w').write('1'); time.sleep(1e9)\""
+        "python3 -c \"import os,signal,time; b=os.urandom({mib}<<20); t=os.urandom(8).hex(); \
+         signal.signal(signal.SIGUSR1, lambda *_: open('/tmp/told','w').write(t)); \
+         open('/tmp/ready','w').write('1'); time.sleep(1e9)\""
     )
 }
+
+/// Asks a sandbox's memory holder for its token (see [`holder`]).
+const ASK_TOKEN: &str = "rm -f /tmp/told; pkill -USR1 -x python3 || exit 1; \
+    for i in $(seq 500); do [ -s /tmp/told ] && exec cat /tmp/told; sleep 0.01; done; exit 1";
 
 /// PSS of the processes of native sandbox `id` (found in any daemon's memory cgroup).
 pub fn pss_mib(id: &str) -> f64 {
@@ -98,6 +106,10 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
     warren_e2e::wait_for("the memory holder", Duration::from_secs(120), || {
         (src.sh("cat /tmp/ready 2>/dev/null").stdout == "1").then_some(())
     });
+    let token = src.sh(ASK_TOKEN).stdout;
+    if token.len() != 16 {
+        bail!("the memory holder told no token: {token:?}");
+    }
     let source_pss_mib = pss_mib(&src.id);
     let source_anon = anon_mib(&src.id);
     let t = Instant::now();
@@ -108,7 +120,10 @@ fn fork(d: &Daemon, clones: usize, mib: u64) -> Result<NativeFork> {
     let answered = std::thread::scope(|s| {
         let askers: Vec<_> = forked
             .chunks(forked.len().div_ceil(8).max(1))
-            .map(|chunk| s.spawn(move || chunk.iter().all(|c| c.sh("pgrep -c python3").stdout.trim() == "1")))
+            .map(|chunk| {
+                let token = &token;
+                s.spawn(move || chunk.iter().all(|c| c.sh(ASK_TOKEN).stdout == *token))
+            })
             .collect();
         askers.into_iter().all(|a| a.join().unwrap_or(false))
     });

@@ -16,13 +16,13 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
 use super::spawn::{AGENT_PATH_IN_SANDBOX, DIAL_DIR_IN_SANDBOX, HOST_DEVICES};
+use super::vfork;
 
 /// Format version of [`ImageMeta`] (invariant: every on-disk format is versioned).
 pub const IMAGE_VERSION: u32 = 1;
@@ -251,7 +251,7 @@ pub const LAZY_LOG: &str = "lazy-pages.log";
 /// and copies the rest in behind them, then exits. Its files stay open (an image deleted under it
 /// is still read to the end).
 pub struct LazyPages {
-    child: std::process::Child,
+    child: vfork::Child,
     log: PathBuf,
 }
 
@@ -261,29 +261,36 @@ impl LazyPages {
         use nix::fcntl::OFlag;
         let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("a pipe: {e}"))?;
         let w = ready_w.as_raw_fd();
-        let mut cmd = Command::new(criu);
-        cmd.arg("lazy-pages")
-            .arg("--images-dir")
-            .arg(image)
-            .arg("--work-dir")
-            .arg(work_dir)
-            .args(["--log-file", LAZY_LOG, "--status-fd", "3"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe syscalls.
-        unsafe {
-            cmd.pre_exec(move || {
+        let c =
+            |s: &Path| CString::new(s.as_os_str().as_encoded_bytes()).map_err(|_| format!("{s:?} holds a NUL byte"));
+        let program = c(criu)?;
+        let mut args = vec![c(Path::new("criu"))?, c(Path::new("lazy-pages"))?, c(Path::new("--images-dir"))?];
+        args.extend([c(image)?, c(Path::new("--work-dir"))?, c(work_dir)?]);
+        for a in ["--log-file", LAZY_LOG, "--status-fd", "3"] {
+            args.push(c(Path::new(a))?);
+        }
+        let null = fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+        let null_fd = null.as_raw_fd();
+        let mut before_exec = move || -> Result<(), i32> {
+            // SAFETY: only async-signal-safe syscalls.
+            unsafe {
                 let high = libc::fcntl(w, libc::F_DUPFD, 1000);
-                if high < 0 || libc::dup2(high, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                if high < 0
+                    || libc::dup2(high, 3) < 0
+                    || libc::dup2(null_fd, 0) < 0
+                    || libc::dup2(null_fd, 1) < 0
+                    || libc::dup2(null_fd, 2) < 0
+                {
+                    return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
                 }
                 libc::close(high);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| format!("running {} lazy-pages: {e}", criu.display()))?;
-        drop(ready_w);
+            }
+            Ok(())
+        };
+        // SAFETY: `before_exec` makes only raw syscalls on memory prepared above.
+        let child = unsafe { vfork::spawn(&program, &args, &mut before_exec) }
+            .map_err(|e| format!("running {} lazy-pages: {e}", criu.display()))?;
+        drop((ready_w, null));
         let mut server = LazyPages { child, log: work_dir.join(LAZY_LOG) };
         // CRIU writes one byte once it listens, and closes the pipe if it fails first.
         let mut pfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -308,8 +315,7 @@ impl LazyPages {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
@@ -393,12 +399,19 @@ pub fn restore(
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let log_fd = req.log.as_raw_fd();
     let rpc_fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(req.criu);
-    cmd.arg("swrk").arg(RPC_FD.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe syscalls on memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
+    let program = c(&req.criu.display().to_string())?;
+    let args = [c("criu")?, c("swrk")?, c(&RPC_FD.to_string())?];
+    let null = fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    let (stderr_r, stderr_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("a pipe for CRIU: {e}"))?;
+    let (null_fd, stderr_fd) = (null.as_raw_fd(), stderr_w.as_raw_fd());
+    let mut before_exec = move || -> Result<(), i32> {
+        let fail = || Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+        // SAFETY: only async-signal-safe syscalls on memory prepared before the spawn.
+        unsafe {
+            if libc::dup2(null_fd, 0) < 0 || libc::dup2(null_fd, 1) < 0 || libc::dup2(stderr_fd, 2) < 0 {
+                return fail();
+            }
             for fd in &proc_fds {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return fail();
@@ -433,14 +446,15 @@ pub fn restore(
             }
             libc::close(log_high);
             libc::close(rpc_high);
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    };
     let t0 = std::time::Instant::now();
     // Started last, so that nothing above can leave it waiting for a restore that never comes.
     let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
     let lazy_ms = t0.elapsed().as_millis() as u64;
-    let child = match cmd.spawn() {
+    // SAFETY: `before_exec` makes only raw syscalls on memory prepared above.
+    let mut child = match unsafe { vfork::spawn(&program, &args, &mut before_exec) } {
         Ok(child) => child,
         Err(e) => {
             if let Some(l) = lazy.as_mut() {
@@ -449,25 +463,26 @@ pub fn restore(
             return Err(format!("running {}: {e}", req.criu.display()));
         }
     };
-    drop(theirs);
-    drop(procs);
+    drop((theirs, procs, null, stderr_w));
     let outcome = converse(&ours, &opts, &mut at);
     drop(ours);
     // What CRIU says before its log is open (a bad request) goes to its stderr.
-    let out = child.wait_with_output().map_err(|e| format!("waiting for {}: {e}", req.criu.display()))?;
+    let mut stderr = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut fs::File::from(stderr_r), &mut stderr);
+    let status = child.wait().map_err(|e| format!("waiting for {}: {e}", req.criu.display()))?;
     drop((images_dir, work_dir));
     let said = || {
         let log = log_excerpt(&req.work_dir.join(RESTORE_LOG));
         if log.is_empty() {
-            String::from_utf8_lossy(&out.stderr).trim().chars().take(800).collect()
+            String::from_utf8_lossy(&stderr).trim().chars().take(800).collect()
         } else {
             log
         }
     };
     tracing::debug!(lazy_ms, criu_ms = t0.elapsed().as_millis() as u64 - lazy_ms, "criu restore");
     let failed = match outcome {
-        Ok(pid) if out.status.success() => return Ok((pid, lazy)),
-        Ok(_) => format!("criu exited with {} after restoring: {}", out.status, said()),
+        Ok(pid) if status.success() => return Ok((pid, lazy)),
+        Ok(_) => format!("criu exited with {status} after restoring: {}", said()),
         Err(why) => format!("criu restore failed: {why}: {}", said()),
     };
     if let Some(l) = lazy.as_mut() {

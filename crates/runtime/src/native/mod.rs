@@ -10,6 +10,7 @@ pub mod network;
 pub mod seccomp;
 pub mod spawn;
 pub mod storage;
+mod vfork;
 pub mod zygote;
 
 use std::fs;
