@@ -13,9 +13,9 @@
 //! its first instruction) and in a private mount namespace holding the sandbox's overlay root, so
 //! nothing of a restore is ever visible in the host's mount table.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -261,26 +261,23 @@ impl LazyPages {
         use nix::fcntl::OFlag;
         let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("a pipe: {e}"))?;
         let w = ready_w.as_raw_fd();
-        let c =
-            |s: &Path| CString::new(s.as_os_str().as_encoded_bytes()).map_err(|_| format!("{s:?} holds a NUL byte"));
-        let program = c(criu)?;
-        let mut args = vec![c(Path::new("criu"))?, c(Path::new("lazy-pages"))?, c(Path::new("--images-dir"))?];
-        args.extend([c(image)?, c(Path::new("--work-dir"))?, c(work_dir)?]);
-        for a in ["--log-file", LAZY_LOG, "--status-fd", "3"] {
-            args.push(c(Path::new(a))?);
-        }
-        let null = fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-        let null_fd = null.as_raw_fd();
+        let args: Vec<&OsStr> = vec![
+            "criu".as_ref(),
+            "lazy-pages".as_ref(),
+            "--images-dir".as_ref(),
+            image.as_os_str(),
+            "--work-dir".as_ref(),
+            work_dir.as_os_str(),
+            "--log-file".as_ref(),
+            LAZY_LOG.as_ref(),
+            "--status-fd".as_ref(),
+            "3".as_ref(),
+        ];
         let mut before_exec = move || -> Result<(), i32> {
             // SAFETY: only async-signal-safe syscalls.
             unsafe {
                 let high = libc::fcntl(w, libc::F_DUPFD, 1000);
-                if high < 0
-                    || libc::dup2(high, 3) < 0
-                    || libc::dup2(null_fd, 0) < 0
-                    || libc::dup2(null_fd, 1) < 0
-                    || libc::dup2(null_fd, 2) < 0
-                {
+                if high < 0 || libc::dup2(high, 3) < 0 {
                     return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
                 }
                 libc::close(high);
@@ -288,9 +285,9 @@ impl LazyPages {
             Ok(())
         };
         // SAFETY: `before_exec` makes only raw syscalls on memory prepared above.
-        let child = unsafe { vfork::spawn(&program, &args, &mut before_exec) }
+        let child = unsafe { vfork::spawn(criu, &args, None, &mut before_exec) }
             .map_err(|e| format!("running {} lazy-pages: {e}", criu.display()))?;
-        drop((ready_w, null));
+        drop(ready_w);
         let mut server = LazyPages { child, log: work_dir.join(LAZY_LOG) };
         // CRIU writes one byte once it listens, and closes the pipe if it fails first.
         let mut pfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -399,19 +396,13 @@ pub fn restore(
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let log_fd = req.log.as_raw_fd();
     let rpc_fd = theirs.as_raw_fd();
-    let program = c(&req.criu.display().to_string())?;
-    let args = [c("criu")?, c("swrk")?, c(&RPC_FD.to_string())?];
-    let null = fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    let rpc_fd_arg = RPC_FD.to_string();
     let (stderr_r, stderr_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("a pipe for CRIU: {e}"))?;
-    let (null_fd, stderr_fd) = (null.as_raw_fd(), stderr_w.as_raw_fd());
     let mut before_exec = move || -> Result<(), i32> {
         let fail = || Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
         // SAFETY: only async-signal-safe syscalls on memory prepared before the spawn.
         unsafe {
-            if libc::dup2(null_fd, 0) < 0 || libc::dup2(null_fd, 1) < 0 || libc::dup2(stderr_fd, 2) < 0 {
-                return fail();
-            }
             for fd in &proc_fds {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return fail();
@@ -453,8 +444,9 @@ pub fn restore(
     // Started last, so that nothing above can leave it waiting for a restore that never comes.
     let mut lazy = if req.lazy { Some(LazyPages::start(req.criu, req.image, req.work_dir)?) } else { None };
     let lazy_ms = t0.elapsed().as_millis() as u64;
+    let args: [&OsStr; 3] = ["criu".as_ref(), "swrk".as_ref(), rpc_fd_arg.as_ref()];
     // SAFETY: `before_exec` makes only raw syscalls on memory prepared above.
-    let mut child = match unsafe { vfork::spawn(&program, &args, &mut before_exec) } {
+    let mut child = match unsafe { vfork::spawn(req.criu, &args, Some(stderr_w.as_fd()), &mut before_exec) } {
         Ok(child) => child,
         Err(e) => {
             if let Some(l) = lazy.as_mut() {
@@ -463,7 +455,7 @@ pub fn restore(
             return Err(format!("running {}: {e}", req.criu.display()));
         }
     };
-    drop((theirs, procs, null, stderr_w));
+    drop((theirs, procs, stderr_w));
     let outcome = converse(&ours, &opts, &mut at);
     drop(ours);
     // What CRIU says before its log is open (a bad request) goes to its stderr.

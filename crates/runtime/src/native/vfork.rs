@@ -5,10 +5,11 @@
 //! each CRIU start. Here the child shares the daemon's memory until it execs (vfork, as
 //! `posix_spawn` does), so none of that happens.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::ExitStatus;
 
 /// What the child runs before it execs; an errno fails the start.
@@ -24,6 +25,9 @@ struct Context<'a> {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     before_exec: BeforeExec<'a>,
+    /// Stdin and stdout are /dev/null; stderr is `stderr` (or /dev/null too).
+    null: i32,
+    stderr: i32,
     error_w: i32,
     mask: libc::sigset_t,
     last_signal: libc::c_int,
@@ -58,6 +62,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
     // SAFETY: restores the mask saved by the parent.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &ctx.mask, std::ptr::null_mut()) };
+    // SAFETY: dup2 on descriptors the parent keeps open until the child has exec'd.
+    if unsafe { libc::dup2(ctx.null, 0) < 0 || libc::dup2(ctx.null, 1) < 0 || libc::dup2(ctx.stderr, 2) < 0 } {
+        fail(ctx.error_w, io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    }
     if let Err(errno) = (ctx.before_exec)() {
         fail(ctx.error_w, errno);
     }
@@ -69,12 +77,25 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     fail(ctx.error_w, io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Starts `program` with `args` (argv[0] included), running `before_exec` in the child first.
+/// Starts `program` with `args` (argv[0] included), stdin and stdout on /dev/null and stderr on
+/// `stderr` (or /dev/null), running `before_exec` in the child first.
 ///
 /// # Safety
 /// `before_exec` runs in a child that shares this process's memory: it may only make raw,
 /// async-signal-safe syscalls on memory prepared beforehand, and must not panic.
-pub unsafe fn spawn(program: &CStr, args: &[CString], before_exec: BeforeExec<'_>) -> io::Result<Child> {
+pub unsafe fn spawn(
+    program: &Path,
+    args: &[&OsStr],
+    stderr: Option<BorrowedFd<'_>>,
+    before_exec: BeforeExec<'_>,
+) -> io::Result<Child> {
+    let c = |s: &OsStr| {
+        CString::new(s.as_encoded_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} holds a NUL byte")))
+    };
+    let program = c(program.as_os_str())?;
+    let args = args.iter().map(|a| c(a)).collect::<io::Result<Vec<_>>>()?;
+    let null = std::fs::File::open("/dev/null")?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let (error_r, error_w): (OwnedFd, OwnedFd) =
@@ -90,6 +111,8 @@ pub unsafe fn spawn(program: &CStr, args: &[CString], before_exec: BeforeExec<'_
         program: program.as_ptr(),
         argv: argv.as_ptr(),
         before_exec,
+        null: null.as_raw_fd(),
+        stderr: stderr.map_or(null.as_raw_fd(), |e| e.as_raw_fd()),
         error_w: error_w.as_raw_fd(),
         mask: old,
         last_signal: libc::SIGRTMAX(),
@@ -159,8 +182,8 @@ impl Child {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<CString> {
-        a.iter().map(|s| CString::new(*s).unwrap()).collect()
+    fn args<'a>(a: &[&'a str]) -> Vec<&'a OsStr> {
+        a.iter().map(|s| OsStr::new(*s)).collect()
     }
 
     #[test]
@@ -174,9 +197,9 @@ mod tests {
             }
             Ok(())
         };
-        let sh = CString::new("/bin/sh").unwrap();
+        let sh = Path::new("/bin/sh");
         // SAFETY: the step makes one raw syscall.
-        let mut child = unsafe { spawn(&sh, &args(&["sh", "-c", "echo hi; exit 3"]), &mut step) }.unwrap();
+        let mut child = unsafe { spawn(sh, &args(&["sh", "-c", "echo hi; exit 3"]), None, &mut step) }.unwrap();
         drop(w);
         let mut out = String::new();
         io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
@@ -187,14 +210,14 @@ mod tests {
     #[test]
     fn a_failed_step_or_exec_is_an_error_and_leaves_no_child() {
         let mut fails = || Err(libc::EPERM);
-        let sh = CString::new("/bin/sh").unwrap();
+        let sh = Path::new("/bin/sh");
         // SAFETY: the step makes no syscall at all.
-        let e = unsafe { spawn(&sh, &args(&["sh"]), &mut fails) }.err().unwrap();
+        let e = unsafe { spawn(sh, &args(&["sh"]), None, &mut fails) }.err().unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
         let mut ok = || Ok(());
-        let missing = CString::new("/nonexistent/program").unwrap();
+        let missing = Path::new("/nonexistent/program");
         // SAFETY: as above.
-        let e = unsafe { spawn(&missing, &args(&["x"]), &mut ok) }.err().unwrap();
+        let e = unsafe { spawn(missing, &args(&["x"]), None, &mut ok) }.err().unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
     }
 }
