@@ -51,8 +51,23 @@ pub fn test_network(name: &str) -> (String, String) {
     (format!("wt{:08x}", h as u32), format!("10.{}.{}.0/24", 100 + (h >> 32) % 100, (h >> 40) % 256))
 }
 
+/// A loopback port no other daemon of this test process was given. Ports come from below the kernel's
+/// ephemeral range (so a client connection's local port cannot take one between the check and the
+/// daemon's bind) and from a counter (so two tests starting at once never get the same one).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Test binaries run one after another, but start each one at its own offset anyway.
+    let base = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let port = FIRST + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
 impl Daemon {
@@ -149,16 +164,13 @@ impl Daemon {
         let child = cmd.spawn().expect("starting warren serve (build it with scripts/build.sh)");
         *self.child.lock().unwrap() = Some(child);
         wait_for("the daemon to answer /health", Duration::from_secs(60), || {
-            if let Some(c) = self.child.lock().unwrap().as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("warren serve exited with {status}: {}", self.log());
-                }
-            }
+            self.assert_running();
             ureq::get(&format!("{}/health", self.url())).call().ok()
         });
         let key = std::fs::read_to_string(self.data_dir.join("api_key")).unwrap();
         *self.key.lock().unwrap() = key.trim().to_owned();
         wait_for("the base template", Duration::from_secs(1200), || {
+            self.assert_running();
             let (status, v) = self.api("GET", "/templates/base", None);
             match v["status"].as_str() {
                 Some("ready") => Some(()),
@@ -170,6 +182,15 @@ impl Daemon {
                 _ => None,
             }
         });
+    }
+
+    /// Panics with the daemon's log if it has exited: whatever answers on its port is then not it.
+    fn assert_running(&self) {
+        if let Some(c) = self.child.lock().unwrap().as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("warren serve exited with {status}: {}", self.log());
+            }
+        }
     }
 
     pub fn log(&self) -> String {
