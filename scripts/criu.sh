@@ -10,7 +10,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=4.1.1
 prefix=/opt/warren/criu
 # Warren's own fixes to the source, by name; a build without all of them is rebuilt.
-fixes="passcred-eopnotsupp kdat-cache-in-dev-shm lazy-pages-in-userns tmpfs-plain-tar populate-before-read"
+fixes="passcred-eopnotsupp kdat-cache-in-dev-shm lazy-pages-in-userns tmpfs-plain-tar populate-before-read restore-lock-skip"
 if [ -x "$prefix/sbin/criu" ] && "$prefix/sbin/criu" --version 2>/dev/null | grep -q "Version: $version" &&
     [ "$(cat "$prefix/fixes" 2>/dev/null)" = "$fixes" ]; then
     exit 0
@@ -72,6 +72,11 @@ patch -s -p1 < "$here/criu-tmpfs-plain-tar.patch"
 # taking one page fault per page; asking for the pages first (MADV_POPULATE_WRITE) costs a third
 # less CPU on these virtual machines (≈ 0.38 vs 0.54 s per GiB).
 patch -s -p1 < "$here/criu-populate-before-read.patch"
+# restore-lock-skip: a restore takes the network-lock method from the dump's inventory, even when
+# told to skip it (Warren keeps packets away from a restoring sandbox itself), and so unlocked an
+# nftables lock that its fresh network namespace never had: a libnftables run and ≈ 10 ms
+# waiting to close its netlink socket, on every restore.
+patch -s -p1 < "$here/criu-restore-lock-skip.patch"
 # Only the criu binary: no docs (asciidoc), no Python bindings, no compel plugins beyond its own.
 # kdat-cache-in-dev-shm: CRIU probes the kernel's features on every run (≈ 20 ms here) unless it
 # finds its cache, which it keeps only on a tmpfs; /run is not one on these hosts, /dev/shm is.
