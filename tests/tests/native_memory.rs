@@ -291,7 +291,8 @@ fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
     assert_eq!(counter(&grandchild).0, secret);
     assert_eq!(served(&d, &grandchild), Some(4));
 
-    // A fork of the files only starts fresh processes on them.
+    // A fork of the files only starts fresh processes on them (/tmp is a directory of the disk, so
+    // its files come along).
     let (status, v) = d.api("POST", &format!("/sandboxes/{}/fork", src.id), Some(json!({"count": 1, "memory": false})));
     assert_eq!(status, 201, "{v}");
     let files_only = Sandbox {
@@ -303,7 +304,7 @@ fn native_forks_and_snapshots_carry_the_source_processes_and_memory() {
     assert_eq!(
         files_only.sh("pgrep -x python3 || echo none; cat /tmp/mem 2>/dev/null || echo no-tmp").stdout,
         "none
-no-tmp
+in-memory
 "
     );
     assert_eq!(d.api("DELETE", &format!("/sandboxes/{}", files_only.id), None).0, 204);

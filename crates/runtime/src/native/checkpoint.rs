@@ -382,6 +382,7 @@ pub fn restore(
     let target = c(&req.mountpoint.display().to_string())?;
     let options = c(&req.overlay_options)?;
     let root = c("/")?;
+    let root_flags = super::spawn::ROOT_FLAGS.bits();
     let procs: Vec<OwnedFd> = req
         .cgroup_procs
         .iter()
@@ -422,7 +423,9 @@ pub fn restore(
             {
                 return fail();
             }
-            if libc::mount(overlay.as_ptr(), target.as_ptr(), overlay.as_ptr(), 0, options.as_ptr().cast()) != 0 {
+            if libc::mount(overlay.as_ptr(), target.as_ptr(), overlay.as_ptr(), root_flags, options.as_ptr().cast())
+                != 0
+            {
                 return fail();
             }
             // Both descriptors go to their fixed numbers by way of high ones, so that neither

@@ -263,7 +263,7 @@ impl NativeRuntime {
             cgroup_procs: self.cgroups.sandbox(id).procs_files(),
             uid_base: self.settings.uid_base,
             uid_count: self.settings.uid_count,
-            tmp_size_bytes: spec.memory_mb * 1024 * 1024 / 2,
+            shm_size_bytes: spec.memory_mb * 1024 * 1024 / 2,
             env: vec![
                 ("WARREN_SANDBOX_ID".into(), id.to_owned()),
                 ("WARREN_AGENT_DIAL".into(), format!("{DIAL_DIR_IN_SANDBOX}/{AGENT_SOCKET}")),

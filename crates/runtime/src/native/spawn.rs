@@ -57,7 +57,7 @@ pub struct SpawnRequest {
     pub cgroup_procs: Vec<PathBuf>,
     pub uid_base: u32,
     pub uid_count: u32,
-    pub tmp_size_bytes: u64,
+    pub shm_size_bytes: u64,
     /// Environment of the agent process.
     pub env: Vec<(String, String)>,
     /// The sandbox's network link; loopback only when absent.
@@ -255,6 +255,39 @@ fn ensure_dir(p: &Path) -> Result<(), String> {
     }
 }
 
+/// Flags of a sandbox's root mount (the restore of a checkpoint mounts it the same way).
+pub const ROOT_FLAGS: MsFlags = MsFlags::MS_NODEV;
+
+/// A directory the sandbox's root owns: kept as it is when it exists (the template's, or the
+/// sandbox's own from before a checkpoint), made otherwise.
+fn ensure_owned_dir(p: &Path, mode: u32, owner: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => ctx(fs::remove_file(p), || format!("removing {} to make it a directory", p.display()))?,
+        Err(_) => {}
+    }
+    ensure_dir(p)?;
+    ctx(fs::set_permissions(p, fs::Permissions::from_mode(mode)), || format!("chmod {}", p.display()))?;
+    ctx(std::os::unix::fs::lchown(p, Some(owner), Some(owner)), || format!("chown {}", p.display()))
+}
+
+/// `p` as a symbolic link to `to`, whatever was there (a template's `/dev/ptmx` is a device node,
+/// which opens nothing on a `nodev` root).
+fn ensure_symlink(p: &Path, to: &str, owner: u32) -> Result<(), String> {
+    match fs::read_link(p) {
+        Ok(t) if t == Path::new(to) => return Ok(()),
+        Ok(_) => ctx(fs::remove_file(p), || format!("removing {}", p.display()))?,
+        Err(_) => match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => ctx(fs::remove_dir_all(p), || format!("removing {}", p.display()))?,
+            Ok(_) => ctx(fs::remove_file(p), || format!("removing {}", p.display()))?,
+            Err(_) => {}
+        },
+    }
+    ctx(symlink(to, p), || format!("linking {}", p.display()))?;
+    ctx(std::os::unix::fs::lchown(p, Some(owner), Some(owner)), || format!("chown {}", p.display()))
+}
+
 fn ensure_file(p: &Path) -> Result<(), String> {
     if p.exists() {
         return Ok(());
@@ -269,21 +302,20 @@ pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> String {
 }
 
 /// Mounts done by real root in P's private namespace.
+///
+/// `/dev` and `/tmp` are the root file system's own directories, not tmpfs mounts: a checkpoint
+/// (CRIU) saves a tmpfs by running `tar` over it and a restore by running `tar` again, for every
+/// sandbox of a fork; a directory of the writable layer is simply there, and copied by the layer's
+/// snapshot. The root is `nodev`, so device nodes a template may hold under `/dev` open nothing;
+/// the devices a sandbox has are the host's, bound on their names (in `child`).
 fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
     let root = &req.mountpoint;
     let opts = overlay_options(&req.lower, &req.upper, &req.work);
-    mount_at(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&opts))?;
-    let owner = format!("uid={},gid={}", req.uid_base, req.uid_base);
+    mount_at(Some("overlay"), root, Some("overlay"), ROOT_FLAGS, Some(&opts))?;
+    let owner = req.uid_base;
 
     let dev = root.join("dev");
-    ensure_dir(&dev)?;
-    mount_at(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(&format!("mode=755,size=1m,{owner}")),
-    )?;
+    ensure_owned_dir(&dev, 0o755, owner)?;
     // Mount points only: the sandbox's own namespace mounts the devices and /dev/shm on them (see
     // `child`).
     for name in HOST_DEVICES {
@@ -296,14 +328,11 @@ fn prepare_root(req: &SpawnRequest) -> Result<(), String> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        ctx(symlink(to, dev.join(link)), || format!("linking /dev/{link}"))?;
+        ensure_symlink(&dev.join(link), to, owner)?;
     }
-    ensure_dir(&dev.join("pts"))?;
-    ensure_dir(&dev.join("shm"))?;
-    let tmp_opts = format!("mode=1777,size={},{owner}", req.tmp_size_bytes.max(1 << 20));
-    let tmp = root.join("tmp");
-    ensure_dir(&tmp)?;
-    mount_at(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&tmp_opts))?;
+    ensure_owned_dir(&dev.join("pts"), 0o755, owner)?;
+    ensure_owned_dir(&dev.join("shm"), 0o1777, owner)?;
+    ensure_owned_dir(&root.join("tmp"), 0o1777, owner)?;
 
     let agent = root.join(AGENT_PATH_IN_SANDBOX.trim_start_matches('/'));
     ensure_dir(agent.parent().expect("agent path has a parent"))?;
@@ -337,9 +366,9 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
     // a recursive bind made here is ours (its children stay locked, which is what we want).
     let root_s = root.display().to_string();
     mount_at(Some(&root_s), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    // /dev's own mounts are made here, in the sandbox's namespace, rather than by P: mounts P made
-    // are locked under /dev, and a checkpoint (CRIU) must be able to bind /dev alone to save its
-    // contents. Without CAP_SYS_ADMIN the sandbox cannot unmount them either way.
+    // The devices are bound here, in the sandbox's namespace, as a restore (CRIU) binds them too:
+    // a fresh sandbox and a restored one have the same mounts. Without CAP_SYS_ADMIN the sandbox
+    // cannot unmount them either way.
     for name in HOST_DEVICES {
         let source = format!("/dev/{name}");
         mount_at(Some(&source), &root.join("dev").join(name), None, MsFlags::MS_BIND, None)?;
@@ -349,7 +378,7 @@ fn child(req: &SpawnRequest, sync_r: OwnedFd) -> Result<std::convert::Infallible
         &root.join("dev/shm"),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("mode=1777,size={}", req.tmp_size_bytes.max(1 << 20))),
+        Some(&format!("mode=1777,size={}", req.shm_size_bytes.max(1 << 20))),
     )?;
     mount_at(
         Some("proc"),
