@@ -445,6 +445,11 @@ impl Frames {
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut buf = vec![0u8; len];
         self.reader.read_exact(&mut buf).ok()?;
+        if head[0] & 2 != 0 {
+            // The end-of-stream frame is the last; reading the body to its end (the chunked
+            // terminator) hands the connection back for the next call, as an SDK's client does.
+            let _ = std::io::copy(&mut self.reader, &mut std::io::sink());
+        }
         Some((head[0], serde_json::from_slice(&buf).unwrap_or(Value::Null)))
     }
 }
