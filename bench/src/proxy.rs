@@ -134,6 +134,7 @@ fn free_port() -> u16 {
 struct Nginx {
     child: Child,
     port: u16,
+    dir: std::path::PathBuf,
 }
 
 impl Nginx {
@@ -170,13 +171,27 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Nginx { child, port })
+        Ok(Nginx { child, port, dir: dir.to_path_buf() })
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // `nginx -s stop` has the master end its workers before it exits; a SIGKILL of the master
+        // alone left them running (and busy) after the benchmark.
+        let stopped = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
