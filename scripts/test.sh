@@ -9,6 +9,25 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 scripts/deps.sh
+# Sandboxes outlive their daemon by design (a restart adopts them), so the test daemons leave some
+# running; the next start of each sweeps them, but until then they take CPU from whatever runs
+# next on this host. At the end, however the suite ends, every process in a test daemon's cgroups
+# is thawed and killed (the next start of that daemon clears away the rest).
+end_test_sandboxes() {
+    local h cg
+    for h in /sys/fs/cgroup/freezer /sys/fs/cgroup/unified /sys/fs/cgroup; do
+        for cg in $(find "$h"/warren-e2e-* -name cgroup.freeze -o -name freezer.state 2>/dev/null); do
+            case "$cg" in
+                *cgroup.freeze) echo 0 > "$cg" ;;
+                *) echo THAWED > "$cg" ;;
+            esac 2>/dev/null || true
+        done
+    done
+    for h in /sys/fs/cgroup/pids /sys/fs/cgroup/unified /sys/fs/cgroup; do
+        find "$h"/warren-e2e-* -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+}
+trap end_test_sandboxes EXIT
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
