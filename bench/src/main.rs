@@ -258,7 +258,12 @@ fn main() -> Result<()> {
     };
     let native_mem = match args.native_fork_count {
         0 => None,
-        clones => Some(native_memory::measure(&daemon, &args.root, n, clones, args.native_fork_mib)?),
+        clones => {
+            // The phases before tore down hundreds of sandboxes; the kernel finishes that in the
+            // background (network namespaces, subvolumes), and the fork is CPU-bound.
+            wait_until_quiet(Duration::from_secs(60));
+            Some(native_memory::measure(&daemon, &args.root, n, clones, args.native_fork_mib)?)
+        }
     };
 
     let mem = memory_run(&args)?;
@@ -753,6 +758,25 @@ struct Density {
     host_mib_per_sandbox_half_paused: f64,
     /// With half of them paused to disk (`memory: false`).
     host_mib_per_sandbox_half_on_disk: f64,
+}
+
+/// Waits (up to `max`) until the CPUs have been at least 90 % idle for half a second.
+fn wait_until_quiet(max: Duration) {
+    let busy_idle = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal
+        Some((v.iter().take(8).sum(), v.get(3)? + v.get(4)?))
+    };
+    let deadline = Instant::now() + max;
+    while Instant::now() < deadline {
+        let Some((t0, i0)) = busy_idle() else { return };
+        std::thread::sleep(Duration::from_millis(500));
+        let Some((t1, i1)) = busy_idle() else { return };
+        if t1 > t0 && (i1 - i0) * 10 >= (t1 - t0) * 9 {
+            return;
+        }
+    }
 }
 
 fn mem_available_kib() -> f64 {
