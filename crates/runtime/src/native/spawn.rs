@@ -275,15 +275,15 @@ fn ensure_owned_dir(p: &Path, mode: u32, owner: u32) -> Result<(), String> {
 /// `p` as a symbolic link to `to`, whatever was there (a template's `/dev/ptmx` is a device node,
 /// which opens nothing on a `nodev` root).
 fn ensure_symlink(p: &Path, to: &str, owner: u32) -> Result<(), String> {
-    match fs::read_link(p) {
-        Ok(t) if t == Path::new(to) => return Ok(()),
-        Ok(_) => ctx(fs::remove_file(p), || format!("removing {}", p.display()))?,
-        Err(_) => match fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => ctx(fs::remove_dir_all(p), || format!("removing {}", p.display()))?,
-            Ok(_) => ctx(fs::remove_file(p), || format!("removing {}", p.display()))?,
-            Err(_) => {}
-        },
+    if fs::read_link(p).is_ok_and(|t| t == Path::new(to)) {
+        return Ok(());
     }
+    let removed = match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(_) => Ok(()),
+    };
+    ctx(removed, || format!("removing {}", p.display()))?;
     ctx(symlink(to, p), || format!("linking {}", p.display()))?;
     ctx(std::os::unix::fs::lchown(p, Some(owner), Some(owner)), || format!("chown {}", p.display()))
 }
