@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
-cargo build --release --locked -p warren
+# `embed`: the memory store runs sentence-embedding models (candle, pure Rust) on the CPU.
+cargo build --release --locked -p warren --features embed
 # The agent runs inside every template, whatever its libc, and is resident in every sandbox: link it
 # statically, against musl when rustup can provide that target (its RSS is ~1.4 MiB against ~2.1
 # MiB with a static glibc), otherwise against glibc. The `agent` profile favours size.

@@ -42,3 +42,5 @@ if ! dpkg-query -W -f='${Version}' runsc 2>/dev/null | grep -q '^0.0~2024'; then
 fi
 # CRIU ≥ 4 for memory snapshots of native sandboxes, built once into /opt/warren/criu.
 "$(dirname "$0")/criu.sh"
+# The sentence-embedding model collections may name (embeddingModel), into /opt/warren/models.
+"$(dirname "$0")/models.sh"

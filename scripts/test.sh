@@ -37,6 +37,9 @@ echo "== fuzzing (bounded; scripts/fuzz.sh runs longer on demand)"
 scripts/fuzz.sh 30
 echo "== release build"
 scripts/build.sh
+echo "== local embeddings (the embed feature the release build turned on)"
+cargo clippy --locked -p warren-memory --features embed --all-targets -- -D warnings
+cargo test --release --locked -p warren-memory --features embed -- embed::
 echo "== end-to-end tests"
 WARREN_BIN="$PWD/target/warren/bin/warren" cargo test --locked -p warren-e2e -- --test-threads 4
 echo "== the core and lifecycle suites again, on the gvisor runtime"

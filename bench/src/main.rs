@@ -96,6 +96,15 @@ struct Args {
     /// Measure the memory store only (no daemon, no sandboxes).
     #[arg(long)]
     memory_only: bool,
+    /// Give the known-item set its vectors from this embedding model (of --memory-models-dir;
+    /// needs the `embed` feature) instead of the stand-in model.
+    #[arg(long)]
+    memory_model: Option<String>,
+    #[arg(long, default_value = "/opt/warren/models")]
+    memory_models_dir: std::path::PathBuf,
+    /// Records of the known-item set (0: as many as --memory-docs, up to WordNet's synsets).
+    #[arg(long, default_value_t = 0)]
+    memory_quality_docs: usize,
     /// Run as the proxy benchmark's backend inside a sandbox (internal).
     #[arg(long, hide = true)]
     backend_port: Option<u16>,
@@ -149,28 +158,48 @@ fn main() -> Result<()> {
         if args.memory_docs == 0 {
             return Ok(None);
         }
-        let m =
-            memory::measure(&args.root, args.memory_docs, args.memory_dim, args.memory_tenants, args.memory_queries)?;
+        let model = match &args.memory_model {
+            Some(name) => Some(warren_memory::embed::Models::new(Some(args.memory_models_dir.clone())).get(name)?),
+            None => None,
+        };
+        let sizes = memory::Sizes {
+            docs: args.memory_docs,
+            dim: args.memory_dim,
+            tenants: args.memory_tenants,
+            queries: args.memory_queries,
+            quality_docs: args.memory_quality_docs,
+        };
+        let m = memory::measure(&args.root, &sizes, model.as_deref())?;
         for s in [&m.bm25, &m.vector, &m.hybrid] {
             println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
         }
         println!(
-            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3}; {:.1} MiB on disk (rows {:.1}, text {:.1}) vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
+            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3} (far queries {:.3}); {:.1} MiB on disk (rows {:.1}, text {:.1}) vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
             m.docs,
             m.dimension,
             m.tenants,
             m.ingest_docs_per_sec,
             m.ann_recall_at_10,
+            m.ann_recall_at_10_far,
             m.bytes_on_disk as f64 / 1048576.0,
             m.bytes_rows as f64 / 1048576.0,
             m.bytes_text as f64 / 1048576.0,
             m.raw_bytes as f64 / 1048576.0,
             m.storage_ratio
         );
+        if let Some(rate) = m.embed_texts_per_sec {
+            println!("memory: {} embedded {rate:.0} texts/s", m.quality_model);
+        }
         for q in &m.quality {
             println!(
-                "memory known-item ({} records, {} queries) {:<7} MRR@10 {:.3}  nDCG@10 {:.3}  Recall@100 {:.3}",
-                m.quality_docs, m.quality_queries, q.channel, q.mrr_at_10, q.ndcg_at_10, q.recall_at_100
+                "memory known-item ({} records, {} queries, {}) {:<7} MRR@10 {:.3}  nDCG@10 {:.3}  Recall@100 {:.3}",
+                m.quality_docs,
+                m.quality_queries,
+                m.quality_model,
+                q.channel,
+                q.mrr_at_10,
+                q.ndcg_at_10,
+                q.recall_at_100
             );
         }
         Ok(Some(m))

@@ -4,9 +4,11 @@
 //! Corpus: WordNet's glosses (Debian's `wordnet-base`), one record per synset (cycled past
 //! WordNet's 117,659 for larger runs).
 //!
-//! No embedding model runs here. For scale (latency, ANN recall, bytes) the vectors are
-//! synthetic unit vectors around 1,000 random centres (embeddings cluster by topic). For quality
-//! they come from a stand-in that behaves like a model where it matters for fusion: a text's vector is the idf-weighted sum of its words' vectors, and a word's
+//! For scale (latency, ANN recall, bytes) the vectors are synthetic unit vectors around 1,000
+//! random centres (embeddings cluster by topic): a model would take hours to embed a million
+//! texts on two cores. For quality they come from a real model when one is given
+//! (`--memory-model all-MiniLM-L6-v2`, built with `--features embed`), else from a stand-in that
+//! behaves like a model where it matters for fusion: a text's vector is the idf-weighted sum of its words' vectors, and a word's
 //! vector is its own random direction plus the random directions of every WordNet synset it is a
 //! lemma of, so synonyms lie close together. It matches meaning through synonyms (which BM25
 //! cannot) and blurs exact rare words (which BM25 keeps).
@@ -19,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use warren_memory::embed::Model;
 use warren_memory::types::{
     CollectionSpec, Distance, Fusion, FusionMethod, Limits, QueryRequest, RecordInput, Scope, UpsertRequest,
 };
@@ -41,10 +44,27 @@ pub struct MemoryBench {
     pub bm25: Series,
     pub vector: Series,
     pub hybrid: Series,
+    /// Against held-out queries of the records' own distribution.
     pub ann_recall_at_10: f64,
+    /// Against far queries (see `noisy`).
+    pub ann_recall_at_10_far: f64,
     pub quality_docs: usize,
     pub quality_queries: usize,
+    /// Where the known-item set's vectors came from: a model's name or "stand-in".
+    pub quality_model: String,
+    /// The model's speed embedding the known-item records (batches of the store's size).
+    pub embed_texts_per_sec: Option<f64>,
     pub quality: Vec<Quality>,
+}
+
+/// How large a run is.
+pub struct Sizes {
+    pub docs: usize,
+    pub dim: usize,
+    pub tenants: usize,
+    pub queries: usize,
+    /// Known-item records (0: `docs`, up to WordNet's synsets).
+    pub quality_docs: usize,
 }
 
 #[derive(Serialize)]
@@ -105,26 +125,37 @@ fn normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= n);
 }
 
-/// `n` unit vectors around 1,000 random centres (embeddings cluster by topic).
-fn clustered(n: usize, dim: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
-    let centres: Vec<Vec<f32>> = (0..1000)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
-            normalize(&mut c);
-            c
-        })
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centres[(rng.next() % 1000) as usize];
-            let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * rng.normal() / (dim as f32).sqrt()).collect();
-            normalize(&mut v);
-            v
-        })
-        .collect()
+/// Unit vectors around 1,000 random centres (embeddings cluster by topic).
+struct Clusters {
+    centres: Vec<Vec<f32>>,
 }
 
-/// A query near `v`: noise as long as the vector itself, so the nearest records are its cluster's.
+impl Clusters {
+    fn new(dim: usize, rng: &mut Rng) -> Clusters {
+        let centres = (0..1000)
+            .map(|_| {
+                let mut c: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
+                normalize(&mut c);
+                c
+            })
+            .collect();
+        Clusters { centres }
+    }
+
+    /// A point of cluster `c`: a record's vector, or a held-out query from the same distribution
+    /// (as a new memory's embedding relates to the stored ones; ANN benchmarks hold out queries
+    /// from the dataset the same way).
+    fn point(&self, c: usize, rng: &mut Rng) -> Vec<f32> {
+        let centre = &self.centres[c];
+        let scale = 0.6 / (centre.len() as f32).sqrt();
+        let mut v: Vec<f32> = centre.iter().map(|x| x + scale * rng.normal()).collect();
+        normalize(&mut v);
+        v
+    }
+}
+
+/// A far query near `v`: noise twice as long as the vector (cosine ≈ 0.45 to it), so that its
+/// true neighbours are set apart from the rest of the cluster by little more than noise.
 fn noisy(v: &[f32], rng: &mut Rng) -> Vec<f32> {
     let dim = v.len() as f32;
     let mut q: Vec<f32> = v.iter().map(|x| x + 2.0 * rng.normal() / dim.sqrt()).collect();
@@ -301,6 +332,7 @@ fn ingest(m: &MemoryStore, name: &str, texts: &[String], vectors: &[Vec<f32>], t
             dimension: dim as u32,
             distance: Distance::Cosine,
             keep_float_vectors: false,
+            embedding_model: None,
         },
     )?;
     let t = Instant::now();
@@ -330,11 +362,26 @@ fn ingest(m: &MemoryStore, name: &str, texts: &[String], vectors: &[Vec<f32>], t
     Ok((t.elapsed().as_secs_f64(), raw))
 }
 
+/// The ids of the 10 records of `tenant` closest to `q` by exact f32 dot product.
+fn exact_top10(vectors: &[Vec<f32>], q: &[f32], tenant: usize, tenants: usize) -> Vec<String> {
+    let mut exact: Vec<(f32, usize)> = (tenant..vectors.len())
+        .step_by(tenants)
+        .map(|d| (-vectors[d].iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), d))
+        .collect();
+    exact.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
+    exact[..10].iter().map(|(_, d)| format!("d{d}")).collect()
+}
+
+fn hits_in_truth(got: &warren_memory::types::QueryResponse, truth: &[String]) -> usize {
+    got.hits.iter().filter(|h| truth.contains(&h.record.id)).count()
+}
+
 fn rank_of(hits: &warren_memory::types::QueryResponse, id: &str) -> Option<usize> {
     hits.hits.iter().position(|h| h.record.id == id).map(|p| p + 1)
 }
 
-pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: usize) -> Result<MemoryBench> {
+pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<MemoryBench> {
+    let Sizes { docs, dim, tenants, queries, quality_docs } = *sizes;
     let dir = root.join("memory-bench");
     let _ = std::fs::remove_dir_all(&dir);
     let synsets = wordnet()?;
@@ -343,7 +390,9 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
 
     // Scale: `docs` records, texts cycling through WordNet's glosses.
     let texts: Vec<String> = (0..docs).map(|i| synsets[i % synsets.len()].gloss.clone()).collect();
-    let vectors = clustered(docs, dim, &mut rng);
+    let clusters = Clusters::new(dim, &mut rng);
+    let cluster_of: Vec<usize> = (0..docs).map(|_| (rng.next() % 1000) as usize).collect();
+    let vectors: Vec<Vec<f32>> = cluster_of.iter().map(|&c| clusters.point(c, &mut rng)).collect();
     let (secs, raw) = ingest(&m, "scale", &texts, &vectors, tenants)?;
     let bytes_on_disk = dir_bytes(&dir);
     let bytes_rows = std::fs::metadata(dir.join("memory.redb")).map(|m| m.len()).unwrap_or(0);
@@ -356,7 +405,7 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
     for i in 0..queries {
         let target = (rng.next() as usize) % docs;
         let tenant = target % tenants;
-        let qv = noisy(&vectors[target], &mut rng);
+        let qv = clusters.point(cluster_of[target], &mut rng);
         let base = QueryRequest { scope: Some(scope(tenant)), limit: 10, ..QueryRequest::default() };
         let q = QueryRequest {
             text: Some(format!("{} {}", words[i % words.len()], words[(i + 3) % words.len()])),
@@ -369,14 +418,7 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
         let t = Instant::now();
         let got = m.query("bench", "scale", &q)?;
         vec_lat.push(t.elapsed());
-        // Exact f32 neighbours of the query within its tenant.
-        let mut exact: Vec<(f32, usize)> = (tenant..docs)
-            .step_by(tenants)
-            .map(|d| (-vectors[d].iter().zip(&qv).map(|(a, b)| a * b).sum::<f32>(), d))
-            .collect();
-        exact.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
-        let truth: Vec<String> = exact[..10].iter().map(|(_, d)| format!("d{d}")).collect();
-        found += got.hits.iter().filter(|h| truth.contains(&h.record.id)).count();
+        found += hits_in_truth(&got, &exact_top10(&vectors, &qv, tenant, tenants));
         wanted += 10;
         let q = QueryRequest {
             text: Some(texts[target].split(' ').step_by(2).collect::<Vec<_>>().join(" ")),
@@ -389,11 +431,32 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
         hybrid.push(t.elapsed());
     }
 
+    // Far queries: recall only (a tenth as many; the exact answers cost a scan each).
+    let (mut far_found, mut far_wanted) = (0usize, 0usize);
+    for _ in 0..(queries / 10).max(10) {
+        let target = (rng.next() as usize) % docs;
+        let tenant = target % tenants;
+        let qv = noisy(&vectors[target], &mut rng);
+        let q = QueryRequest { scope: Some(scope(tenant)), limit: 10, vector: Some(qv.clone()), ..Default::default() };
+        far_found += hits_in_truth(&m.query("bench", "scale", &q)?, &exact_top10(&vectors, &qv, tenant, tenants));
+        far_wanted += 10;
+    }
+
     // Quality: one record per synset (no repeated texts), one tenant, known-item queries.
-    let g = synsets.len().min(docs.max(1000));
+    let g = synsets.len().min(if quality_docs > 0 { quality_docs } else { docs.max(1000) });
     let gtexts: Vec<String> = synsets[..g].iter().map(|s| s.gloss.clone()).collect();
-    let mut model = Embedder::new(&synsets, dim);
-    let gvectors: Vec<Vec<f32>> = gtexts.iter().map(|t| model.embed(t)).collect();
+    let mut standin = Embedder::new(&synsets, dim);
+    let mut embed_texts_per_sec = None;
+    let gvectors: Vec<Vec<f32>> = match model {
+        Some(model) => {
+            let t = Instant::now();
+            let texts: Vec<&str> = gtexts.iter().map(String::as_str).collect();
+            let v = model.embed(&texts)?;
+            embed_texts_per_sec = Some(g as f64 / t.elapsed().as_secs_f64());
+            v
+        }
+        None => gtexts.iter().map(|t| standin.embed(t)).collect(),
+    };
     ingest(&m, "quality", &gtexts, &gvectors, 1)?;
     // At least 1,000 known items: with fewer, channel differences of a few points are noise.
     let nq = queries.max(1000).min(g);
@@ -401,8 +464,11 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
     for _ in 0..nq {
         let target = (rng.next() as usize) % g;
         let id = format!("d{target}");
-        let text = model.paraphrase(&gtexts[target], &mut rng);
-        let qv = model.embed(&text);
+        let text = standin.paraphrase(&gtexts[target], &mut rng);
+        let qv = match model {
+            Some(model) => model.embed(&[&text])?.pop().context("the model gave no vector")?,
+            None => standin.embed(&text),
+        };
         let base = QueryRequest { scope: Some(scope(0)), limit: 100, ..QueryRequest::default() };
         let asks = [
             QueryRequest { text: Some(text.clone()), ..base.clone() },
@@ -451,8 +517,11 @@ pub fn measure(root: &Path, docs: usize, dim: usize, tenants: usize, queries: us
         vector: series("memory: vector top-10", vec_lat),
         hybrid: series("memory: hybrid + RRF + decay top-10", hybrid),
         ann_recall_at_10: found as f64 / wanted.max(1) as f64,
+        ann_recall_at_10_far: far_found as f64 / far_wanted.max(1) as f64,
         quality_docs: g,
         quality_queries: nq,
+        quality_model: model.map_or("stand-in".to_string(), |m| m.name().to_string()),
+        embed_texts_per_sec,
         quality,
     })
 }

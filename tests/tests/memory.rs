@@ -151,6 +151,47 @@ fn bad_input_is_refused_with_the_reason() {
     assert_eq!(v["records"], 1);
 }
 
+/// A collection naming an embedding model: text written and asked without vectors is embedded by
+/// the daemon, so a question that shares no word with the record it wants still finds it.
+#[test]
+fn a_collection_with_a_model_embeds_text_written_and_asked_without_vectors() {
+    let d = fresh("memory-embed");
+    let (s, v) = d.api("POST", C, Some(json!({"name": "mind", "embeddingModel": "all-MiniLM-L6-v2"})));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!((v["dimension"].as_u64(), v["embeddingModel"].as_str()), (Some(384), Some("all-MiniLM-L6-v2")));
+    let records = json!([
+        {"id": "db", "text": "The deployment failed because the database password expired"},
+        {"id": "lunch", "text": "We ordered two pizzas for the team lunch"},
+        {"id": "cat", "text": "The cat sleeps on the sofa all afternoon"},
+        // A vector given is kept as it is.
+        {"id": "given", "text": "an unrelated note", "vector": vec![0.05f32; 384]},
+    ]);
+    let (s, v) =
+        d.api("POST", &format!("{C}/mind/records"), Some(json!({"scope": {"tenant": "t"}, "records": records})));
+    assert_eq!((s, v["upserted"].as_u64()), (200, Some(4)), "{v}");
+    let (s, v) = d.api(
+        "POST",
+        &format!("{C}/mind/query"),
+        Some(json!({"scope": {"tenant": "t"}, "text": "login to postgres rejected: credentials out of date",
+                    "limit": 2, "explain": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids(&v)[0], "db", "{v}");
+    assert_eq!(v["hits"][0]["explain"]["vector"]["rank"], 1, "found by meaning: {v}");
+    assert!(v["hits"][0]["explain"]["text"].is_null(), "no word in common: {v}");
+    // The same spec again is the same collection; a model and a dimension that disagree are not.
+    assert_eq!(d.api("POST", C, Some(json!({"name": "mind", "embeddingModel": "all-MiniLM-L6-v2"}))).0, 201);
+    let (s, v) = d.api("POST", C, Some(json!({"name": "m2", "dimension": 3, "embeddingModel": "all-MiniLM-L6-v2"})));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("384"), "{v}");
+    for bad in ["nope", "../../etc", ".hidden"] {
+        let (s, v) = d.api("POST", C, Some(json!({"name": "m3", "embeddingModel": bad})));
+        assert_eq!(s, 400, "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("no embedding model") && msg.contains("all-MiniLM-L6-v2"), "{msg}");
+    }
+}
+
 /// A POST that reports a broken connection as status 0 instead of failing.
 fn post(url: &str, key: &str, path: &str, body: &Value) -> u16 {
     let out = std::process::Command::new("curl")

@@ -14,9 +14,13 @@ pub enum MemoryCmd {
     /// Create a collection (idempotent for the same settings).
     Create {
         name: String,
-        /// Vector length; 0 for a text-only collection.
+        /// Vector length; 0 for a text-only collection (or the model's, with --model).
         #[arg(long, default_value_t = 0)]
         dimension: u32,
+        /// Embed text written or queried without a vector with this model of the daemon's
+        /// models directory (e.g. all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<String>,
         /// cosine, dot or l2.
         #[arg(long, default_value = "cosine")]
         distance: String,
@@ -132,9 +136,12 @@ fn seg(s: &str) -> String {
 pub async fn memory(client: &Client, out: &Output, cmd: MemoryCmd) -> Result<i32> {
     const BASE: &str = "/v1/memory/collections";
     match cmd {
-        MemoryCmd::Create { name, dimension, distance, keep_float_vectors } => {
-            let body = json!({"name": name, "dimension": dimension, "distance": distance,
-                              "keepFloatVectors": keep_float_vectors});
+        MemoryCmd::Create { name, dimension, model, distance, keep_float_vectors } => {
+            let mut body = json!({"name": name, "dimension": dimension, "distance": distance,
+                                  "keepFloatVectors": keep_float_vectors});
+            if let Some(m) = model {
+                body["embeddingModel"] = json!(m);
+            }
             let v: Value = client.json(Method::POST, BASE, Some(body)).await?;
             out.print(&v, || println!("{name}"));
         }
@@ -142,12 +149,15 @@ pub async fn memory(client: &Client, out: &Output, cmd: MemoryCmd) -> Result<i32
             let v: Vec<Value> = client.json(Method::GET, BASE, None).await?;
             out.print(&v, || {
                 crate::commands::table(
-                    &["NAME", "DIMENSION", "DISTANCE", "RECORDS"],
+                    &["NAME", "DIMENSION", "DISTANCE", "MODEL", "RECORDS"],
                     v.iter()
                         .map(|c| {
-                            ["name", "dimension", "distance", "records"]
+                            ["name", "dimension", "distance", "embeddingModel", "records"]
                                 .iter()
-                                .map(|k| c[*k].to_string().trim_matches('"').to_owned())
+                                .map(|k| match &c[*k] {
+                                    Value::Null => "-".to_owned(),
+                                    x => x.to_string().trim_matches('"').to_owned(),
+                                })
                                 .collect()
                         })
                         .collect(),

@@ -235,9 +235,18 @@ fn open_memory(cfg: &Config) -> Result<Arc<warren_memory::MemoryStore>> {
     };
     let dir = cfg.data_dir.join("memory");
     let store = Arc::new(
-        warren_memory::MemoryStore::open(&dir, limits)
+        warren_memory::MemoryStore::open_with_models(&dir, limits, m.models_dir.clone())
             .with_context(|| format!("opening the memory store in {}", dir.display()))?,
     );
+    let models = store.embedding_models();
+    match (warren_memory::embed::SUPPORTED, models.is_empty()) {
+        (true, false) => info!(models = %models.join(", "), "memory store: local embeddings available"),
+        (true, true) => info!(
+            dir = ?m.models_dir,
+            "memory store: no embedding models installed (scripts/models.sh installs all-MiniLM-L6-v2)"
+        ),
+        (false, _) => info!("memory store: local embeddings are not built in (build with --features embed)"),
+    }
     let s = store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -32,6 +32,18 @@ pub enum MemoryError {
     NoVectors { collection: String },
     #[error("no record {id:?} in this scope")]
     NotFound { id: String },
+    #[error(
+        "no embedding model {name:?} in {dir}; models there: {available}. Install all-MiniLM-L6-v2 with \
+         scripts/models.sh, or write vectors yourself and leave embeddingModel out"
+    )]
+    UnknownModel { name: String, dir: String, available: String },
+    #[error(
+        "embedding model {model:?}: this build of Warren cannot run models; build it with `--features embed` \
+         (scripts/build.sh does), or write vectors yourself and leave embeddingModel out"
+    )]
+    EmbeddingUnsupported { model: String },
+    #[error("embedding model {model:?}: {detail}")]
+    Embedding { model: String, detail: String },
     #[error("memory store: {0}")]
     Storage(String),
     #[error("memory store text index: {0}")]
@@ -40,7 +52,7 @@ pub enum MemoryError {
 
 impl MemoryError {
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, MemoryError::Storage(_) | MemoryError::TextIndex(_))
+        !matches!(self, MemoryError::Storage(_) | MemoryError::TextIndex(_) | MemoryError::Embedding { .. })
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -9,6 +9,7 @@
 //! commits lazily with the change number it reached; on open, changes past it are replayed, and
 //! the vector graphs are rebuilt from the rows.
 
+pub mod embed;
 pub mod error;
 pub mod filter;
 pub mod fusion;
@@ -111,6 +112,7 @@ pub struct MemoryStore {
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Serialises writers to the row store so change numbers are given out in commit order.
     write_lock: Mutex<()>,
+    models: embed::Models,
 }
 
 fn collection_key(owner: &str, name: &str) -> String {
@@ -155,6 +157,12 @@ fn check_vector(collection: &str, id: &str, v: &[f32], dim: u32) -> Result<(), M
 impl MemoryStore {
     /// Opens (or creates) the store in `dir`, replaying into the indexes what they missed.
     pub fn open(dir: &Path, limits: Limits) -> Result<MemoryStore, MemoryError> {
+        Self::open_with_models(dir, limits, None)
+    }
+
+    /// [`MemoryStore::open`], with embedding models for collections that name one taken from
+    /// `models` (see [`embed`]).
+    pub fn open_with_models(dir: &Path, limits: Limits, models: Option<PathBuf>) -> Result<MemoryStore, MemoryError> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("memory.redb"))?;
         let log = values::ValueLog::open(&dir.join("values"), limits.value_segment_bytes)?;
@@ -188,9 +196,15 @@ impl MemoryStore {
             limits,
             collections: RwLock::new(BTreeMap::new()),
             write_lock: Mutex::new(()),
+            models: embed::Models::new(models),
         };
         store.load()?;
         Ok(store)
+    }
+
+    /// The embedding models collections may name.
+    pub fn embedding_models(&self) -> Vec<String> {
+        self.models.available()
     }
 
     /// Format 1 to 2: the records kept in redb move to the value log (in the caller's
@@ -355,8 +369,21 @@ impl MemoryStore {
     }
 
     /// Creates a collection; the same spec again is not an error (idempotent create).
-    pub fn create_collection(&self, owner: &str, spec: CollectionSpec) -> Result<CollectionInfo, MemoryError> {
+    pub fn create_collection(&self, owner: &str, mut spec: CollectionSpec) -> Result<CollectionInfo, MemoryError> {
         check_name(&spec.name)?;
+        if let Some(name) = &spec.embedding_model {
+            // Loads the model now: a collection is only made with a model that runs here.
+            let dim = self.models.get(name)?.dimension() as u32;
+            if spec.dimension == 0 {
+                spec.dimension = dim;
+            } else if spec.dimension != dim {
+                return Err(MemoryError::OutOfRange {
+                    field: "dimension",
+                    got: spec.dimension.to_string(),
+                    allowed: format!("{dim} (the size of {name}'s vectors) or left out"),
+                });
+            }
+        }
         if spec.dimension > self.limits.max_dimension {
             return Err(MemoryError::OutOfRange {
                 field: "dimension",
@@ -519,6 +546,20 @@ impl MemoryStore {
         for r in &req.records {
             self.check_record(&coll, r)?;
         }
+        // Vectors for text written without one, computed before any lock is taken.
+        let mut embedded: Vec<Option<Vec<f32>>> = vec![None; req.records.len()];
+        if let Some(model) = &coll.spec.embedding_model {
+            let todo: Vec<usize> = (0..req.records.len())
+                .filter(|&i| req.records[i].vector.is_none() && req.records[i].text.is_some())
+                .collect();
+            if !todo.is_empty() {
+                let texts: Vec<&str> = todo.iter().map(|&i| req.records[i].text.as_deref().unwrap_or("")).collect();
+                let vectors = self.models.get(model)?.embed(&texts)?;
+                for (i, v) in todo.into_iter().zip(vectors) {
+                    embedded[i] = Some(v);
+                }
+            }
+        }
         // The last of several records with one id wins, as if sent one after the other.
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (i, r) in req.records.iter().enumerate() {
@@ -551,7 +592,7 @@ impl MemoryStore {
                 expires_at_ms: r.expires_at_ms,
                 deleted_at_ms: None,
             };
-            let vector = match &r.vector {
+            let vector = match r.vector.as_ref().or(embedded[i].as_ref()) {
                 None => StoredVector::None,
                 Some(v) => {
                     let v = vectors::prepare(coll.spec.distance, v);
@@ -901,6 +942,12 @@ impl MemoryStore {
         if let Some(v) = &q.vector {
             check_vector(&coll.spec.name, "(query)", v, coll.spec.dimension)?;
         }
+        // Text asked without a vector, in a collection with a model: both channels answer.
+        let embedded = match (&coll.spec.embedding_model, &q.vector, text_q) {
+            (Some(model), None, Some(t)) => self.models.get(model)?.embed(&[t])?.pop(),
+            _ => None,
+        };
+        let query_vector = q.vector.as_ref().or(embedded.as_ref());
         let f = &q.fusion;
         if !(f.k.is_finite() && f.k >= 0.0) {
             return Err(MemoryError::OutOfRange { field: "fusion.k", got: f.k.to_string(), allowed: "≥ 0".into() });
@@ -974,7 +1021,7 @@ impl MemoryStore {
             }),
             None => None,
         };
-        let vector_rank = match (&q.vector, &part.vectors) {
+        let vector_rank = match (query_vector, &part.vectors) {
             (Some(v), Some(g)) => {
                 let v = vectors::prepare(coll.spec.distance, v);
                 Some(Ranking {

@@ -20,7 +20,13 @@ fn rec(id: &str, text: &str, vector: Option<Vec<f32>>) -> RecordInput {
 }
 
 fn spec(name: &str, dim: u32) -> CollectionSpec {
-    CollectionSpec { name: name.into(), dimension: dim, distance: Distance::Cosine, keep_float_vectors: false }
+    CollectionSpec {
+        name: name.into(),
+        dimension: dim,
+        distance: Distance::Cosine,
+        keep_float_vectors: false,
+        embedding_model: None,
+    }
 }
 
 fn query(s: Scope) -> QueryRequest {

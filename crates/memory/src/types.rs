@@ -33,6 +33,11 @@ pub struct CollectionSpec {
     /// times the vector storage). Off: re-ranking compares the f32 query with the int8 vectors.
     #[serde(default)]
     pub keep_float_vectors: bool,
+    /// A model of the daemon's models directory (e.g. `all-MiniLM-L6-v2`): the text of records
+    /// written without a vector, and of queries asked without one, is embedded with it.
+    /// `dimension` may then be left out (it is the model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 /// A collection as listed.

@@ -40,6 +40,9 @@ pub struct MemoryConfig {
     pub max_text_bytes: usize,
     /// The most records one upsert may carry.
     pub max_records_per_upsert: usize,
+    /// Embedding models collections may name (`embeddingModel`), one directory each
+    /// (`scripts/models.sh` installs all-MiniLM-L6-v2 here).
+    pub models_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MemoryConfig {
@@ -49,6 +52,7 @@ impl Default for MemoryConfig {
             purge_after_secs: 24 * 3600,
             max_text_bytes: 64 * 1024,
             max_records_per_upsert: 10_000,
+            models_dir: Some("/opt/warren/models".into()),
         }
     }
 }
