@@ -185,11 +185,18 @@ mod with_candle {
             self.dim
         }
 
-        /// Unit vectors for `texts`, in order.
+        /// Unit vectors for `texts`, in order. Batches are made of texts of similar length: a
+        /// batch is padded to its longest text, and the padding is computed like real tokens.
         pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, MemoryError> {
-            let mut out = Vec::with_capacity(texts.len());
-            for batch in texts.chunks(BATCH) {
-                out.extend(self.embed_batch(batch).map_err(|e| model_error(&self.name, e))?);
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            order.sort_by_key(|&i| texts[i].len());
+            let mut out = vec![Vec::new(); texts.len()];
+            for chunk in order.chunks(BATCH) {
+                let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+                let vectors = self.embed_batch(&batch).map_err(|e| model_error(&self.name, e))?;
+                for (&i, v) in chunk.iter().zip(vectors) {
+                    out[i] = v;
+                }
             }
             Ok(out)
         }
