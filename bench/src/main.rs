@@ -170,29 +170,40 @@ fn main() -> Result<()> {
             quality_docs: args.memory_quality_docs,
         };
         let m = memory::measure(&args.root, &sizes, model.as_deref())?;
-        for s in [&m.bm25, &m.vector, &m.hybrid] {
+        for s in [&m.bm25, &m.vector, &m.vector_other_ef, &m.hybrid] {
             println!("{:<40} {:>8} {:>10.2} {:>10.2}", s.name, s.samples, s.p50_ms, s.p99_ms);
         }
         println!(
-            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3} (far queries {:.3}); {:.1} MiB on disk (rows {:.1}, text {:.1}) vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
+            "memory, {} records x {}-d over {} tenant(s): ingest {:.0} records/s; ANN recall@10 vs exact f32 {:.3} (ef {}: {:.3}; far queries {:.3}); {:.1} MiB on disk (rows {:.1}, text {:.1}, graphs {:.1}) vs {:.1} MiB raw JSON + f32 (ratio {:.2})",
             m.docs,
             m.dimension,
             m.tenants,
             m.ingest_docs_per_sec,
             m.ann_recall_at_10,
+            m.other_ef,
+            m.ann_recall_at_10_other_ef,
             m.ann_recall_at_10_far,
             m.bytes_on_disk as f64 / 1048576.0,
             m.bytes_rows as f64 / 1048576.0,
             m.bytes_text as f64 / 1048576.0,
+            m.bytes_graphs as f64 / 1048576.0,
             m.raw_bytes as f64 / 1048576.0,
             m.storage_ratio
+        );
+        println!(
+            "memory: the flush after the ingest (text commit + graph save) {:.2} s; opening the store again {:.2} s (graphs read), {:.2} s (graphs rebuilt)",
+            m.flush_secs, m.reopen_secs, m.rebuild_secs
         );
         if let Some(rate) = m.embed_texts_per_sec {
             println!("memory: {} embedded {rate:.0} texts/s", m.quality_model);
         }
+        println!(
+            "memory known-item: linear fusion text weight {:.1} (chosen on {} dev queries; figures from the other {})",
+            m.linear_text_weight, m.quality_queries, m.quality_queries
+        );
         for q in &m.quality {
             println!(
-                "memory known-item ({} records, {} queries, {}) {:<7} MRR@10 {:.3}  nDCG@10 {:.3}  Recall@100 {:.3}",
+                "memory known-item ({} records, {} test queries, {}) {:<13} MRR@10 {:.3}  nDCG@10 {:.3}  Recall@100 {:.3}",
                 m.quality_docs,
                 m.quality_queries,
                 m.quality_model,

@@ -23,7 +23,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use warren_memory::embed::Model;
 use warren_memory::types::{
-    CollectionSpec, Distance, Fusion, FusionMethod, Limits, QueryRequest, RecordInput, Scope, UpsertRequest,
+    ChannelWeights, CollectionSpec, Distance, Fusion, FusionMethod, Limits, QueryRequest, RecordInput, Scope,
+    UpsertRequest,
 };
 use warren_memory::MemoryStore;
 
@@ -39,13 +40,26 @@ pub struct MemoryBench {
     /// Of which the row store (redb) and the text indexes (tantivy).
     pub bytes_rows: u64,
     pub bytes_text: u64,
+    /// The saved vector graphs.
+    pub bytes_graphs: u64,
+    /// The flush ending the ingest: the text index's commit and every graph's save.
+    pub flush_secs: f64,
+    /// Opening the store again, graphs read from their files.
+    pub reopen_secs: f64,
+    /// Opening it without the graphs' files (rebuilt from the rows).
+    pub rebuild_secs: f64,
     pub raw_bytes: u64,
     pub storage_ratio: f64,
     pub bm25: Series,
     pub vector: Series,
+    /// The same vector queries with graph search breadth `other_ef`.
+    pub vector_other_ef: Series,
+    pub other_ef: usize,
     pub hybrid: Series,
     /// Against held-out queries of the records' own distribution.
     pub ann_recall_at_10: f64,
+    /// The same with `other_ef`.
+    pub ann_recall_at_10_other_ef: f64,
     /// Against far queries (see `noisy`).
     pub ann_recall_at_10_far: f64,
     pub quality_docs: usize,
@@ -54,8 +68,17 @@ pub struct MemoryBench {
     pub quality_model: String,
     /// The model's speed embedding the known-item records (batches of the store's size).
     pub embed_texts_per_sec: Option<f64>,
+    /// The linear fusion's text weight (the vector's is one minus it), chosen on the dev queries.
+    pub linear_text_weight: f32,
     pub quality: Vec<Quality>,
 }
+
+/// A graph search breadth measured beside the default one (at a million records the default is
+/// 256: this shows what it buys).
+const OTHER_EF: usize = 128;
+
+/// The grid the linear fusion's text weight is chosen from.
+const LINEAR_TEXT_WEIGHTS: [f32; 5] = [0.5, 0.6, 0.7, 0.8, 0.9];
 
 /// How large a run is.
 pub struct Sizes {
@@ -323,7 +346,14 @@ fn scope(t: usize) -> Scope {
 
 /// Loads `texts` with `vectors` into collection `name` in batches; returns the seconds taken and
 /// the raw size (JSON rows + f32 vectors).
-fn ingest(m: &MemoryStore, name: &str, texts: &[String], vectors: &[Vec<f32>], tenants: usize) -> Result<(f64, u64)> {
+/// Seconds (all of it, and the final flush alone) and raw bytes.
+fn ingest(
+    m: &MemoryStore,
+    name: &str,
+    texts: &[String],
+    vectors: &[Vec<f32>],
+    tenants: usize,
+) -> Result<(f64, u64, f64)> {
     let dim = vectors[0].len();
     m.create_collection(
         "bench",
@@ -358,8 +388,10 @@ fn ingest(m: &MemoryStore, name: &str, texts: &[String], vectors: &[Vec<f32>], t
             m.upsert("bench", name, &UpsertRequest { scope: Some(scope(t_i)), records })?;
         }
     }
+    // The text index's commit and the graphs' save, as the daemon's upkeep does them.
+    let f = Instant::now();
     m.flush()?;
-    Ok((t.elapsed().as_secs_f64(), raw))
+    Ok((t.elapsed().as_secs_f64(), raw, f.elapsed().as_secs_f64()))
 }
 
 /// The ids of the 10 records of `tenant` closest to `q` by exact f32 dot product.
@@ -386,22 +418,39 @@ pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<Memo
     let _ = std::fs::remove_dir_all(&dir);
     let synsets = wordnet()?;
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let m = MemoryStore::open(&dir, Limits::default())?;
+    let mut m = MemoryStore::open(&dir, Limits::default())?;
 
     // Scale: `docs` records, texts cycling through WordNet's glosses.
     let texts: Vec<String> = (0..docs).map(|i| synsets[i % synsets.len()].gloss.clone()).collect();
     let clusters = Clusters::new(dim, &mut rng);
     let cluster_of: Vec<usize> = (0..docs).map(|_| (rng.next() % 1000) as usize).collect();
     let vectors: Vec<Vec<f32>> = cluster_of.iter().map(|&c| clusters.point(c, &mut rng)).collect();
-    let (secs, raw) = ingest(&m, "scale", &texts, &vectors, tenants)?;
+    let (secs, raw, flush_secs) = ingest(&m, "scale", &texts, &vectors, tenants)?;
+    // A restart, which reads the saved graphs; then one without them, which rebuilds them.
+    m.checkpoint()?;
+    drop(m);
+    let t = Instant::now();
+    m = MemoryStore::open(&dir, Limits::default())?;
+    let reopen_secs = t.elapsed().as_secs_f64();
+    let bytes_graphs = dir_bytes(&dir.join("graphs"));
+    drop(m);
+    let saved = dir.join("graphs.saved");
+    std::fs::rename(dir.join("graphs"), &saved)?;
+    let t = Instant::now();
+    m = MemoryStore::open(&dir, Limits::default())?;
+    let rebuild_secs = t.elapsed().as_secs_f64();
+    drop(m);
+    let _ = std::fs::remove_dir_all(dir.join("graphs"));
+    std::fs::rename(&saved, dir.join("graphs"))?;
+    m = MemoryStore::open(&dir, Limits::default())?;
     let bytes_on_disk = dir_bytes(&dir);
     let bytes_rows = std::fs::metadata(dir.join("memory.redb")).map(|m| m.len()).unwrap_or(0);
     let bytes_text = dir_bytes(&dir.join("text"));
 
     let words: Vec<&str> =
         ["water", "small", "person", "music", "animal", "light", "move", "plant", "law", "color"].to_vec();
-    let (mut bm25, mut vec_lat, mut hybrid) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut found, mut wanted) = (0usize, 0usize);
+    let (mut bm25, mut vec_lat, mut other_lat, mut hybrid) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut found, mut found_other, mut wanted) = (0usize, 0usize, 0usize);
     for i in 0..queries {
         let target = (rng.next() as usize) % docs;
         let tenant = target % tenants;
@@ -414,11 +463,21 @@ pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<Memo
         let t = Instant::now();
         m.query("bench", "scale", &q)?;
         bm25.push(t.elapsed());
-        let q = QueryRequest { vector: Some(qv.clone()), ..base.clone() };
-        let t = Instant::now();
-        let got = m.query("bench", "scale", &q)?;
-        vec_lat.push(t.elapsed());
-        found += hits_in_truth(&got, &exact_top10(&vectors, &qv, tenant, tenants));
+        // The default search and the other one, each first every other time (the first pays
+        // for bringing the neighbourhood's vectors into the cache).
+        let truth = exact_top10(&vectors, &qv, tenant, tenants);
+        let asks = [(None, &mut vec_lat, &mut found), (Some(OTHER_EF), &mut other_lat, &mut found_other)];
+        let mut asks: Vec<_> = asks.into_iter().collect();
+        if i % 2 == 1 {
+            asks.reverse();
+        }
+        for (ef, lat, hits) in asks {
+            let q = QueryRequest { vector: Some(qv.clone()), ef, ..base.clone() };
+            let t = Instant::now();
+            let got = m.query("bench", "scale", &q)?;
+            lat.push(t.elapsed());
+            *hits += hits_in_truth(&got, &truth);
+        }
         wanted += 10;
         let q = QueryRequest {
             text: Some(texts[target].split(' ').step_by(2).collect::<Vec<_>>().join(" ")),
@@ -458,10 +517,20 @@ pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<Memo
         None => gtexts.iter().map(|t| standin.embed(t)).collect(),
     };
     ingest(&m, "quality", &gtexts, &gvectors, 1)?;
-    // At least 1,000 known items: with fewer, channel differences of a few points are noise.
+    // At least 1,000 known items: with fewer, channel differences of a few points are noise. The
+    // first half of the queries (dev) chooses the linear fusion's text weight from a grid; every
+    // figure reported comes from the second half (test), which took no part in the choice.
     let nq = queries.max(1000).min(g);
-    let mut stats = [(0.0f64, 0.0f64, 0usize); 4];
-    for _ in 0..nq {
+    let dev = nq / 2;
+    let mut asks_per_query = vec![Fusion::default(); 3];
+    asks_per_query.extend(LINEAR_TEXT_WEIGHTS.iter().map(|&w| Fusion {
+        method: FusionMethod::Linear,
+        weights: ChannelWeights { text: w, vector: 1.0 - w },
+        ..Fusion::default()
+    }));
+    // Per ask: [dev, test] × (reciprocal rank, gain, found in 100).
+    let mut stats = vec![[(0.0f64, 0.0f64, 0usize); 2]; asks_per_query.len()];
+    for n in 0..nq {
         let target = (rng.next() as usize) % g;
         let id = format!("d{target}");
         let text = standin.paraphrase(&gtexts[target], &mut rng);
@@ -470,37 +539,34 @@ pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<Memo
             None => standin.embed(&text),
         };
         let base = QueryRequest { scope: Some(scope(0)), limit: 100, ..QueryRequest::default() };
-        let asks = [
-            QueryRequest { text: Some(text.clone()), ..base.clone() },
-            QueryRequest { vector: Some(qv.clone()), ..base.clone() },
-            QueryRequest { text: Some(text.clone()), vector: Some(qv.clone()), ..base.clone() },
-            QueryRequest {
-                text: Some(text),
-                vector: Some(qv),
-                fusion: Fusion { method: FusionMethod::Linear, ..Fusion::default() },
-                ..base
-            },
-        ];
-        for (k, q) in asks.iter().enumerate() {
-            if let Some(r) = rank_of(&m.query("bench", "quality", q)?, &id) {
+        for (k, fusion) in asks_per_query.iter().enumerate() {
+            let q = QueryRequest {
+                text: (k != 1).then(|| text.clone()),
+                vector: (k != 0).then(|| qv.clone()),
+                fusion: fusion.clone(),
+                ..base.clone()
+            };
+            if let Some(r) = rank_of(&m.query("bench", "quality", &q)?, &id) {
+                let s = &mut stats[k][usize::from(n >= dev)];
                 if r <= 10 {
-                    stats[k].0 += 1.0 / r as f64;
-                    stats[k].1 += 1.0 / (r as f64 + 1.0).log2();
+                    s.0 += 1.0 / r as f64;
+                    s.1 += 1.0 / (r as f64 + 1.0).log2();
                 }
-                stats[k].2 += 1;
+                s.2 += 1;
             }
         }
     }
-    let quality = ["bm25", "vector", "hybrid", "hybrid-linear"]
-        .iter()
-        .zip(stats)
-        .map(|(c, (mrr, ndcg, hit))| Quality {
-            channel: c,
-            mrr_at_10: mrr / nq as f64,
-            ndcg_at_10: ndcg / nq as f64,
-            recall_at_100: hit as f64 / nq as f64,
+    let best =
+        (3..asks_per_query.len()).max_by(|&a, &b| stats[a][0].1.total_cmp(&stats[b][0].1).then(b.cmp(&a))).unwrap_or(3);
+    let tested = (nq - dev).max(1) as f64;
+    let quality = [("bm25", 0), ("vector", 1), ("hybrid-rrf", 2), ("hybrid-linear", best)]
+        .into_iter()
+        .map(|(channel, k)| {
+            let (mrr, ndcg, hit) = stats[k][1];
+            Quality { channel, mrr_at_10: mrr / tested, ndcg_at_10: ndcg / tested, recall_at_100: hit as f64 / tested }
         })
         .collect();
+    let linear_text_weight = LINEAR_TEXT_WEIGHTS[best - 3];
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(MemoryBench {
@@ -511,15 +577,23 @@ pub fn measure(root: &Path, sizes: &Sizes, model: Option<&Model>) -> Result<Memo
         bytes_on_disk,
         bytes_rows,
         bytes_text,
+        bytes_graphs,
+        flush_secs,
+        reopen_secs,
+        rebuild_secs,
         raw_bytes: raw,
         storage_ratio: bytes_on_disk as f64 / raw as f64,
         bm25: series("memory: BM25 top-10", bm25),
         vector: series("memory: vector top-10", vec_lat),
+        vector_other_ef: series(&format!("memory: vector top-10, ef {OTHER_EF}"), other_lat),
+        other_ef: OTHER_EF,
         hybrid: series("memory: hybrid + RRF + decay top-10", hybrid),
         ann_recall_at_10: found as f64 / wanted.max(1) as f64,
+        ann_recall_at_10_other_ef: found_other as f64 / wanted.max(1) as f64,
         ann_recall_at_10_far: far_found as f64 / far_wanted.max(1) as f64,
         quality_docs: g,
-        quality_queries: nq,
+        quality_queries: nq - dev,
+        linear_text_weight,
         quality_model: model.map_or("stand-in".to_string(), |m| m.name().to_string()),
         embed_texts_per_sec,
         quality,

@@ -202,6 +202,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
                 engine.templates.build(base, vec![], None, None)?;
             }
         }
+        let memory_at_exit = memory.clone();
         let state = Arc::new(warren_api::AppState {
             engine,
             domain,
@@ -219,6 +220,14 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             info!("shutting down; running sandboxes keep running and are re-attached on the next start");
         };
         warren_api::serve(listener, state, shutdown).await?;
+        if let Some(m) = memory_at_exit {
+            // Saved graphs and committed text indexes make the next start read, not rebuild.
+            match tokio::task::spawn_blocking(move || m.checkpoint()).await {
+                Ok(Ok(())) => info!("memory store saved"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "saving the memory store at shutdown"),
+                Err(e) => tracing::warn!(error = %e, "saving the memory store at shutdown"),
+            }
+        }
         Ok(())
     })
 }

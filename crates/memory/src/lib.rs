@@ -13,6 +13,7 @@ pub mod embed;
 pub mod error;
 pub mod filter;
 pub mod fusion;
+mod graphs;
 mod rows;
 mod text;
 pub mod types;
@@ -26,7 +27,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable};
 use roaring::RoaringTreemap;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use error::MemoryError;
 use filter::{Compiled, Fields};
@@ -38,8 +39,16 @@ use vectors::{Hnsw, Quantized};
 
 /// Fewer allowed candidates than this are compared one by one instead of searched in the graph.
 const BRUTE_FORCE_BELOW: u64 = 2048;
-/// Graph search breadth (at least the fusion window).
-const EF_SEARCH: usize = 128;
+/// Graph search breadth unless the query names one (at least the fusion window): wider for
+/// large partitions, where the same breadth finds fewer of the true neighbours (at a million
+/// clustered records, recall@10 0.936 at 128 and 0.955 at 256; at 100,000, 0.970 at 128).
+pub fn default_ef(partition_records: usize) -> usize {
+    if partition_records >= 250_000 {
+        256
+    } else {
+        128
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -76,6 +85,8 @@ struct State {
     dict_failed_at: usize,
     /// The earliest expiry among live records.
     next_expiry: Option<u64>,
+    /// Changes to the vector graphs since they were last saved.
+    unsaved: u64,
 }
 
 struct Collection {
@@ -87,7 +98,27 @@ struct Collection {
     text_dir: PathBuf,
     /// The compression dictionary, once trained.
     dict: RwLock<Option<Arc<Dict>>>,
+    graphs: Mutex<GraphsSaved>,
 }
+
+/// The collection's saved vector graphs.
+struct GraphsSaved {
+    /// The change number of the saved file, if there is one. While changes are unsaved, change
+    /// records after it are kept: a load replays them.
+    seq: Option<u64>,
+    at: Instant,
+}
+
+impl Default for GraphsSaved {
+    fn default() -> Self {
+        GraphsSaved { seq: None, at: Instant::now() }
+    }
+}
+
+/// The graphs are saved once this many changes (or a fifth of the records, if more) are unsaved,
+/// or any are and the last save is this old: a load replays at most about that much.
+const SAVE_GRAPHS_AFTER_CHANGES: u64 = 1000;
+const SAVE_GRAPHS_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Collection {
     fn dict(&self) -> Option<Arc<Dict>> {
@@ -251,6 +282,26 @@ impl MemoryStore {
             // from every row rather than from the changes, which are trimmed.
             let rebuild_text = text.is_blank();
             let mut st = State::default();
+            let dim = row.spec.dimension as usize;
+            // The saved graphs, and the records changed since they were saved.
+            let saved = match self.read_graphs(&row, seq_now) {
+                Some((seq, parts)) => {
+                    let mut changed = HashSet::new();
+                    for c in changes.range(seq + 1..)? {
+                        let (cnum, doc) = c?.1.value();
+                        if cnum == row.number {
+                            changed.insert(doc);
+                        }
+                    }
+                    for (tenant, g) in parts {
+                        st.partitions.insert(tenant, Partition { live: RoaringTreemap::new(), vectors: Some(g) });
+                    }
+                    Some((seq, changed))
+                }
+                None => None,
+            };
+            let mut replay: Vec<(String, u64, Vec<f32>)> = Vec::new();
+            let mut strays = 0u64;
             for r in rows_t.range((row.number, 0)..=(row.number, u64::MAX))? {
                 let (k, v) = r?;
                 let doc = k.value().1;
@@ -260,12 +311,49 @@ impl MemoryStore {
                 st.next_doc = st.next_doc.max(doc + 1);
                 st.keys.insert(stored.scope.key(&stored.id), doc);
                 if e.live() {
-                    Self::apply_live(&row.spec, &mut st, doc, &stored, &vector);
+                    match &saved {
+                        None => Self::apply_live(&row.spec, &mut st, doc, &stored, &vector),
+                        Some((_, changed)) => {
+                            Self::apply_live_meta(&row.spec, &mut st, doc, &stored);
+                            let p = partition(&row.spec, &mut st, &stored.scope.tenant);
+                            if let (Some(g), Some(v)) = (&mut p.vectors, vector_values(&vector, dim)) {
+                                let known = g.restore_vector(doc, &v);
+                                if !known || changed.contains(&doc) {
+                                    strays += u64::from(!changed.contains(&doc));
+                                    replay.push((stored.scope.tenant.clone(), doc, v));
+                                }
+                            }
+                        }
+                    }
                     records += 1;
                     if rebuild_text {
                         text.put(doc, &stored.scope.tenant, stored.text.as_deref(), seq_now)?;
                     }
                 }
+            }
+            if let Some((seq, _)) = &saved {
+                // Records deleted or changed since the save: their old nodes become tombstones
+                // and their new vectors go in.
+                let mut gone = 0;
+                for p in st.partitions.values_mut() {
+                    if let Some(g) = &mut p.vectors {
+                        gone += g.finish_restore();
+                    }
+                }
+                for (tenant, doc, v) in &replay {
+                    if let Some(g) = &mut partition(&row.spec, &mut st, tenant).vectors {
+                        g.insert(*doc, v);
+                    }
+                }
+                st.unsaved = gone + replay.len() as u64;
+                if strays > 0 {
+                    warn!(
+                        collection = %k.value(),
+                        records = strays,
+                        "the saved vector graph lacked records no change accounts for; they were added"
+                    );
+                }
+                info!(collection = %k.value(), saved_at = seq, replayed = st.unsaved, "memory store: vector graphs read");
             }
             // Changes the text index has not committed: redo them from the rows.
             let from = text.committed() + 1;
@@ -293,6 +381,7 @@ impl MemoryStore {
                 text: Mutex::new(text),
                 text_dir,
                 dict: RwLock::new(dict),
+                graphs: Mutex::new(GraphsSaved { seq: saved.map(|(seq, _)| seq), at: Instant::now() }),
             };
             loaded.insert(k.value().to_owned(), Arc::new(coll));
         }
@@ -311,12 +400,8 @@ impl MemoryStore {
 
     /// Puts a live record into the in-memory state and the vector graph.
     fn apply_live(spec: &CollectionSpec, st: &mut State, doc: u64, row: &StoredRow, vector: &StoredVector) {
-        st.fields.extend(row.metadata.keys().cloned());
-        if let Some(e) = row.expires_at_ms {
-            st.next_expiry = Some(st.next_expiry.map_or(e, |n| n.min(e)));
-        }
+        Self::apply_live_meta(spec, st, doc, row);
         let p = partition(spec, st, &row.scope.tenant);
-        p.live.insert(doc);
         if let Some(g) = &mut p.vectors {
             match vector_values(vector, spec.dimension as usize) {
                 Some(v) => g.insert(doc, &v),
@@ -324,7 +409,96 @@ impl MemoryStore {
                     g.remove(doc);
                 }
             }
+            st.unsaved += 1;
         }
+    }
+
+    /// The collection's saved graphs, when there is a usable file of them.
+    fn read_graphs(&self, row: &CollectionRow, seq_now: u64) -> Option<(u64, Vec<(String, Hnsw)>)> {
+        let spec = &row.spec;
+        if spec.dimension == 0 {
+            return None;
+        }
+        let path = graphs::path(&self.dir, row.number);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read the saved vector graphs; rebuilding them from the rows");
+                return None;
+            }
+        };
+        match graphs::decode(&bytes, spec.dimension as usize, spec.distance, spec.keep_float_vectors) {
+            Ok((seq, parts)) if seq <= seq_now => Some((seq, parts)),
+            Ok((seq, _)) => {
+                warn!(file = %path.display(), saved_at = seq, rows_at = seq_now, "the saved vector graphs are ahead of the rows; rebuilding them from the rows");
+                None
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "ignoring damaged saved vector graphs; rebuilding them from the rows");
+                None
+            }
+        }
+    }
+
+    /// Saves the vector graphs of collections that changed enough since their last save (every
+    /// changed one when `force`). Returns how many were saved.
+    pub fn save_graphs(&self, force: bool) -> Result<usize, MemoryError> {
+        let colls: Vec<Arc<Collection>> = self.collections.read().unwrap().values().cloned().collect();
+        let mut saved = 0;
+        for c in colls {
+            if c.spec.dimension == 0 {
+                continue;
+            }
+            // Writers wait while the graphs are copied out (not while they are compressed and
+            // written), so the copy is exactly the rows as of one change number.
+            let (seq, changes, body) = {
+                let _w = self.write_lock.lock().unwrap();
+                let st = c.state.read().unwrap();
+                let due = {
+                    let g = c.graphs.lock().unwrap();
+                    let enough = SAVE_GRAPHS_AFTER_CHANGES.max(st.docs.len() as u64 / 5);
+                    st.unsaved > 0 && (force || st.unsaved >= enough || g.at.elapsed() >= SAVE_GRAPHS_AFTER)
+                };
+                if !due {
+                    continue;
+                }
+                let seq = rows::meta(&self.db.begin_read()?.open_table(rows::META)?, "seq")?;
+                let mut parts: Vec<(&str, &Hnsw)> =
+                    st.partitions.iter().filter_map(|(t, p)| Some((t.as_str(), p.vectors.as_ref()?))).collect();
+                parts.sort_by_key(|p| p.0);
+                let body =
+                    graphs::encode_body(c.spec.dimension as usize, c.spec.distance, c.spec.keep_float_vectors, &parts);
+                (seq, st.unsaved, body)
+            };
+            let t0 = Instant::now();
+            let path = graphs::path(&self.dir, c.number);
+            let bytes = graphs::frame(seq, &body)?;
+            drop(body);
+            graphs::write(&path, &bytes)?;
+            c.state.write().unwrap().unsaved -= changes;
+            *c.graphs.lock().unwrap() = GraphsSaved { seq: Some(seq), at: Instant::now() };
+            debug!(collection = %c.spec.name, seq, bytes = bytes.len(), took_ms = t0.elapsed().as_millis() as u64, "memory store: vector graphs saved");
+            saved += 1;
+        }
+        Ok(saved)
+    }
+
+    /// Commits the text indexes and saves every changed vector graph: what a clean shutdown does
+    /// so that the next open replays nothing.
+    pub fn checkpoint(&self) -> Result<(), MemoryError> {
+        self.flush_text()?;
+        self.save_graphs(true)?;
+        Ok(())
+    }
+
+    /// Puts a live record into the in-memory state, but not into the vector graph.
+    fn apply_live_meta(spec: &CollectionSpec, st: &mut State, doc: u64, row: &StoredRow) {
+        st.fields.extend(row.metadata.keys().cloned());
+        if let Some(e) = row.expires_at_ms {
+            st.next_expiry = Some(st.next_expiry.map_or(e, |n| n.min(e)));
+        }
+        partition(spec, st, &row.scope.tenant).live.insert(doc);
         st.docs.insert(
             doc,
             DocMeta {
@@ -346,6 +520,7 @@ impl MemoryStore {
                 if let Some(g) = &mut p.vectors {
                     g.remove(doc);
                     g.compact_if_needed();
+                    st.unsaved += 1;
                 }
             }
         }
@@ -425,6 +600,7 @@ impl MemoryStore {
             text: Mutex::new(text),
             text_dir,
             dict: RwLock::new(None),
+            graphs: Mutex::new(GraphsSaved::default()),
         });
         let info = Self::info(&coll);
         map.insert(key, coll);
@@ -475,6 +651,12 @@ impl MemoryStore {
         self.collections.write().unwrap().remove(&key);
         if let Err(e) = std::fs::remove_dir_all(&coll.text_dir) {
             warn!(error = %e, dir = %coll.text_dir.display(), "removing a deleted collection's text index");
+        }
+        let graphs = graphs::path(&self.dir, coll.number);
+        if let Err(e) = std::fs::remove_file(&graphs) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(error = %e, file = %graphs.display(), "removing a deleted collection's vector graphs");
+            }
         }
         Ok(())
     }
@@ -835,16 +1017,18 @@ impl MemoryStore {
                 }
             }
             // Changes every text index has committed are no longer needed for a replay (an index
-            // with nothing pending has committed all it was given).
+            // with nothing pending has committed all it was given), nor those before saved graphs
+            // that have changed since.
             let upto = colls
                 .iter()
                 .map(|c| {
                     let t = c.text.lock().unwrap();
-                    if t.has_pending() {
-                        t.committed()
-                    } else {
-                        u64::MAX
-                    }
+                    let text = if t.has_pending() { t.committed() } else { u64::MAX };
+                    let graphs = match c.state.read().unwrap().unsaved {
+                        0 => u64::MAX,
+                        _ => c.graphs.lock().unwrap().seq.unwrap_or(u64::MAX),
+                    };
+                    text.min(graphs)
                 })
                 .min()
                 .unwrap_or(u64::MAX);
@@ -904,6 +1088,12 @@ impl MemoryStore {
 
     /// Commits the text indexes' pending changes (searchable and durable).
     pub fn flush(&self) -> Result<(), MemoryError> {
+        self.flush_text()?;
+        self.save_graphs(false)?;
+        Ok(())
+    }
+
+    fn flush_text(&self) -> Result<(), MemoryError> {
         let colls: Vec<Arc<Collection>> = self.collections.read().unwrap().values().cloned().collect();
         for c in colls {
             c.text.lock().unwrap().commit()?;
@@ -963,6 +1153,15 @@ impl MemoryStore {
                 got: f.window.to_string(),
                 allowed: format!("up to {}", l.max_window),
             });
+        }
+        if let Some(ef) = q.ef {
+            if ef == 0 || ef > l.max_window {
+                return Err(MemoryError::OutOfRange {
+                    field: "ef",
+                    got: ef.to_string(),
+                    allowed: format!("1 to {}", l.max_window),
+                });
+            }
         }
         if let Some(d) = &q.decay {
             if !(d.half_life_secs.is_finite() && d.half_life_secs > 0.0 && (0.0..=1.0).contains(&d.floor)) {
@@ -1025,7 +1224,13 @@ impl MemoryStore {
             (Some(v), Some(g)) => {
                 let v = vectors::prepare(coll.spec.distance, v);
                 Some(Ranking {
-                    docs: g.search(&v, window, EF_SEARCH.max(window), &allowed, BRUTE_FORCE_BELOW),
+                    docs: g.search(
+                        &v,
+                        window,
+                        q.ef.unwrap_or_else(|| default_ef(g.len())).max(window),
+                        &allowed,
+                        BRUTE_FORCE_BELOW,
+                    ),
                     higher_is_better: false,
                 })
             }

@@ -120,6 +120,8 @@ fn bad_input_gets_a_clear_refusal() {
     assert!(q(&|q| q.filter = Filter(json!({"nosuch": 1}).as_object().unwrap().clone())).contains("no record has"));
     assert!(q(&|q| q.decay = Some(Decay { half_life_secs: 0.0, floor: 0.0 })).contains("halfLifeSecs"));
     assert!(q(&|q| q.fusion.window = 1_000_000).contains("fusion.window"));
+    assert!(q(&|q| q.ef = Some(0)).contains("ef must be 1 to 10000"));
+    assert!(q(&|q| q.ef = Some(1_000_000)).contains("ef must be 1 to 10000"));
     // Another owner does not see the collection.
     assert!(m.collection_info("other", "c").unwrap_err().is_not_found());
     m.create_collection("t", spec("textonly", 0)).unwrap();
@@ -435,4 +437,119 @@ fn a_format_1_store_is_moved_to_the_value_log_on_open() {
     drop(m);
     let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
     assert_eq!(m.collection_info("t", "c").unwrap().records, 1);
+}
+
+/// `n` records of tenant `t` with 8-d vectors drawn from `seed`, ids `{prefix}{i}`.
+fn vector_records(prefix: &str, n: usize, seed: &mut u64) -> Vec<RecordInput> {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    (0..n).map(|i| rec(&format!("{prefix}{i}"), "x", Some((0..8).map(|_| next()).collect()))).collect()
+}
+
+/// How many of `records` come first when asked with their own vector, and whether any of the
+/// `gone` ids is returned.
+fn self_recall(m: &MemoryStore, t: &str, records: &[RecordInput], gone: &[String]) -> usize {
+    let mut found = 0;
+    for r in records {
+        let mut q = query(scope(t));
+        q.vector = r.vector.clone();
+        let got = ids(&m.query("t", "c", &q).unwrap());
+        assert!(!got.iter().any(|g| gone.contains(g)), "a deleted or replaced record came back: {got:?}");
+        found += usize::from(got.first() == Some(&r.id));
+    }
+    found
+}
+
+#[test]
+fn saved_vector_graphs_are_read_and_later_changes_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 99u64;
+    // Above the brute-force threshold, so that queries go through the graph.
+    let mut a = vector_records("a", 2500, &mut seed);
+    let b = vector_records("b", 300, &mut seed);
+    {
+        let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+        m.create_collection("t", spec("c", 8)).unwrap();
+        for chunk in a.chunks(500) {
+            m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records: chunk.to_vec() }).unwrap();
+        }
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("b")), records: b.clone() }).unwrap();
+        m.checkpoint().unwrap();
+        assert!(graphs::path(dir.path(), m.collection("t", "c").unwrap().number).exists());
+        // After the save: 100 new, 50 moved to new vectors, 50 deleted; then a purge, which
+        // must keep the change records the saved graphs need. Dropped without a save, like a
+        // crash.
+        let new = vector_records("new", 100, &mut seed);
+        let moved = vector_records("a", 50, &mut seed);
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records: new.clone() }).unwrap();
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records: moved.clone() }).unwrap();
+        let deleted: Vec<String> = (2000..2050).map(|i| format!("a{i}")).collect();
+        m.delete("t", "c", Some(&scope("a")), &deleted).unwrap();
+        m.flush_text().unwrap();
+        m.purge().unwrap();
+        a.splice(0..50, moved);
+        a.retain(|r| !deleted.contains(&r.id));
+        a.extend(new);
+        let gone = deleted.clone();
+        assert!(self_recall(&m, "a", &a, &gone) >= a.len() * 99 / 100);
+    }
+    let deleted: Vec<String> = (2000..2050).map(|i| format!("a{i}")).collect();
+    let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+    {
+        let c = m.collection("t", "c").unwrap();
+        assert!(c.graphs.lock().unwrap().seq.is_some(), "the saved graphs were read");
+        assert_eq!(c.state.read().unwrap().unsaved, 200, "100 new + 50 moved + 50 deleted replayed");
+    }
+    let found = self_recall(&m, "a", &a, &deleted);
+    assert!(found >= a.len() * 99 / 100, "{found} of {} found by their own vector", a.len());
+    assert!(self_recall(&m, "b", &b, &[]) >= b.len() * 99 / 100);
+    // The replayed changes are saved at the next checkpoint, and a clean reopen replays none.
+    m.checkpoint().unwrap();
+    drop(m);
+    let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(m.collection("t", "c").unwrap().state.read().unwrap().unsaved, 0);
+    assert!(self_recall(&m, "a", &a, &deleted) >= a.len() * 99 / 100);
+}
+
+#[test]
+fn damaged_or_foreign_saved_graphs_are_rebuilt_from_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 5u64;
+    let a = vector_records("a", 2300, &mut seed);
+    let number = {
+        let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+        m.create_collection("t", spec("c", 8)).unwrap();
+        m.upsert("t", "c", &UpsertRequest { scope: Some(scope("a")), records: a.clone() }).unwrap();
+        m.checkpoint().unwrap();
+        m.collection("t", "c").unwrap().number
+    };
+    let path = graphs::path(dir.path(), number);
+    let good = std::fs::read(&path).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a flipped bit", flipped),
+        ("a cut file", good[..good.len() / 3].to_vec()),
+        ("an empty file", Vec::new()),
+        ("another file", b"WRNGRAPH not really".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+        let c = m.collection("t", "c").unwrap();
+        assert!(c.graphs.lock().unwrap().seq.is_none(), "{what}: not trusted");
+        assert_eq!(m.collection_info("t", "c").unwrap().records, 2300, "{what}");
+        assert!(self_recall(&m, "a", &a[..300], &[]) >= 297, "{what}: rebuilt from the rows");
+    }
+    // Deleting the collection deletes its graphs.
+    std::fs::write(&path, &good).unwrap();
+    let m = MemoryStore::open(dir.path(), Limits::default()).unwrap();
+    assert!(m.collection("t", "c").unwrap().graphs.lock().unwrap().seq.is_some());
+    m.delete_collection("t", "c").unwrap();
+    assert!(!path.exists());
 }

@@ -216,6 +216,11 @@ pub struct QueryRequest {
     pub limit: usize,
     #[serde(default)]
     pub fusion: Fusion,
+    /// How many candidates the vector graph search keeps (HNSW's ef; at least the window):
+    /// broader finds more of the true nearest records and costs more. Default 128, and 256 in a
+    /// tenant of 250,000 records or more.
+    #[serde(default)]
+    pub ef: Option<usize>,
     #[serde(default)]
     pub decay: Option<Decay>,
     /// The score is multiplied by `1 + importanceWeight × importance`.

@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use roaring::RoaringTreemap;
+use roaring::{RoaringBitmap, RoaringTreemap};
 
 use crate::types::Distance;
 
@@ -271,6 +271,8 @@ pub struct Hnsw {
     top: usize,
     /// Deterministic level draws (xorshift): a rebuilt graph is the same graph.
     rng: u64,
+    /// Live nodes of a loaded graph still waiting for their vectors ([`Hnsw::restore_vector`]).
+    missing: RoaringBitmap,
 }
 
 /// A search's answer: documents with their exact distance, closest first.
@@ -294,6 +296,7 @@ impl Hnsw {
             entry: None,
             top: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
+            missing: RoaringBitmap::new(),
         }
     }
 
@@ -589,6 +592,201 @@ impl Hnsw {
     }
 }
 
+/// Saving and loading. A saved graph holds its structure and its tombstones' vectors, not its
+/// live nodes' vectors: the rows hold those, and a load reads every row anyway.
+impl Hnsw {
+    /// Appends the graph to `out`.
+    pub fn save(&self, out: &mut Vec<u8>) {
+        let dim = self.dim;
+        out.extend_from_slice(&self.phi.to_le_bytes());
+        out.extend_from_slice(&self.entry.unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&(self.top as u32).to_le_bytes());
+        out.extend_from_slice(&self.rng.to_le_bytes());
+        out.extend_from_slice(&(self.nodes.len() as u32).to_le_bytes());
+        for n in &self.nodes {
+            out.extend_from_slice(&n.doc.to_le_bytes());
+            out.push(n.links.len() as u8);
+            for l in &n.links {
+                out.extend_from_slice(&(l.len() as u32).to_le_bytes());
+                for x in l {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&self.dead.len().to_le_bytes());
+        for d in &self.dead {
+            let n = d as usize;
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            out.extend_from_slice(&self.scales[n].to_le_bytes());
+            if !self.extra.is_empty() {
+                out.extend_from_slice(&self.extra[n].to_le_bytes());
+            }
+            out.extend(self.codes(n as u32).iter().map(|&c| c as u8));
+            if let Some(f) = &self.floats {
+                for x in &f[n * dim..(n + 1) * dim] {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// A graph saved by [`Hnsw::save`], read from `r`. Its live nodes have no vectors until
+    /// [`Hnsw::restore_vector`] gives them theirs and [`Hnsw::finish_restore`] ends the load.
+    pub fn load(distance: Distance, dim: usize, keep_floats: bool, r: &mut Bytes) -> Result<Hnsw, String> {
+        let mut g = Hnsw::new(distance, dim, keep_floats);
+        g.phi = r.f32()?;
+        let entry = r.u32()?;
+        g.top = r.u32()? as usize;
+        g.rng = r.u64()?;
+        let n = r.u32()? as usize;
+        // Each node takes at least nine bytes: a count past what is left is damage, not a size
+        // to allocate for.
+        if n.saturating_mul(9) > r.left() {
+            return Err(format!("{n} nodes in {} bytes", r.left()));
+        }
+        g.nodes.reserve_exact(n);
+        for _ in 0..n {
+            let doc = r.u64()?;
+            let layers = r.u8()? as usize;
+            let mut links = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                let len = r.u32()? as usize;
+                if len > 2 * M || len.saturating_mul(4) > r.left() {
+                    return Err(format!("a node with {len} neighbours"));
+                }
+                let mut l = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let x = r.u32()?;
+                    if x as usize >= n {
+                        return Err(format!("a link to node {x} of {n}"));
+                    }
+                    l.push(x);
+                }
+                links.push(l);
+            }
+            g.nodes.push(Node { doc, links });
+        }
+        g.codes = vec![0; n * dim];
+        g.scales = vec![0.0; n];
+        if distance == Distance::Dot {
+            g.extra = vec![0.0; n];
+        }
+        if let Some(f) = &mut g.floats {
+            f.resize(n * dim, 0.0);
+        }
+        let dead = r.u64()?;
+        if dead > n as u64 {
+            return Err(format!("{dead} tombstones of {n} nodes"));
+        }
+        for _ in 0..dead {
+            let node = r.u32()? as usize;
+            if node >= n {
+                return Err(format!("tombstone {node} of {n} nodes"));
+            }
+            g.scales[node] = r.f32()?;
+            if !g.extra.is_empty() {
+                g.extra[node] = r.f32()?;
+            }
+            for (c, b) in g.codes[node * dim..(node + 1) * dim].iter_mut().zip(r.take(dim)?) {
+                *c = *b as i8;
+            }
+            if let Some(f) = &mut g.floats {
+                for x in &mut f[node * dim..(node + 1) * dim] {
+                    *x = r.f32()?;
+                }
+            }
+            g.dead.insert(node as u64);
+        }
+        // A search indexes a neighbour's links at the layer it came by: every link must reach a
+        // node that has that layer.
+        for node in &g.nodes {
+            for (layer, l) in node.links.iter().enumerate() {
+                if let Some(x) = l.iter().find(|&&x| g.nodes[x as usize].links.len() <= layer) {
+                    return Err(format!("a link at layer {layer} to node {x}, which is not on it"));
+                }
+            }
+        }
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !g.dead.contains(i as u64) {
+                if g.by_doc.insert(node.doc, i as u32).is_some() {
+                    return Err(format!("document {} has two live nodes", node.doc));
+                }
+                g.missing.insert(i as u32);
+            }
+        }
+        g.entry = match entry {
+            u32::MAX if n == 0 => None,
+            e if (e as usize) < n && g.nodes[e as usize].links.len() > g.top => Some(e),
+            e => return Err(format!("entry point {e} of {n} nodes at layer {}", g.top)),
+        };
+        Ok(g)
+    }
+
+    /// Gives `doc`'s node of a loaded graph its vector (already [`prepare`]d); false when the
+    /// graph has no live node for `doc`.
+    pub fn restore_vector(&mut self, doc: u64, v: &[f32]) -> bool {
+        let Some(&n) = self.by_doc.get(&doc) else { return false };
+        let (n, dim) = (n as usize, self.dim);
+        let q = Quantized::from_f32(v);
+        self.codes[n * dim..(n + 1) * dim].copy_from_slice(&q.codes);
+        self.scales[n] = q.scale;
+        if let Some(f) = &mut self.floats {
+            f[n * dim..(n + 1) * dim].copy_from_slice(v);
+        }
+        if !self.extra.is_empty() {
+            let norm2 = v.iter().map(|x| x * x).sum::<f32>();
+            self.extra[n] = (self.phi * self.phi - norm2).max(0.0).sqrt();
+        }
+        self.missing.remove(n as u32);
+        true
+    }
+
+    /// Ends a load: live nodes whose vector never came (their records went after the save)
+    /// become tombstones. Returns how many did.
+    pub fn finish_restore(&mut self) -> u64 {
+        let missing = std::mem::take(&mut self.missing);
+        for n in &missing {
+            self.by_doc.remove(&self.nodes[n as usize].doc);
+            self.dead.insert(n as u64);
+        }
+        missing.len()
+    }
+}
+
+/// A cursor over saved bytes; running out is an error, never a panic.
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl<'a> Bytes<'a> {
+    pub fn left(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.0.len() {
+            return Err(format!("cut short: {n} bytes wanted, {} left", self.0.len()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
+    pub fn f32(&mut self) -> Result<f32, String> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,5 +895,77 @@ mod tests {
         assert_eq!((h.len(), h.tombstones()), (1200, 0));
         let got = h.search(&data[1500], 5, 64, &allowed, 0);
         assert_eq!(got[0].0, 1500);
+    }
+
+    #[test]
+    fn a_saved_graph_loads_to_the_same_searches() {
+        let mut seed = 13;
+        let dim = 16;
+        let data = clustered(2500, dim, &mut seed);
+        for (distance, floats) in [(Distance::Cosine, false), (Distance::Dot, false), (Distance::L2, true)] {
+            let mut h = Hnsw::new(distance, dim, floats);
+            let mut all = RoaringTreemap::new();
+            for (i, v) in data.iter().enumerate() {
+                h.insert(i as u64, &prepare(distance, v));
+                all.insert(i as u64);
+            }
+            // Tombstones travel with their vectors: documents 0..50 replaced, 50..100 deleted.
+            for d in 0..100u64 {
+                h.remove(d);
+                all.remove(d);
+            }
+            for d in 0..50u64 {
+                h.insert(d, &prepare(distance, &data[d as usize + 1000]));
+                all.insert(d);
+            }
+            let mut bytes = Vec::new();
+            h.save(&mut bytes);
+            let mut r = Bytes(&bytes);
+            let mut loaded = Hnsw::load(distance, dim, floats, &mut r).unwrap();
+            assert_eq!(r.left(), 0);
+            for d in all.iter() {
+                let v = if d < 50 { &data[d as usize + 1000] } else { &data[d as usize] };
+                assert!(loaded.restore_vector(d, &prepare(distance, v)), "{distance:?}: document {d}");
+            }
+            assert!(!loaded.restore_vector(75, &prepare(distance, &data[75])), "a deleted document has no node");
+            assert_eq!(loaded.finish_restore(), 0);
+            assert_eq!((loaded.len(), loaded.tombstones()), (h.len(), h.tombstones()));
+            for q in clustered(30, dim, &mut seed) {
+                let q = prepare(distance, &q);
+                assert_eq!(loaded.search(&q, 10, 64, &all, 0), h.search(&q, 10, 64, &all, 0), "{distance:?}");
+            }
+            // A node whose record went after the save becomes a tombstone at the load's end.
+            let mut r = Bytes(&bytes);
+            let mut partial = Hnsw::load(distance, dim, floats, &mut r).unwrap();
+            for d in all.iter().filter(|&d| d != 200) {
+                let v = if d < 50 { &data[d as usize + 1000] } else { &data[d as usize] };
+                partial.restore_vector(d, &prepare(distance, v));
+            }
+            assert_eq!(partial.finish_restore(), 1);
+            assert!(partial.search(&prepare(distance, &data[200]), 10, 64, &all, 0).iter().all(|x| x.0 != 200));
+        }
+    }
+
+    #[test]
+    fn damaged_graph_bytes_are_refused_not_trusted() {
+        let mut seed = 17;
+        let data = clustered(300, 8, &mut seed);
+        let mut h = Hnsw::new(Distance::Cosine, 8, false);
+        for (i, v) in data.iter().enumerate() {
+            h.insert(i as u64, &prepare(Distance::Cosine, v));
+        }
+        let mut bytes = Vec::new();
+        h.save(&mut bytes);
+        for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Hnsw::load(Distance::Cosine, 8, false, &mut Bytes(&bytes[..cut])).is_err(), "cut at {cut}");
+        }
+        // A link to a node past the end, and a node count larger than the bytes could hold.
+        let mut bad = bytes.clone();
+        let first_link = 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4;
+        bad[first_link..first_link + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Hnsw::load(Distance::Cosine, 8, false, &mut Bytes(&bad)).err().unwrap().contains("link"));
+        let mut bad = bytes.clone();
+        bad[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Hnsw::load(Distance::Cosine, 8, false, &mut Bytes(&bad)).is_err());
     }
 }
