@@ -230,6 +230,7 @@ impl Engine {
             None
         };
         let templates = Arc::new(Templates::open(&cfg.data_dir, cfg.templates.clone(), cfg.native.uid_base)?);
+        templates.follow_builds();
         let keys = crate::keys::ApiKeys::open(&cfg.data_dir, store.clone())?;
         let engine = Arc::new(Engine {
             cfg,

@@ -97,6 +97,33 @@ pub struct Templates {
     builds: Mutex<HashMap<TemplateId, Build>>,
     /// Woken whenever a record changes (the engine then takes memory images of new templates).
     changed: tokio::sync::Notify,
+    /// Builds another daemon sharing the directory was running when this one opened it: this
+    /// one follows them ([`Templates::follow_builds`]).
+    to_follow: Mutex<Vec<TemplateId>>,
+}
+
+/// What a finished build leaves beside its rootfs, written while it holds the build lock: a
+/// daemon that gets the lock after another one built the template takes this result.
+#[derive(Serialize, Deserialize)]
+struct Built {
+    packages: Vec<String>,
+    size_bytes: u64,
+}
+
+/// Several daemons may share a templates directory (`templates.dir`). A build holds this lock
+/// on its template's directory from its first step until its record is saved, so two builds of
+/// one template never share a staging directory.
+fn lock_build(root: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(root)?;
+    let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(root.join(".build.lock"))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(f)
+}
+
+/// Whether another process holds `root`'s build lock right now.
+fn build_locked_elsewhere(root: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(root.join(".build.lock")) else { return false };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
 }
 
 /// A subscription to a build's progress: lines so far, then live lines until the build ends.
@@ -117,6 +144,7 @@ impl Templates {
             records: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
+            to_follow: Mutex::new(Vec::new()),
         };
         for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
             let meta = entry.path().join("template.json");
@@ -128,11 +156,22 @@ impl Templates {
                     continue;
                 }
             };
-            // A build interrupted by a restart cannot resume; mark it failed so it can be rebuilt.
             if r.status == Status::Building {
-                r.status = Status::Failed;
-                r.error = Some("the daemon stopped during the build; build it again".into());
-                me.save(&r)?;
+                if r.from.is_none() && build_locked_elsewhere(&entry.path()) {
+                    // Another daemon sharing the directory is building it: wait for its result.
+                    me.to_follow.lock().unwrap().push(r.id.clone());
+                } else if let Some(size) = Self::built(&entry.path(), &r.packages) {
+                    // Built, but the builder stopped before saving its record.
+                    r.status = Status::Ready;
+                    r.size_bytes = size;
+                    me.save(&r)?;
+                } else {
+                    // A build interrupted by a restart cannot resume; mark it failed so it can be
+                    // rebuilt.
+                    r.status = Status::Failed;
+                    r.error = Some("the daemon stopped during the build; build it again".into());
+                    me.save(&r)?;
+                }
             }
             me.records.lock().unwrap().insert(r.id.clone(), r);
         }
@@ -264,12 +303,33 @@ impl Templates {
         let err =
             |e: std::io::Error| NodeError::Build { id: r.id.to_string(), detail: format!("saving its record: {e}") };
         std::fs::create_dir_all(&dir).map_err(err)?;
-        let tmp = dir.join("template.json.tmp");
+        // Per process: daemons sharing the directory may save one record at the same moment.
+        let tmp = dir.join(format!("template.json.{}.tmp", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes")).map_err(err)?;
         std::fs::rename(&tmp, dir.join("template.json")).map_err(err)?;
         self.records.lock().unwrap().insert(r.id.clone(), r.clone());
         self.changed.notify_one();
         Ok(())
+    }
+
+    /// Follows the builds another daemon was running when this one opened the directory: each
+    /// waits for that build's lock and takes its result (or builds, if that daemon stopped).
+    pub fn follow_builds(self: &Arc<Self>) {
+        let ids = std::mem::take(&mut *self.to_follow.lock().unwrap());
+        for id in ids {
+            let Some(r) = self.get(&id) else { continue };
+            let extra = r.packages.iter().filter(|p| !BASE_PACKAGES.contains(&p.as_str())).cloned().collect();
+            info!(template = %id, "another daemon sharing the templates directory is building it; waiting for it");
+            if let Err(e) = self.build(id.clone(), extra, r.team.clone(), r.startup.clone()) {
+                warn!(template = %id, error = %e, "following another daemon's build");
+            }
+        }
+    }
+
+    /// The size of the template built in `root` for exactly `packages`, if a build finished there.
+    fn built(root: &Path, packages: &[String]) -> Option<u64> {
+        let b: Built = serde_json::from_slice(&std::fs::read(root.join("built.json")).ok()?).ok()?;
+        (b.packages == packages && root.join("rootfs").is_dir()).then_some(b.size_bytes)
     }
 
     /// Resolves when a template record changed since the last call returned (or ever, the first time).
@@ -327,7 +387,21 @@ impl Templates {
         let me = self.clone();
         let saved = rec.clone();
         tokio::spawn(async move {
-            let result = me.run_build(&id, &packages).await;
+            let root = me.dir.join(id.as_str());
+            let lock = tokio::task::spawn_blocking(move || lock_build(&root))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|l| l.map_err(|e| format!("locking the template's directory: {e}")));
+            let result = match &lock {
+                Err(e) => Err(e.clone()),
+                Ok(_) => match Self::built(&me.dir.join(id.as_str()), &packages) {
+                    Some(size) => {
+                        me.line(&id, "built by another daemon sharing the templates directory".into());
+                        Ok(size)
+                    }
+                    None => me.run_build(&id, &packages).await,
+                },
+            };
             let mut rec = me.get(&id).unwrap_or(saved);
             match result {
                 Ok(size) => {
@@ -346,6 +420,7 @@ impl Templates {
             if let Err(e) = me.save(&rec) {
                 warn!(template = %id, error = %e, "saving template record");
             }
+            drop(lock);
             me.builds.lock().unwrap().remove(&id);
         });
         Ok(self.get(&rec.id).expect("just saved"))
@@ -362,6 +437,7 @@ impl Templates {
         let root = self.dir.join(id.as_str());
         let staging = root.join("rootfs.staging");
         let final_dir = root.join("rootfs");
+        let _ = tokio::fs::remove_file(root.join("built.json")).await;
         let _ = tokio::fs::remove_dir_all(&staging).await;
         let _ = tokio::fs::remove_dir_all(&final_dir).await;
         tokio::fs::create_dir_all(&root).await.map_err(|e| format!("{}: {e}", root.display()))?;
@@ -411,6 +487,8 @@ impl Templates {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("shifting ownership: {e}"))?;
         tokio::fs::rename(&staging, &final_dir).await.map_err(|e| format!("finishing the rootfs: {e}"))?;
+        let built = serde_json::to_vec(&Built { packages: packages.to_vec(), size_bytes: size }).expect("serializes");
+        tokio::fs::write(root.join("built.json"), built).await.map_err(|e| format!("recording the build: {e}"))?;
         Ok(size)
     }
 
