@@ -93,6 +93,32 @@ fn recall_by_text_vector_and_both_within_a_scope() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&v), vec!["d"]);
+    let out = d.cli(&[
+        "--json",
+        "memory",
+        "query",
+        "notes",
+        "--tenant",
+        "acme",
+        "--text",
+        "quota",
+        "--vector",
+        "[0,0,1]",
+        "--fusion",
+        r#"{"method": "linear", "weights": {"text": 0.8, "vector": 0.2}}"#,
+        "--ef",
+        "64",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&v)[0], "d");
+    let out = d.cli(&["memory", "query", "notes", "--tenant", "acme", "--text", "quota", "--ef", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ef must be 1 to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Everything survives a restart.
     d.restart();

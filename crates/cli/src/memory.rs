@@ -83,6 +83,14 @@ pub enum MemoryCmd {
         filter: Option<String>,
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// How the channels are fused, as JSON, e.g. '{"method": "linear", "weights": {"text": 0.8,
+        /// "vector": 0.2}}' (default: RRF, k 60, equal weights).
+        #[arg(long)]
+        fusion: Option<String>,
+        /// How many candidates the vector graph search keeps (default 128; 256 in tenants of
+        /// 250,000 records or more).
+        #[arg(long)]
+        ef: Option<usize>,
         /// Show each hit's per-channel ranks and scores.
         #[arg(long)]
         explain: bool,
@@ -214,7 +222,7 @@ pub async fn memory(client: &Client, out: &Output, cmd: MemoryCmd) -> Result<i32
             let path = format!("{BASE}/{}/records/{}?{}", seg(&collection), seg(&id), scope.query_string());
             client.call(Method::DELETE, &path, None).await?;
         }
-        MemoryCmd::Query { collection, scope, text, vector, filter, limit, explain } => {
+        MemoryCmd::Query { collection, scope, text, vector, filter, limit, fusion, ef, explain } => {
             let mut body = json!({"scope": scope.json(), "limit": limit, "explain": explain});
             if let Some(t) = text {
                 body["text"] = json!(t);
@@ -224,6 +232,12 @@ pub async fn memory(client: &Client, out: &Output, cmd: MemoryCmd) -> Result<i32
             }
             if let Some(f) = filter {
                 body["filter"] = parse_json("filter", &f)?;
+            }
+            if let Some(f) = fusion {
+                body["fusion"] = parse_json("fusion", &f)?;
+            }
+            if let Some(ef) = ef {
+                body["ef"] = json!(ef);
             }
             let v: Value = client.json(Method::POST, &format!("{BASE}/{}/query", seg(&collection)), Some(body)).await?;
             out.print(&v, || {
