@@ -476,6 +476,15 @@ impl MemoryStore {
             let bytes = graphs::frame(seq, &body)?;
             drop(body);
             graphs::write(&path, &bytes)?;
+            {
+                // A collection deleted while its graphs were being written leaves no file behind.
+                let _w = self.write_lock.lock().unwrap();
+                let registered = self.collections.read().unwrap().values().any(|x| Arc::ptr_eq(x, &c));
+                if !registered {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            }
             c.state.write().unwrap().unsaved -= changes;
             *c.graphs.lock().unwrap() = GraphsSaved { seq: Some(seq), at: Instant::now() };
             debug!(collection = %c.spec.name, seq, bytes = bytes.len(), took_ms = t0.elapsed().as_millis() as u64, "memory store: vector graphs saved");
