@@ -296,3 +296,21 @@ fn a_kill_during_an_ingest_loses_no_acknowledged_record() {
     assert_eq!(seen.len(), total, "a record is there twice");
     assert_eq!(total, stored.min(1000));
 }
+
+#[test]
+fn a_store_that_cannot_be_opened_answers_503_with_the_reason_and_sandboxes_still_work() {
+    let name = "memory-broken";
+    let dir = Path::new(ROOT).join(name).join("memory");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("memory.redb"), b"not a redb file, whatever it once was").unwrap();
+    let d = Daemon::start_fresh(name);
+    let (s, v) = d.api("GET", C, None);
+    assert_eq!(s, 503, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("could not be opened"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("memory-broken/memory"), "names the store's directory: {v}");
+    let (s, v) = d.api("GET", "/sandboxes", None);
+    assert_eq!(s, 200, "the sandbox API is up: {v}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,8 +26,13 @@ pub struct AppState {
     /// Keep-alive connections to servers inside sandboxes (ports other than the agent's).
     pub ports: proxy::PortClient,
     /// The agent memory store (`None` when turned off in the config).
-    pub memory: Option<Arc<warren_memory::MemoryStore>>,
+    pub memory: Option<MemorySlot>,
 }
+
+/// The memory store as the daemon opens it: in the background, because a start reads every
+/// record and a large store would otherwise hold up the sandbox API. Empty while opening; the
+/// reason when opening failed.
+pub type MemorySlot = Arc<std::sync::OnceLock<Result<Arc<warren_memory::MemoryStore>, String>>>;
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(

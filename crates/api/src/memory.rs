@@ -50,9 +50,21 @@ impl From<MemoryError> for ApiError {
 }
 
 fn store(st: &AppState) -> Result<Arc<MemoryStore>, ApiError> {
-    st.memory.clone().ok_or_else(|| {
+    let slot = st.memory.as_ref().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "the memory store is turned off on this daemon ([memory] enabled = false)")
-    })
+    })?;
+    match slot.get() {
+        Some(Ok(m)) => Ok(m.clone()),
+        Some(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the memory store could not be opened: {e}; fix the cause and restart warren serve"),
+        )),
+        None => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the memory store is still opening (a start reads every record, which takes seconds for a large store); try again in a moment".into(),
+            retry: true,
+        }),
+    }
 }
 
 /// Runs a store call off the async workers.

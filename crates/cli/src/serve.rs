@@ -192,7 +192,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             .with_context(|| format!("binding {} (is another warren serve running?)", cfg.listen))?;
         let domain = cfg.domain();
         let no_base = args.no_base;
-        let memory = if cfg.memory.enabled { Some(open_memory(&cfg)?) } else { None };
+        let memory = if cfg.memory.enabled { Some(open_memory(&cfg).await) } else { None };
         let engine = warren_node::Engine::start(cfg, runtime).await.context("starting the node engine")?;
         if !no_base {
             let base = TemplateId::parse("base").expect("valid id");
@@ -220,7 +220,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             info!("shutting down; running sandboxes keep running and are re-attached on the next start");
         };
         warren_api::serve(listener, state, shutdown).await?;
-        if let Some(m) = memory_at_exit {
+        if let Some(Some(Ok(m))) = memory_at_exit.map(|s| s.get().cloned()) {
             // Saved graphs and committed text indexes make the next start read, not rebuild.
             match tokio::task::spawn_blocking(move || m.checkpoint()).await {
                 Ok(Ok(())) => info!("memory store saved"),
@@ -232,21 +232,49 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
     })
 }
 
-/// Opens the memory store and starts its upkeep: text index commits every few seconds (so that a
-/// restart replays little), expiry and purges every minute.
-fn open_memory(cfg: &Config) -> Result<Arc<warren_memory::MemoryStore>> {
-    let m = &cfg.memory;
-    let limits = warren_memory::types::Limits {
-        purge_after_secs: m.purge_after_secs,
-        max_text_bytes: m.max_text_bytes,
-        max_records_per_upsert: m.max_records_per_upsert,
-        ..Default::default()
-    };
-    let dir = cfg.data_dir.join("memory");
-    let store = Arc::new(
-        warren_memory::MemoryStore::open_with_models(&dir, limits, m.models_dir.clone())
-            .with_context(|| format!("opening the memory store in {}", dir.display()))?,
-    );
+/// How long a start waits for the memory store before it listens without it: long enough for a
+/// store of tens of thousands of records, so small stores are open when the API comes up.
+const MEMORY_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the memory store in the background (memory calls answer 503 with Retry-After until it
+/// is open; if opening fails, 503 with the reason) and starts its upkeep once it is.
+async fn open_memory(cfg: &Config) -> warren_api::MemorySlot {
+    let slot = warren_api::MemorySlot::default();
+    let (done, opened) = tokio::sync::oneshot::channel();
+    let (m, dir, s) = (cfg.memory.clone(), cfg.data_dir.join("memory"), slot.clone());
+    tokio::task::spawn_blocking(move || {
+        let t0 = std::time::Instant::now();
+        let limits = warren_memory::types::Limits {
+            purge_after_secs: m.purge_after_secs,
+            max_text_bytes: m.max_text_bytes,
+            max_records_per_upsert: m.max_records_per_upsert,
+            ..Default::default()
+        };
+        let result = warren_memory::MemoryStore::open_with_models(&dir, limits, m.models_dir.clone())
+            .map(Arc::new)
+            .map_err(|e| format!("{}: {e}", dir.display()));
+        match &result {
+            Ok(store) => {
+                info!(took_ms = t0.elapsed().as_millis() as u64, "memory store open");
+                memory_upkeep(&m, store.clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the memory store could not be opened; memory calls answer 503 until it is fixed and warren restarted")
+            }
+        }
+        let _ = s.set(result);
+        let _ = done.send(());
+    });
+    if tokio::time::timeout(MEMORY_OPEN_WAIT, opened).await.is_err() {
+        info!("the memory store is still opening; memory calls answer 503 with Retry-After until it is open");
+    }
+    slot
+}
+
+/// Logs which embedding models the store can run and starts its upkeep: text index commits and
+/// graph saves every few seconds (so that a restart replays little), expiry and purges every
+/// minute. Called from a blocking task inside the runtime.
+fn memory_upkeep(m: &warren_types::config::MemoryConfig, store: Arc<warren_memory::MemoryStore>) {
     let models = store.embedding_models();
     match (warren_memory::embed::SUPPORTED, models.is_empty()) {
         (true, false) => info!(models = %models.join(", "), "memory store: local embeddings available"),
@@ -256,7 +284,7 @@ fn open_memory(cfg: &Config) -> Result<Arc<warren_memory::MemoryStore>> {
         ),
         (false, _) => info!("memory store: local embeddings are not built in (build with --features embed)"),
     }
-    let s = store.clone();
+    let s = store;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         for round in 0u64.. {
@@ -275,5 +303,4 @@ fn open_memory(cfg: &Config) -> Result<Arc<warren_memory::MemoryStore>> {
             }
         }
     });
-    Ok(store)
 }
