@@ -665,3 +665,118 @@ fn uploads_larger_than_the_memory_limit_stream_to_disk() {
     assert_eq!(status, 200, "the sandbox survived");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
+
+/// What a broken or hostile Connect client sends must get a Connect error, and a client that goes
+/// away mid-stream must leave its process running and nothing of the stream behind in the agent.
+#[test]
+fn broken_connect_clients_get_errors_and_leave_nothing_behind() {
+    use std::io::{Read, Write};
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let auth = |ct: &'static str| {
+        [("E2b-Sandbox-Id", sb.id.clone()), ("X-Access-Token", sb.token.clone()), ("Content-Type", ct.to_owned())]
+    };
+    let call = |path: &str, ct: &'static str, body: &[u8]| {
+        let h = auth(ct);
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = d.raw("POST", path, &h, body);
+        (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(), body)
+    };
+    // Unknown methods and services: Connect's `unimplemented`.
+    for path in ["/process.Process/Teleport", "/filesystem.Filesystem/Format", "/nosuch.Service/Method"] {
+        let (status, v, _) = call(path, "application/json", b"{}");
+        assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")), "{path}: {v}");
+    }
+    // Malformed JSON and wrong field types in a unary call.
+    let (status, v, _) = call("/process.Process/List", "application/json", b"{not json");
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    let (status, v, _) = call("/filesystem.Filesystem/Stat", "application/json", br#"{"path": 7}"#);
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    // Streaming calls with broken envelopes end with an error in the end-of-stream frame.
+    let end_error = |raw: &[u8]| -> serde_json::Value {
+        assert!(raw.len() >= 5 && raw[0] & 2 != 0, "expected an end-of-stream frame: {raw:?}");
+        serde_json::from_slice::<serde_json::Value>(&raw[5..]).unwrap()["error"].clone()
+    };
+    let mut cut = vec![0u8, 0, 0, 0x03, 0xe8];
+    cut.extend_from_slice(br#"{"process""#);
+    for (what, body) in [
+        ("a cut envelope", cut),
+        ("an envelope claiming 4 GiB", vec![0u8, 0xff, 0xff, 0xff, 0xf0, b'{', b'}']),
+        ("three bytes", vec![0u8, 0, 0]),
+        ("a compressed flag nobody negotiated", vec![1u8, 0, 0, 0, 2, b'{', b'}']),
+    ] {
+        let (status, _, raw) = call("/process.Process/Start", "application/connect+json", &body);
+        assert_eq!(status, 200, "{what}");
+        assert_eq!(end_error(&raw)["code"], "invalid_argument", "{what}");
+    }
+    // An oversize unary body is refused, not buffered.
+    let big = vec![b' '; 17 * 1024 * 1024];
+    let (status, v, _) = call("/process.Process/List", "application/json", &big);
+    assert_eq!((status, v["code"].as_str()), (429, Some("resource_exhausted")), "{v}");
+
+    // Refused uploads (the agent answers before reading the body) do not break later calls.
+    let body = vec![b'x'; 256 * 1024];
+    for _ in 0..5 {
+        let h = auth("application/octet-stream");
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, raw) = d.raw("POST", "/files", &h, &body);
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&raw));
+        let (status, v) = sb.rpc("process.Process/List", json!({}));
+        assert_eq!(status, 200, "a call after a refused upload: {v}");
+    }
+    // Clients that go away mid-stream: their processes keep running, the agent keeps no descriptor.
+    let agent_fds = || sb.sh_as("root", "ls /proc/1/fd | wc -l").stdout.trim().parse::<usize>().unwrap();
+    let before = agent_fds();
+    let addr = d.url().trim_start_matches("http://").to_owned();
+    for i in 0..20 {
+        let msg = serde_json::to_vec(&json!({
+            "process": {"cmd": "/bin/bash", "args": ["-c", "while true; do echo tick; sleep 0.01; done"]},
+            "tag": format!("orphan-{i}"),
+        }))
+        .unwrap();
+        let mut env = vec![0u8];
+        env.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        env.extend_from_slice(&msg);
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "POST /process.Process/Start HTTP/1.1\r\nHost: {addr}\r\nE2b-Sandbox-Id: {}\r\nX-Access-Token: {}\r\n\
+             Content-Type: application/connect+json\r\nContent-Length: {}\r\n\r\n",
+            sb.id,
+            sb.token,
+            env.len()
+        )
+        .unwrap();
+        s.write_all(&env).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\"start\"") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the stream ended before its start event: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        drop(s);
+    }
+    let (_, list) = sb.rpc("process.Process/List", json!({}));
+    let orphans = list["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["tag"].as_str().is_some_and(|t| t.starts_with("orphan-")))
+        .count();
+    assert_eq!(orphans, 20, "every process outlives its client: {list}");
+    for i in 0..20 {
+        let (status, v) = sb.rpc(
+            "process.Process/SendSignal",
+            json!({"process": {"tag": format!("orphan-{i}")}, "signal": "SIGNAL_SIGKILL"}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    wait_for("the agent to close the streams of gone clients", Duration::from_secs(10), || {
+        let (_, list) = sb.rpc("process.Process/List", json!({}));
+        let left = list["processes"].as_array().map_or(0, |p| p.len());
+        (left == 0 && agent_fds() <= before).then_some(())
+    });
+    assert_eq!(sb.sh("echo still-here").stdout, "still-here\n");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}

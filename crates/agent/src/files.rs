@@ -11,7 +11,7 @@ use serde::Serialize;
 use warren_protocol::connect::Code;
 
 use crate::fs;
-use crate::server::{http_error as plain_error, json as json_response, Agent, Body};
+use crate::server::{closing, drained, http_error as plain_error, json as json_response, Agent, Body};
 use crate::users::User;
 
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
@@ -269,7 +269,7 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
     let q = query(&req);
     let user = match caller(agent, &req, &q) {
         Ok(u) => u,
-        Err(r) => return *r,
+        Err(r) => return drained(req.into_body(), *r).await,
     };
     let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let gz = req
@@ -280,12 +280,13 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
     let query_path = param(&q, "path").map(str::to_owned);
     let metadata = match upload_metadata(req.headers()) {
         Ok(m) => m,
-        Err(msg) => return plain_error(StatusCode::BAD_REQUEST, msg),
+        Err(msg) => return drained(req.into_body(), plain_error(StatusCode::BAD_REQUEST, msg)).await,
     };
     let mut written = Vec::new();
     if ct.starts_with("multipart/form-data") {
         let Ok(boundary) = multer::parse_boundary(&ct) else {
-            return plain_error(StatusCode::BAD_REQUEST, "multipart body without a boundary");
+            return drained(req.into_body(), plain_error(StatusCode::BAD_REQUEST, "multipart body without a boundary"))
+                .await;
         };
         let stream = req.into_body().into_data_stream();
         let mut mp = multer::Multipart::new(stream, boundary);
@@ -293,25 +294,37 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
             let field = match mp.next_field().await {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return plain_error(StatusCode::BAD_REQUEST, format!("invalid multipart body: {e}")),
+                Err(e) => return closing(plain_error(StatusCode::BAD_REQUEST, format!("invalid multipart body: {e}"))),
             };
             // The file name of each part is its destination; a lone part may use ?path= instead.
             let dest = field.file_name().map(str::to_owned).filter(|s| !s.is_empty()).or_else(|| query_path.clone());
             let Some(dest) = dest else {
-                return plain_error(StatusCode::BAD_REQUEST, "a multipart part has no file name and no path was given");
+                let r = plain_error(StatusCode::BAD_REQUEST, "a multipart part has no file name and no path was given");
+                return closing(r);
             };
             match store(&user, &dest, gz, &metadata, field).await {
                 Ok(w) => written.push(w),
-                Err(r) => return *r,
+                Err(r) => return closing(*r),
             }
         }
     } else {
         let Some(dest) = query_path else {
-            return plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
+            let r = plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
+            return drained(req.into_body(), r).await;
         };
-        match store(&user, &dest, gz, &metadata, req.into_body().into_data_stream()).await {
+        let mut body = req.into_body().into_data_stream();
+        match store(&user, &dest, gz, &metadata, &mut body).await {
             Ok(w) => written.push(w),
-            Err(r) => return *r,
+            Err(r) => {
+                // Read what is left (a refused path, a full disk) so the caller gets the answer
+                // rather than a broken pipe, on a connection still open.
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                    if chunk.is_err() {
+                        return closing(*r);
+                    }
+                }
+                return *r;
+            }
         }
     }
     json_response(StatusCode::OK, &written)

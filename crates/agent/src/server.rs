@@ -107,21 +107,21 @@ impl Agent {
             (Method::POST, "/init") => self.init(req).await,
             (Method::GET, "/files") => crate::files::download(&self, req).await,
             (Method::POST, "/files") => crate::files::upload(&self, req).await,
-            (Method::POST, p) if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => {
-                self.rpc(req).await
-            }
+            (Method::POST, p) if is_rpc_path(p) => self.rpc(req).await,
             (_, "/health" | "/envs" | "/init" | "/files") => {
-                http_error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {path}"))
+                let r = http_error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {path}"));
+                drained(req.into_body(), r).await
             }
-            _ => http_error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+            _ => drained(req.into_body(), http_error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"))).await,
         };
         Ok(resp)
     }
 
     async fn init(&self, req: Request<Incoming>) -> Response<Body> {
-        let body = match read_body(req.into_body(), MAX_UNARY_BODY).await {
+        let mut body = req.into_body();
+        let body = match read_body(&mut body, MAX_UNARY_BODY).await {
             Ok(b) => b,
-            Err(e) => return connect_error(&e),
+            Err(e) => return drained(body, connect_error(&e)).await,
         };
         let init: InitRequest = match serde_json::from_slice(&body) {
             Ok(i) => i,
@@ -150,27 +150,32 @@ impl Agent {
         let headers = req.headers().clone();
         let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let Some((codec, streaming)) = connect::Codec::from_content_type(&ct) else {
-            return http_error(
+            let r = http_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("content type {ct:?} is not supported: use application/(connect+)json or application/(connect+)proto"),
             );
+            return drained(req.into_body(), r).await;
         };
         let user = match self.user(&headers, None) {
             Ok(u) => u,
-            Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
+            Err(e) => {
+                let r = if streaming { stream_error(e) } else { connect_error(&e) };
+                return drained(req.into_body(), r).await;
+            }
         };
         let method = path.rsplit('/').next().unwrap_or_default().to_owned();
         let service = &path[1..path.len() - method.len() - 1];
         let Some((req_type, resp_type)) = warren_protocol::proto::method_types(service, &method) else {
             let e = Error::new(Code::Unimplemented, format!("unknown method {path}"));
-            return if streaming { stream_error(e) } else { connect_error(&e) };
+            return drained(req.into_body(), if streaming { stream_error(e) } else { connect_error(&e) }).await;
         };
         if service == pp::SERVICE && method == "StreamInput" {
             return self.stream_input(req, codec).await;
         }
-        let raw = match read_body(req.into_body(), MAX_UNARY_BODY).await {
+        let mut body = req.into_body();
+        let raw = match read_body(&mut body, MAX_UNARY_BODY).await {
             Ok(b) => b,
-            Err(e) => return if streaming { stream_error(e) } else { connect_error(&e) },
+            Err(e) => return drained(body, if streaming { stream_error(e) } else { connect_error(&e) }).await,
         };
         let msg = if streaming {
             let mut d = connect::Decoder::default();
@@ -236,7 +241,11 @@ impl Agent {
         let v =
             |r: Result<serde_json::Value, serde_json::Error>| r.map_err(|e| Error::new(Code::Internal, e.to_string()));
         match (service, method) {
-            (pp::SERVICE, "List") => v(to_value(pp::ListResponse { processes: self.processes.list() })),
+            (pp::SERVICE, "List") => {
+                // No fields, but a body that is not a message is still the caller's mistake.
+                let _: serde_json::Map<String, serde_json::Value> = parse(msg)?;
+                v(to_value(pp::ListResponse { processes: self.processes.list() }))
+            }
             (pp::SERVICE, "SendInput") => {
                 let r: pp::SendInputRequest = parse(msg)?;
                 let input = r.input.unwrap_or_default();
@@ -326,28 +335,28 @@ impl Agent {
                 let frame = match dec.next_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
-                    Err(e) => return stream_error(Error::new(Code::InvalidArgument, e.to_string())),
+                    Err(e) => return closing_stream_error(Error::new(Code::InvalidArgument, e.to_string())),
                 };
                 if frame.flags & connect::FLAG_END_STREAM != 0 {
                     continue;
                 }
                 let json = match codec.request_json("process.StreamInputRequest", &frame.payload) {
                     Ok(j) => j,
-                    Err(e) => return stream_error(e),
+                    Err(e) => return closing_stream_error(e),
                 };
                 let msg: pp::StreamInputRequest = match parse(&json) {
                     Ok(m) => m,
-                    Err(e) => return stream_error(e),
+                    Err(e) => return closing_stream_error(e),
                 };
                 if let Some(start) = msg.start {
                     target = Some(start.process);
                 } else if let Some(data) = msg.data {
                     let Some(sel) = &target else {
-                        return stream_error(Error::new(Code::InvalidArgument, "data sent before start"));
+                        return closing_stream_error(Error::new(Code::InvalidArgument, "data sent before start"));
                     };
                     let input = data.input.unwrap_or_default();
                     if let Err(e) = self.processes.send_input(sel, input.stdin.as_deref(), input.pty.as_deref()) {
-                        return stream_error(e);
+                        return closing_stream_error(e);
                     }
                 }
             }
@@ -393,7 +402,7 @@ fn parse<T: DeserializeOwned>(msg: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(msg).map_err(|e| Error::new(Code::InvalidArgument, format!("invalid request message: {e}")))
 }
 
-pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Error> {
+pub async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes, Error> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::new(Code::Canceled, format!("reading request body: {e}")))?;
@@ -405,6 +414,38 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Error>
         }
     }
     Ok(buf.freeze())
+}
+
+/// Answers `resp` once what is left of the request's body has been read and dropped, so the
+/// connection stays usable for the next request and the caller gets this answer rather than a
+/// broken pipe (an unread body makes the server close the connection, and a client still writing
+/// it, or with its next request queued there, sees that fail instead). A body that never ends keeps
+/// only its own connection busy.
+pub async fn drained(mut body: Incoming, resp: Response<Body>) -> Response<Body> {
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return closing(resp);
+        }
+    }
+    resp
+}
+
+/// An end-stream error for a client stream given up before its body ended.
+fn closing_stream_error(e: Error) -> Response<Body> {
+    closing(stream_error(e))
+}
+
+/// `resp` with `Connection: close`: for answers sent before the request's body was read.
+pub fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether a path has the shape of a Connect call, `/<package>.<Service>/<Method>`: such paths
+/// answer Connect's `unimplemented` when unknown, as a Connect client expects.
+fn is_rpc_path(p: &str) -> bool {
+    let mut parts = p.strip_prefix('/').unwrap_or("").split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(s), Some(m), None) if s.contains('.') && !m.is_empty())
 }
 
 /// A streaming response that carries only an end-stream error.
@@ -477,4 +518,19 @@ fn event_stream(mut events: crate::process::Events, opts: StreamOpts) -> Respons
         }
     });
     channel_stream(rx, opts.codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_rpc_path;
+
+    #[test]
+    fn connect_shaped_paths_are_told_apart_from_other_endpoints() {
+        for p in ["/process.Process/Start", "/nosuch.Service/Method", "/a.b.C/D"] {
+            assert!(is_rpc_path(p), "{p}");
+        }
+        for p in ["/files", "/health", "/process.Process/", "/process.Process/Start/x", "/Process/Start", "/", ""] {
+            assert!(!is_rpc_path(p), "{p}");
+        }
+    }
 }
