@@ -27,10 +27,25 @@ pub fn target<B>(req: &Request<B>, domain: &str) -> Option<Target> {
     if let Some(id) = h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
         let port =
             h.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse().ok()).unwrap_or(AGENT_PORT);
-        return Some(Target { sandbox: id.to_owned(), port });
+        // Older E2B SDKs (2.8 among them) send these headers on control-plane calls too (connect,
+        // pause): E2B's cloud routes those by host, Warren's one port by path. The agent serves
+        // none of these paths.
+        if !(port == AGENT_PORT && is_control_plane_path(req.uri().path())) {
+            return Some(Target { sandbox: id.to_owned(), port });
+        }
     }
     let host = h.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().host())?;
     parse_host(host, domain)
+}
+
+/// Paths only the control plane serves (the agent's are `/health`, `/metrics`, `/files`, `/envs`,
+/// `/init` and Connect calls).
+fn is_control_plane_path(path: &str) -> bool {
+    const PREFIXES: &[&str] = &["/sandboxes", "/v1/", "/v2/", "/templates", "/snapshots", "/pools", "/keys"];
+    path == "/openapi.yaml"
+        || PREFIXES.iter().any(|p| {
+            path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.ends_with('/'))
+        })
 }
 
 /// `{port}-{id}.{domain}` (the domain may carry a port; `localhost` with any port is accepted too).
@@ -402,5 +417,25 @@ mod tests {
         assert_eq!(target(&req, "localhost:3049"), Some(Target { sandbox: "iabc".into(), port: 49983 }));
         let plain = Request::get("/x").header("host", "127.0.0.1:3049").body(()).unwrap();
         assert_eq!(target(&plain, "localhost:3049"), None);
+        // Older SDKs send the sandbox headers with control-plane calls.
+        for path in ["/sandboxes/iabc/connect", "/v2/sandboxes", "/sandboxes", "/templates/base"] {
+            let req = Request::post(path)
+                .header("e2b-sandbox-id", "iabc")
+                .header("e2b-sandbox-port", "49983")
+                .body(())
+                .unwrap();
+            assert_eq!(target(&req, "localhost:3049"), None, "{path}");
+        }
+        for path in ["/health", "/metrics", "/files", "/process.Process/Start", "/sandboxesque"] {
+            let req = Request::post(path).header("e2b-sandbox-id", "iabc").body(()).unwrap();
+            assert!(target(&req, "localhost:3049").is_some(), "{path}");
+        }
+        // A server of the sandbox's own may have any path.
+        let req = Request::get("/sandboxes")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "8080")
+            .body(())
+            .unwrap();
+        assert_eq!(target(&req, "localhost:3049"), Some(Target { sandbox: "iabc".into(), port: 8080 }));
     }
 }

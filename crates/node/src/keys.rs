@@ -109,8 +109,10 @@ fn bootstrap_key(data_dir: &Path) -> Result<String, NodeError> {
     Ok(key)
 }
 
+/// Keys look like E2B's (`e2b_` and lowercase hex) because E2B SDKs 2.25–2.46 refuse any other
+/// format before sending a request. Keys made before this format keep working.
 fn new_secret() -> String {
-    format!("wrn_{}", random_hex(24))
+    format!("e2b_{}", random_hex(24))
 }
 
 impl ApiKeys {
@@ -216,6 +218,15 @@ impl ApiKeys {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn new_keys_have_the_format_e2b_sdks_check() {
+        let k = super::new_secret();
+        let hex = k.strip_prefix("e2b_").expect("e2b_ prefix");
+        assert_eq!(hex.len(), 48);
+        assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{k}");
+    }
+
     use super::*;
 
     fn keys(dir: &Path) -> ApiKeys {
