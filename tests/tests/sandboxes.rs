@@ -709,6 +709,17 @@ fn broken_connect_clients_get_errors_and_leave_nothing_behind() {
         assert_eq!(status, 200, "{what}");
         assert_eq!(end_error(&raw)["code"], "invalid_argument", "{what}");
     }
+    // Header values no timer can hold mean "no deadline" and "rare keepalives", not a failure.
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/echo", "args": ["timers"]}, "stdin": false}),
+        &[("Connect-Timeout-Ms", "18446744073709551615"), ("Keepalive-Ping-Interval", "18446744073709551615")],
+    );
+    assert_eq!((r.stdout.as_str(), r.exit_code, r.error), ("timers\n", Some(0), None));
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/echo", "args": ["junk"]}, "stdin": false}),
+        &[("Connect-Timeout-Ms", "soon"), ("Keepalive-Ping-Interval", "-1")],
+    );
+    assert_eq!((r.stdout.as_str(), r.exit_code), ("junk\n", Some(0)));
     // An oversize unary body is refused, not buffered.
     let big = vec![b' '; 17 * 1024 * 1024];
     let (status, v, _) = call("/process.Process/List", "application/json", &big);

@@ -389,8 +389,12 @@ impl StreamOpts {
     fn from_headers(h: &HeaderMap, codec: connect::Codec, message: &'static str) -> StreamOpts {
         let num = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
         StreamOpts {
-            keepalive: num("keepalive-ping-interval").filter(|s| *s > 0).map(Duration::from_secs),
-            deadline: num("connect-timeout-ms").filter(|s| *s > 0).map(Duration::from_millis),
+            // Bounded so that no header value can overflow a timer (a day between keepalives,
+            // a year of deadline: more means the same as none).
+            keepalive: num("keepalive-ping-interval").filter(|s| *s > 0).map(|s| Duration::from_secs(s.min(86_400))),
+            deadline: num("connect-timeout-ms")
+                .filter(|s| *s > 0)
+                .map(|ms| Duration::from_millis(ms.min(365 * 86_400_000))),
             codec,
             message,
         }
