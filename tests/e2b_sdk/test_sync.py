@@ -302,3 +302,13 @@ def test_update_network_applies_and_refuses_domains(sb):
     assert "domain names are not supported" in str(e.value)
     sb.update_network({})
     assert sb.commands.run("echo still-here").stdout == "still-here\n"
+
+
+def test_e2b_cloud_services_fail_at_once_with_the_reason():
+    from e2b import Volume
+
+    started = time.monotonic()
+    with pytest.raises(Exception) as e:
+        Volume.create("data")
+    assert "not offered by Warren" in str(e.value)
+    assert time.monotonic() - started < 5, "the SDK retried an answer that says it cannot succeed"

@@ -73,9 +73,41 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.yaml", get(|| async { ([(http::header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .merge(api)
         .fallback(|req: Request| async move {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+            match e2b_cloud_service(req.uri().path()) {
+                Some(what) => {
+                    ApiError::new(StatusCode::NOT_IMPLEMENTED, format!("{} {}: {what}", req.method(), req.uri().path()))
+                }
+                None => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+                ),
+            }
         })
         .with_state(state)
+}
+
+/// What an E2B SDK call to one of E2B's cloud services (that Warren does not offer) is told, so
+/// that it fails at once with the reason rather than with a 404 the SDK reads as "not found".
+fn e2b_cloud_service(path: &str) -> Option<&'static str> {
+    let under = |p: &str| path == p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/'));
+    if under("/volumes") {
+        return Some(
+            "E2B volumes are not offered by Warren; keep files in the sandbox (they survive pause, fork and snapshots)",
+        );
+    }
+    if under("/secrets") {
+        return Some("E2B secrets are not offered by Warren; pass values as envs when creating the sandbox");
+    }
+    let mut parts = path.trim_start_matches('/').split('/');
+    let build_service = match (parts.next(), parts.next(), parts.next()) {
+        (Some("v2" | "v3"), Some("templates"), _) | (Some("default-templates"), _, _) => true,
+        (Some("templates"), Some("aliases" | "tags"), _) => true,
+        (Some("templates"), Some(_), Some("builds" | "files" | "tags")) => true,
+        _ => false,
+    };
+    build_service.then_some(
+        "E2B's template build service is not offered by Warren; build one with POST /templates (see the README's tour)",
+    )
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
@@ -966,6 +998,28 @@ async fn build_progress(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn e2b_cloud_services_are_named_and_warren_routes_are_not() {
+        for p in [
+            "/volumes",
+            "/volumes/v1",
+            "/secrets/s",
+            "/v3/templates",
+            "/v2/templates/t/builds/b",
+            "/templates/t/builds/b/status",
+            "/templates/t/files/abc",
+            "/templates/aliases/x",
+            "/templates/tags",
+            "/default-templates",
+        ] {
+            assert!(super::e2b_cloud_service(p).is_some(), "{p}");
+        }
+        for p in ["/templates", "/templates/base", "/templates/base/build", "/volumesx", "/sandboxes", "/nothing"] {
+            assert!(super::e2b_cloud_service(p).is_none(), "{p}");
+        }
+    }
+
     /// Every route of the router is described in the OpenAPI document (and nothing more).
     #[test]
     fn openapi_describes_every_route() {
