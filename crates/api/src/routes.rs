@@ -99,12 +99,13 @@ fn e2b_cloud_service(path: &str) -> Option<&'static str> {
         return Some("E2B secrets are not offered by Warren; pass values as envs when creating the sandbox");
     }
     let mut parts = path.trim_start_matches('/').split('/');
-    let build_service = match (parts.next(), parts.next(), parts.next()) {
-        (Some("v2" | "v3"), Some("templates"), _) | (Some("default-templates"), _, _) => true,
-        (Some("templates"), Some("aliases" | "tags"), _) => true,
-        (Some("templates"), Some(_), Some("builds" | "files" | "tags")) => true,
-        _ => false,
-    };
+    let build_service = matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some("v2" | "v3"), Some("templates"), _)
+            | (Some("default-templates"), _, _)
+            | (Some("templates"), Some("aliases" | "tags"), _)
+            | (Some("templates"), Some(_), Some("builds" | "files" | "tags"))
+    );
     build_service.then_some(
         "E2B's template build service is not offered by Warren; build one with POST /templates (see the README's tour)",
     )
