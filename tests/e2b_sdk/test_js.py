@@ -1,4 +1,4 @@
-"""A smoke test with the unmodified E2B JS SDK (tests/e2b_js), against the same daemon."""
+"""The unmodified E2B JS SDK (tests/e2b_js/suite.mjs), against the same daemon."""
 
 import os
 import subprocess
@@ -6,8 +6,8 @@ import subprocess
 JS = os.path.join(os.path.dirname(__file__), "..", "e2b_js")
 
 
-def test_js_sdk_smoke():
+def test_js_sdk():
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=JS, check=True, timeout=600)
-    r = subprocess.run(["node", "smoke.mjs"], cwd=JS, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(["node", "suite.mjs"], cwd=JS, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "e2b js smoke: ok" in r.stdout
+    assert "e2b js suite: ok" in r.stdout
