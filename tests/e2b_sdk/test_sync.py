@@ -278,6 +278,20 @@ def test_lifecycle_pause_on_timeout_and_resume_on_traffic():
         s.kill()
 
 
+def test_lifecycle_pause_on_timeout_in_filesystem_mode():
+    s = Sandbox.create(timeout=1, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    try:
+        s.commands.run("echo f > /home/user/f; sleep 600", background=True)
+        deadline = time.monotonic() + 10
+        while Sandbox.get_info(s.sandbox_id).state.value != "paused":
+            assert time.monotonic() < deadline, "the timeout did not pause the sandbox"
+            time.sleep(0.05)
+        back = Sandbox.connect(s.sandbox_id)
+        assert back.commands.run("cat /home/user/f; pgrep -x sleep || echo gone").stdout == "f\ngone\n"
+    finally:
+        s.kill()
+
+
 def test_get_host_reaches_a_server_inside(sb, warren):
     sb.commands.run("cd /tmp && echo inside > hi.txt && nohup python3 -m http.server 8080 >/dev/null 2>&1 &")
     host = sb.get_host(8080)
@@ -312,3 +326,23 @@ def test_e2b_cloud_services_fail_at_once_with_the_reason():
         Volume.create("data")
     assert "not offered by Warren" in str(e.value)
     assert time.monotonic() - started < 5, "the SDK retried an answer that says it cannot succeed"
+
+
+def test_list_query_template_started_after_order_and_pages():
+    from datetime import datetime, timezone
+
+    from e2b import SandboxQuery
+
+    t0 = datetime.now(timezone.utc)
+    made = [Sandbox.create(metadata={"suite": "sdk-list"}) for _ in range(3)]
+    try:
+        ids = [s.sandbox_id for s in made]
+        q = SandboxQuery(metadata={"suite": "sdk-list"}, template="base", started_after=t0)
+        pages, p = [], Sandbox.list(query=q, order="desc", limit=2)
+        while p.has_next:
+            pages.append([x.sandbox_id for x in p.next_items()])
+        assert pages == [ids[::-1][:2], ids[::-1][2:]]
+        assert Sandbox.list(query=SandboxQuery(metadata={"suite": "sdk-list"}, template="nosuch")).next_items() == []
+    finally:
+        for s in made:
+            s.kill()

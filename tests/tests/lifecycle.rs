@@ -53,6 +53,27 @@ fn timeout_pauses_when_asked_and_connect_resumes_with_state() {
 }
 
 #[test]
+fn a_timeout_pause_without_memory_keeps_the_files_only() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base", "timeout": 1, "autoPause": true, "autoPauseMemory": false}));
+    assert_eq!(info(d, &sb.id)["pauseMode"], Value::Null, "a running sandbox has no pause mode");
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/bash", "args": ["-c", "echo kept > /home/user/k; sleep 600"]}, "tag": "sleeper", "stdin": false}),
+        &[("Connect-Timeout-Ms", "300")],
+    );
+    assert!(r.error.is_some(), "the sleeper keeps running past the stream's deadline");
+    wait_state(d, &sb, "paused", Duration::from_secs(10));
+    let v = info(d, &sb.id);
+    assert_eq!((v["pauseMode"].as_str(), v["warrenState"].as_str()), (Some("filesystem"), Some("hibernated")), "{v}");
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 60}))).0, 201);
+    assert_eq!(sb.sh("cat /home/user/k; pgrep -x sleep || echo no-sleeper").stdout, "kept\nno-sleeper\n");
+    // A pause keeping the memory says so.
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), None).0, 204);
+    assert_eq!(info(d, &sb.id)["pauseMode"], "full");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}
+
+#[test]
 fn traffic_resumes_a_paused_sandbox_once_for_many_concurrent_requests() {
     let d = daemon();
     let sb = d.create(json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}}));

@@ -791,3 +791,46 @@ fn broken_connect_clients_get_errors_and_leave_nothing_behind() {
     assert_eq!(sb.sh("echo still-here").stdout, "still-here\n");
     d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
 }
+
+#[test]
+fn list_filters_by_template_and_start_orders_and_pages_past_a_killed_sandbox() {
+    let d = daemon();
+    let ids: Vec<String> =
+        (0..3).map(|_| d.create(json!({"templateID": "base", "metadata": {"suite": "list-order"}})).id).collect();
+    let list = |q: &str| -> (u16, Vec<String>, Option<String>) {
+        let (status, headers, v) =
+            d.api_with_headers("GET", &format!("/v2/sandboxes?metadata=suite%3Dlist-order{q}"), None);
+        let ids = v
+            .as_array()
+            .map(|a| a.iter().map(|s| s["sandboxID"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        (status, ids, headers.get("x-next-token").cloned())
+    };
+    assert_eq!(list("").1, ids, "oldest first");
+    let mut desc = ids.clone();
+    desc.reverse();
+    assert_eq!(list("&order=desc").1, desc);
+    assert_eq!(list("&template=base").1, ids);
+    assert_eq!(list("&template=nosuch").1, Vec::<String>::new());
+    let (_, info) = d.api("GET", &format!("/sandboxes/{}", ids[1]), None);
+    let since = info["startedAt"].as_str().unwrap().to_owned();
+    let since_q = since.replace(':', "%3A").replace('+', "%2B");
+    assert_eq!(list(&format!("&startedAfter={since_q}")).1, ids[1..].to_vec(), "started at or after {since}");
+    // A page follows even when the sandbox that ended the previous one is gone.
+    let (_, first, token) = list("&limit=1");
+    assert_eq!(first, ids[..1].to_vec());
+    let token = token.expect("a next token");
+    d.api("DELETE", &format!("/sandboxes/{}", ids[0]), None);
+    let (status, second, _) = list(&format!("&limit=1&nextToken={token}"));
+    assert_eq!((status, second), (200, ids[1..2].to_vec()));
+    let (_, first_desc, token) = list("&limit=1&order=desc");
+    assert_eq!(first_desc, ids[2..].to_vec());
+    assert_eq!(list(&format!("&limit=5&order=desc&nextToken={}", token.unwrap())).1, vec![ids[1].clone()]);
+    for bad in ["&order=sideways", "&startedAfter=yesterday", "&nextToken=garbage", "&state=sleeping"] {
+        let (status, _, _) = list(bad);
+        assert_eq!(status, 400, "{bad}");
+    }
+    for id in &ids[1..] {
+        d.api("DELETE", &format!("/sandboxes/{id}"), None);
+    }
+}

@@ -26,7 +26,7 @@ use warren_types::api::{
     TemplateInfo, TemplateMemorySnapshot,
 };
 use warren_types::pool::{PoolInfo, PoolResize, PoolSpec};
-use warren_types::{Team, TemplateId, ENVD_VERSION};
+use warren_types::{SandboxState, Team, TemplateId, ENVD_VERSION};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -206,6 +206,12 @@ fn detail(st: &AppState, r: &SandboxRecord) -> SandboxDetail {
         metadata: r.metadata.clone(),
         domain: Some(st.domain.clone()),
         warren_state: r.state,
+        pause_mode: match r.state {
+            SandboxState::Paused => Some("full".into()),
+            SandboxState::Hibernated if r.memory_image => Some("full".into()),
+            SandboxState::Hibernated => Some("filesystem".into()),
+            _ => None,
+        },
         runtime: r.runtime.clone(),
         lifecycle: LifecycleInfo {
             auto_resume: r.lifecycle.auto_resume,
@@ -276,6 +282,7 @@ async fn create_new(st: &AppState, c: &Caller, body: Body) -> Result<Sandbox, Ap
             disk_mb: req.disk_size_mb,
             user: req.user,
             pause_on_timeout: req.auto_pause.unwrap_or(false),
+            pause_files_only: req.auto_pause_memory == Some(false),
             auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
             idle_timeout_secs: req.idle_timeout,
             private_ports: net.allow_public_traffic == Some(false),
@@ -297,6 +304,11 @@ struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
+    /// By start time: `asc` (the default) or `desc`.
+    order: Option<String>,
+    /// RFC 3339: only sandboxes started at or after it.
+    started_after: Option<String>,
+    template: Option<String>,
 }
 
 async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
@@ -318,42 +330,66 @@ async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<Lis
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
-    let items: Vec<_> = st
+    let descending = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("unknown order {other:?}: use asc or desc"))),
+    };
+    let started_after = match &q.started_after {
+        None => None,
+        Some(t) => Some(warren_node::parse_rfc3339_ms(t).ok_or_else(|| {
+            ApiError::bad_request(format!("startedAfter {t:?} is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)"))
+        })?),
+    };
+    let mut items: Vec<_> = st
         .engine
         .list(&c.team)
         .into_iter()
         .filter(|r| want_meta.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
         .filter(|r| states.as_ref().is_none_or(|s| s.iter().any(|x| x == r.state.e2b_name())))
+        .filter(|r| q.template.as_deref().is_none_or(|t| r.template_id.as_str() == t))
+        .filter(|r| started_after.is_none_or(|ms| r.started_at_ms >= ms))
         .collect();
-    let (items, next) = page(items, |r| r.id.as_str(), q.next_token.as_deref(), limit, "sandbox")?;
+    if descending {
+        items.reverse();
+    }
+    let key = |r: &SandboxRecord| (r.started_at_ms, r.id.to_string());
+    let (items, next) = page(items, key, q.next_token.as_deref(), limit, descending)?;
     let body: Vec<SandboxDetail> = items.iter().map(|r| detail(&st, r)).collect();
     Ok(with_next_token(Json(body).into_response(), next))
 }
 
-/// One page of `items` (in listing order): those after `next_token`, at most `limit`, and the
-/// token of the page after it when there is one (E2B's `x-next-token`).
+/// One page of `items` (sorted by `key`, descending if asked): those after `next_token`, at most
+/// `limit`, and the token of the page after it when there is one (E2B's `x-next-token`). A token
+/// is a position (`<ms>.<id>`), not an item, so a page still follows when the item that ended the
+/// previous one is gone by now.
 fn page<T>(
     mut items: Vec<T>,
-    key: impl Fn(&T) -> &str,
+    key: impl Fn(&T) -> (u64, String),
     next_token: Option<&str>,
     limit: usize,
-    what: &str,
+    descending: bool,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     if let Some(token) = next_token {
-        match items.iter().position(|x| key(x) == token) {
-            Some(i) => {
-                items.drain(..=i);
-            }
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "nextToken does not match a listed {what}; start again without it"
-                )))
-            }
-        }
+        let at = token
+            .split_once('.')
+            .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id.to_owned())))
+            .filter(|(_, id)| !id.is_empty())
+            .ok_or_else(|| ApiError::bad_request("nextToken is not one this server gave; start again without it"))?;
+        let first =
+            items.iter().position(|x| if descending { key(x) < at } else { key(x) > at }).unwrap_or(items.len());
+        items.drain(..first);
     }
     let more = items.len() > limit;
     items.truncate(limit);
-    let next = if more { items.last().map(|x| key(x).to_owned()) } else { None };
+    let next = if more {
+        items.last().map(|x| {
+            let (ms, id) = key(x);
+            format!("{ms}.{id}")
+        })
+    } else {
+        None
+    };
     Ok((items, next))
 }
 
@@ -743,7 +779,8 @@ async fn list_snapshots(State(st): S, Extension(c): Extension<Caller>, uri: http
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
     let items = st.engine.list_snapshots(&c.team, q.sandbox_id.as_deref(), q.name.as_deref());
-    let (items, next) = page(items, |s| s.id.as_str(), q.next_token.as_deref(), limit, "snapshot")?;
+    let key = |s: &warren_node::snapshots::SnapshotRecord| (s.created_at_ms, s.id.to_string());
+    let (items, next) = page(items, key, q.next_token.as_deref(), limit, false)?;
     let body: Vec<serde_json::Value> = items.iter().map(snapshot_info).collect();
     Ok(with_next_token(Json(body).into_response(), next))
 }

@@ -115,6 +115,10 @@ pub struct Lifecycle {
     /// Pause instead of kill when the end time passes (E2B's `autoPause`).
     #[serde(default)]
     pub pause_on_timeout: bool,
+    /// That pause keeps the files only (E2B's `autoPauseMemory: false`, a filesystem pause): the
+    /// processes end and the paused sandbox costs no memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_files_only: bool,
     /// Traffic through the proxy resumes the sandbox when it is paused (E2B's `autoResume`).
     #[serde(default)]
     pub auto_resume: bool,
@@ -168,6 +172,8 @@ pub struct CreateRequest {
     /// The user commands run as when a call names none (the template's default otherwise).
     pub user: Option<String>,
     pub pause_on_timeout: bool,
+    /// The timeout's pause keeps the files only (see [`Lifecycle::pause_files_only`]).
+    pub pause_files_only: bool,
     pub auto_resume: bool,
     pub idle_timeout_secs: Option<u64>,
     /// Ports reachable only with the sandbox's traffic token.
@@ -1420,18 +1426,31 @@ impl Engine {
 
     async fn expire(&self) {
         let now = now_ms();
-        let due: Vec<(SandboxId, bool)> = self
+        let due: Vec<(SandboxId, bool, bool)> = self
             .sandboxes
             .lock()
             .unwrap()
             .values()
             // A paused sandbox's clock is stopped: it is kept until resumed or killed.
             .filter(|r| r.state == SandboxState::Running && r.end_at_ms <= now)
-            .map(|r| (r.id.clone(), r.lifecycle.pause_on_timeout))
+            .map(|r| (r.id.clone(), r.lifecycle.pause_on_timeout, r.lifecycle.pause_files_only))
             .collect();
-        for (id, pause) in due {
+        for (id, pause, files_only) in due {
             if pause {
-                match self.pause_because(id.as_str(), "timeout").await {
+                let mut files_only_pause = None;
+                if files_only {
+                    match self.pause_to_disk(id.as_str(), "timeout").await {
+                        Ok(r) => files_only_pause = Some(r),
+                        Err(e) => {
+                            warn!(sandbox = %id, error = %e, "a files-only pause failed; pausing with the memory")
+                        }
+                    }
+                }
+                let paused = match files_only_pause {
+                    Some(r) => Ok(r),
+                    None => self.pause_because(id.as_str(), "timeout").await,
+                };
+                match paused {
                     Ok(_) => continue,
                     Err(e) => warn!(sandbox = %id, error = %e, "pausing an expired sandbox failed; killing it"),
                 }

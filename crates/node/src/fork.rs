@@ -90,6 +90,7 @@ impl Engine {
             disk_mb: Some(src.disk_mb),
             user: None,
             pause_on_timeout: src.lifecycle.pause_on_timeout,
+            pause_files_only: src.lifecycle.pause_files_only,
             auto_resume: src.lifecycle.auto_resume,
             idle_timeout_secs: src.lifecycle.idle_timeout_secs,
             private_ports: src.traffic_token.is_some(),

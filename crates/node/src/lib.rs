@@ -35,6 +35,12 @@ pub fn rfc3339(ms: u64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time, if it is one (and not before the epoch).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Random bytes as lowercase hex (API keys, access tokens).
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];

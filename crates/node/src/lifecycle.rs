@@ -40,6 +40,7 @@ impl CreateRequest {
     pub(crate) fn lifecycle(&self, timeout_secs: u64, pool_idle: Option<u64>) -> Lifecycle {
         Lifecycle {
             pause_on_timeout: self.pause_on_timeout,
+            pause_files_only: self.pause_on_timeout && self.pause_files_only,
             auto_resume: self.auto_resume,
             idle_timeout_secs: self.idle_timeout_secs.or(pool_idle),
             timeout_secs,

@@ -21,7 +21,8 @@ pub struct NewSandbox {
     /// Pause instead of kill when the timeout passes.
     #[serde(default)]
     pub auto_pause: Option<bool>,
-    /// Accepted for E2B compatibility; a pause always keeps memory here.
+    /// With `autoPause`: `false` makes the timeout's pause keep the files only (E2B's
+    /// filesystem mode); the default keeps the memory too.
     #[serde(default)]
     pub auto_pause_memory: Option<bool>,
     #[serde(default)]
@@ -139,6 +140,9 @@ pub struct SandboxDetail {
     pub domain: Option<String>,
     /// Warren extension: the exact lifecycle state (`creating`, `ready`, `running`, …).
     pub warren_state: crate::SandboxState,
+    /// What the latest pause of a paused sandbox kept: `full` (memory and files) or `filesystem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<String>,
     /// Warren extension: the runtime backend it runs on (`native`, `gvisor`).
     pub runtime: String,
     pub lifecycle: LifecycleInfo,
