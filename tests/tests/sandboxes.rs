@@ -295,6 +295,13 @@ fn bad_input_gets_clear_errors() {
         (json!({"templateID": "base", "timeout": 0}), 400, "timeout"),
         (json!({"templateID": "base", "envVars": {"A=B": "x"}}), 400, "envVars"),
         (json!({}), 400, "templateID"),
+        (
+            json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
+            400,
+            "volumes are not offered",
+        ),
+        (json!({"templateID": "base", "mcp": {"github": {}}}), 400, "MCP gateway"),
+        (json!({"templateID": "base", "iam": {"tokens": []}}), 400, "IAM"),
     ];
     for (body, status, needle) in cases {
         let (got, v) = d.api("POST", "/sandboxes", Some(body.clone()));

@@ -269,6 +269,15 @@ async fn create_new(st: &AppState, c: &Caller, body: Body) -> Result<Sandbox, Ap
     }
     let net = req.network.clone().unwrap_or_default();
     refuse_unsupported_network(&net.other)?;
+    let cloud_only = [
+        (!req.volume_mounts.is_empty(), "volumeMounts: E2B volumes are not offered by Warren (files in the sandbox survive pause, fork and snapshots)"),
+        (req.iam.as_ref().is_some_and(|v| !v.is_null()), "iam: E2B's cloud IAM tokens are not offered by Warren"),
+        (req.mcp.as_ref().is_some_and(|v| !v.is_null()), "mcp: E2B's MCP gateway is not offered by Warren"),
+    ];
+    if let Some((_, why)) = cloud_only.iter().find(|(asked, _)| *asked) {
+        // A client error, as for unsupported network settings: unchanged, it cannot succeed.
+        return Err(ApiError::bad_request(format!("{why}; leave it out")));
+    }
     let rec = st
         .engine
         .create(CreateRequest {

@@ -52,6 +52,14 @@ pub struct NewSandbox {
     /// Warren extension: the runtime backend (`native`, `gvisor`; the daemon's default when absent).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// E2B cloud features Warren does not offer (volume mounts, IAM tokens, the MCP gateway):
+    /// read so that a create asking for them is refused rather than quietly done without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<serde_json::Value>,
 }
 
 /// E2B's `SandboxNetworkConfig`.
