@@ -281,7 +281,8 @@ def test_lifecycle_pause_on_timeout_and_resume_on_traffic():
 def test_lifecycle_pause_on_timeout_in_filesystem_mode():
     s = Sandbox.create(timeout=1, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
     try:
-        s.commands.run("echo f > /home/user/f; sleep 600", background=True)
+        s.commands.run("echo f > /home/user/f")
+        s.commands.run("sleep 600", background=True)
         deadline = time.monotonic() + 10
         while Sandbox.get_info(s.sandbox_id).state.value != "paused":
             assert time.monotonic() < deadline, "the timeout did not pause the sandbox"
@@ -346,3 +347,15 @@ def test_list_query_template_started_after_order_and_pages():
     finally:
         for s in made:
             s.kill()
+
+
+def test_connect_with_reboot_comes_back_from_the_files_alone():
+    s = Sandbox.create(timeout=120)
+    try:
+        s.commands.run("echo r > /home/user/r")
+        s.commands.run("sleep 600", background=True)
+        s.pause()
+        back = Sandbox.connect(s.sandbox_id, on_resume="reboot")
+        assert back.commands.run("cat /home/user/r; pgrep -x sleep || echo gone").stdout == "r\ngone\n"
+    finally:
+        s.kill()

@@ -134,3 +134,23 @@ fn pools_hand_their_idle_policy_to_claims_and_bad_values_are_refused() {
     // A killed sandbox cannot be resumed.
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({}))).0, 404);
 }
+
+#[test]
+fn connect_without_memory_reboots_a_paused_sandbox_from_its_files() {
+    let d = daemon();
+    let sb = d.create(json!({"templateID": "base"}));
+    let r = sb.run(
+        json!({"process": {"cmd": "/bin/bash", "args": ["-c", "echo kept > /home/user/k; sleep 600"]}, "tag": "sleeper", "stdin": false}),
+        &[("Connect-Timeout-Ms", "300")],
+    );
+    assert!(r.error.is_some(), "the sleeper keeps running past the stream's deadline");
+    assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), None).0, 204);
+    let (status, v) =
+        d.api("POST", &format!("/v2/sandboxes/{}/connect", sb.id), Some(json!({"timeout": 60, "memory": false})));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(sb.sh("cat /home/user/k; pgrep -x sleep || echo no-sleeper").stdout, "kept\nno-sleeper\n");
+    // A running sandbox ignores it.
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({"memory": false})));
+    assert_eq!(status, 200, "{v}");
+    d.api("DELETE", &format!("/sandboxes/{}", sb.id), None);
+}

@@ -440,6 +440,9 @@ async fn set_timeout(
 #[derive(Deserialize, Default)]
 struct ConnectBody {
     timeout: Option<u64>,
+    /// `false` (E2B's `on_resume="reboot"`): come back from the files alone, without the memory
+    /// the pause kept.
+    memory: Option<bool>,
 }
 
 /// Connect: 200 with the sandbox's address and token when it is running (its end time moves to at
@@ -450,8 +453,23 @@ async fn connect(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    st.engine.get_owned(&c.team, &id)?;
+    let before = st.engine.get_owned(&c.team, &id)?;
     let req: ConnectBody = json_body(body, true).await?;
+    if req.memory == Some(false) {
+        match before.state {
+            // Its processes end and it boots from its files, as after a filesystem pause.
+            SandboxState::Paused => {
+                st.engine.pause_to_disk(&id, "reboot on connect").await?;
+            }
+            SandboxState::Hibernated if before.memory_image => {
+                return Err(ApiError::bad_request(format!(
+                    "sandbox {id} was paused with its memory saved to disk, and coming back without it is not \
+                     supported yet: connect without \"memory\": false, or kill it"
+                )))
+            }
+            _ => {}
+        }
+    }
     let (rec, resumed) = st.engine.resume(&id, req.timeout).await?;
     st.engine.touch(&id);
     let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
