@@ -312,19 +312,11 @@ pub async fn upload(agent: &Agent, req: Request<Incoming>) -> Response<Body> {
             let r = plain_error(StatusCode::BAD_REQUEST, "the path query parameter is required for a raw upload");
             return drained(req.into_body(), r).await;
         };
-        let mut body = req.into_body().into_data_stream();
-        match store(&user, &dest, gz, &metadata, &mut body).await {
+        let mut body = req.into_body();
+        match store(&user, &dest, gz, &metadata, http_body_util::BodyExt::into_data_stream(&mut body)).await {
             Ok(w) => written.push(w),
-            Err(r) => {
-                // Read what is left (a refused path, a full disk) so the caller gets the answer
-                // rather than a broken pipe, on a connection still open.
-                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                    if chunk.is_err() {
-                        return closing(*r);
-                    }
-                }
-                return *r;
-            }
+            // What is left (a refused path, a full disk) is read first.
+            Err(r) => return drained(body, *r).await,
         }
     }
     json_response(StatusCode::OK, &written)

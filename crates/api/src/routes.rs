@@ -362,8 +362,7 @@ async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<Lis
     if descending {
         items.reverse();
     }
-    let key = |r: &SandboxRecord| (r.started_at_ms, r.id.to_string());
-    let (items, next) = page(items, key, q.next_token.as_deref(), limit, descending)?;
+    let (items, next) = page(items, |r| (r.started_at_ms, r.id.as_str()), q.next_token.as_deref(), limit, descending)?;
     let body: Vec<SandboxDetail> = items.iter().map(|r| detail(&st, r)).collect();
     Ok(with_next_token(Json(body).into_response(), next))
 }
@@ -374,7 +373,7 @@ async fn list(State(st): S, Extension(c): Extension<Caller>, Query(q): Query<Lis
 /// previous one is gone by now.
 fn page<T>(
     mut items: Vec<T>,
-    key: impl Fn(&T) -> (u64, String),
+    key: impl for<'a> Fn(&'a T) -> (u64, &'a str),
     next_token: Option<&str>,
     limit: usize,
     descending: bool,
@@ -382,7 +381,7 @@ fn page<T>(
     if let Some(token) = next_token {
         let at = token
             .split_once('.')
-            .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id.to_owned())))
+            .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id)))
             .filter(|(_, id)| !id.is_empty())
             .ok_or_else(|| ApiError::bad_request("nextToken is not one this server gave; start again without it"))?;
         let first =
@@ -806,8 +805,7 @@ async fn list_snapshots(State(st): S, Extension(c): Extension<Caller>, uri: http
         return Err(ApiError::bad_request("limit must be between 1 and 10000"));
     }
     let items = st.engine.list_snapshots(&c.team, q.sandbox_id.as_deref(), q.name.as_deref());
-    let key = |s: &warren_node::snapshots::SnapshotRecord| (s.created_at_ms, s.id.to_string());
-    let (items, next) = page(items, key, q.next_token.as_deref(), limit, false)?;
+    let (items, next) = page(items, |s| (s.created_at_ms, s.id.as_str()), q.next_token.as_deref(), limit, false)?;
     let body: Vec<serde_json::Value> = items.iter().map(snapshot_info).collect();
     Ok(with_next_token(Json(body).into_response(), next))
 }
