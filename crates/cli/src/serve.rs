@@ -176,6 +176,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
         lazy_pages: criu.as_deref().is_some_and(|c| native_lazy_pages(&cfg, c)),
         criu,
         image_root: cfg.data_dir.join("images"),
+        favor_cgroup_migrations: cfg.native.favor_cgroup_migrations,
     })
     .context("starting the native runtime")?;
     info!(cgroup = runtime.cgroup_version(), "native runtime ready");

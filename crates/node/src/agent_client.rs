@@ -122,19 +122,30 @@ impl AgentClient {
         self.idle.lock().unwrap().entry(socket.to_path_buf()).or_default();
     }
 
-    /// Starts listening for an agent that dials in on `socket` (replacing a stale socket file;
-    /// a listener already open is kept). The socket is connectable by anyone who can reach the
+    /// Starts listening for an agent that dials in on `socket`: on `bound` when the runtime bound
+    /// it before starting the agent, else on a socket made here (replacing a stale socket file; a
+    /// listener already open is kept). The socket is connectable by anyone who can reach the
     /// file: the runtime keeps its directory private to the sandbox.
-    pub fn register_dialing(&self, socket: &Path) -> Result<(), String> {
+    pub fn register_dialing(
+        &self,
+        socket: &Path,
+        bound: Option<std::os::unix::net::UnixListener>,
+    ) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let mut dialing = self.dialing.lock().unwrap();
-        if !dialing.contains_key(socket) {
-            let _ = std::fs::remove_file(socket);
-            let l = std::os::unix::net::UnixListener::bind(socket)
-                .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
-            // The sandbox's side connects as its own (unprivileged, mapped) root.
-            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
-                .map_err(|e| format!("opening {} to the sandbox: {e}", socket.display()))?;
+        if bound.is_some() || !dialing.contains_key(socket) {
+            let l = match bound {
+                Some(l) => l,
+                None => {
+                    let _ = std::fs::remove_file(socket);
+                    let l = std::os::unix::net::UnixListener::bind(socket)
+                        .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
+                    // The sandbox's side connects as its own (unprivileged, mapped) root.
+                    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+                        .map_err(|e| format!("opening {} to the sandbox: {e}", socket.display()))?;
+                    l
+                }
+            };
             l.set_nonblocking(true).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
             let l =
                 tokio::net::UnixListener::from_std(l).map_err(|e| format!("listening on {}: {e}", socket.display()))?;

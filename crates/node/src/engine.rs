@@ -101,6 +101,14 @@ fn restore_backoff(tried: u32) -> Duration {
     }
 }
 
+/// Sleeps for `d` unless it is zero: tokio's timer fires a zero-length sleep on its next
+/// millisecond tick, which every first try (every create) would wait for.
+pub(crate) async fn sleep_unless_zero(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
 /// How long a sandbox restored from a memory image has to dial in before it is restored again.
 const RESTORED_DIAL_WAIT: Duration = Duration::from_secs(5);
 
@@ -322,7 +330,7 @@ impl Engine {
                 Some(w) => {
                     info!(sandbox = %rec.id, "re-attached after restart");
                     if let Some(h) = &rec.handle {
-                        if let Err(e) = self.register_agent(h) {
+                        if let Err(e) = self.register_agent(&rec.id, h) {
                             warn!(sandbox = %rec.id, error = %e, "cannot listen for its agent");
                         }
                     }
@@ -435,9 +443,10 @@ impl Engine {
     }
 
     /// Starts talking to a sandbox's agent (listening for it, when it dials in).
-    pub(crate) fn register_agent(&self, h: &Handle) -> Result<(), NodeError> {
+    pub(crate) fn register_agent(&self, id: &SandboxId, h: &Handle) -> Result<(), NodeError> {
         if h.agent_dials {
-            self.agents.register_dialing(&h.agent_socket).map_err(|detail| NodeError::Agent { detail })
+            let bound = self.runtime.take_agent_listener(id);
+            self.agents.register_dialing(&h.agent_socket, bound).map_err(|detail| NodeError::Agent { detail })
         } else {
             self.agents.register(&h.agent_socket);
             Ok(())
@@ -697,7 +706,7 @@ impl Engine {
         let mut attempts = total;
         let (handle, watch) = loop {
             attempts -= 1;
-            tokio::time::sleep(restore_backoff(total - 1 - attempts)).await;
+            sleep_unless_zero(restore_backoff(total - 1 - attempts)).await;
             let booted = match image {
                 None => self.create_on_runtime(spec.clone()).await,
                 Some(img) => {
@@ -727,7 +736,7 @@ impl Engine {
                     return Err(e.into());
                 }
             };
-            if let Err(e) = self.register_agent(&handle) {
+            if let Err(e) = self.register_agent(&id, &handle) {
                 self.abort_create(&id, Some(handle)).await;
                 return Err(e);
             }
@@ -1089,7 +1098,7 @@ impl Engine {
         let mut attempts = total;
         let (handle, watch) = loop {
             attempts -= 1;
-            tokio::time::sleep(restore_backoff(total - 1 - attempts)).await;
+            sleep_unless_zero(restore_backoff(total - 1 - attempts)).await;
             let permit = self.boot_permits.acquire().await.expect("never closed");
             let booted = if rec.memory_image {
                 let (rt, spec) = (self.runtime.clone(), spec.clone());
@@ -1120,7 +1129,7 @@ impl Engine {
                     return Err(e.into());
                 }
             };
-            if let Err(e) = self.register_agent(&handle) {
+            if let Err(e) = self.register_agent(&rec.id, &handle) {
                 let _ = halt(Some(handle)).await;
                 return Err(e);
             }
@@ -1297,7 +1306,7 @@ impl Engine {
                     r.handle = Some(handle.clone());
                     r.memory_image = false;
                 });
-                if let Err(err) = self.register_agent(&handle) {
+                if let Err(err) = self.register_agent(&rec.id, &handle) {
                     warn!(error = %err, "listening for its agent again");
                 }
                 // What the sandbox holds can stop a checkpoint (409: it keeps running, and trying

@@ -562,7 +562,7 @@ impl Engine {
         let me = Arc::downgrade(self);
         let id = rec.id.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(until.saturating_sub(now_ms()))).await;
+            crate::engine::sleep_unless_zero(Duration::from_millis(until.saturating_sub(now_ms()))).await;
             let Some(e) = me.upgrade() else { return };
             let Ok(rec) = e.get(id.as_str()) else { return };
             if rec.burst_until_ms != Some(until) {

@@ -234,6 +234,13 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (spec, image);
         Err(RuntimeError::Unsupported { backend: self.name(), op: "start a sandbox from another's memory" })
     }
+    /// The socket the agent of a sandbox just booted or restored dials, when the runtime bound it
+    /// before starting the agent (so that the agent's first dial connects). The daemon listens on
+    /// it from then on; each boot's is handed out once.
+    fn take_agent_listener(&self, id: &SandboxId) -> Option<std::os::unix::net::UnixListener> {
+        let _ = id;
+        None
+    }
     /// Deletes the image `image`. Idempotent.
     fn remove_image(&self, image: &str) {
         let _ = image;

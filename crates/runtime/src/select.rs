@@ -216,6 +216,10 @@ impl Runtime for Runtimes {
         self.unpick(&spec.id, self.backends[i].restore_copy(spec, image))
     }
 
+    fn take_agent_listener(&self, id: &SandboxId) -> Option<std::os::unix::net::UnixListener> {
+        self.of_id(id).take_agent_listener(id)
+    }
+
     fn remove_image(&self, image: &str) {
         for b in &self.backends {
             b.remove_image(image);

@@ -201,6 +201,10 @@ pub struct NativeConfig {
     /// and its pages are copied in behind it (on first touch, or in the background) by a
     /// `criu lazy-pages` server. Needs userfaultfd and the CRIU of `scripts/criu.sh`.
     pub lazy_restore: bool,
+    /// Turn on the host's cgroup2 `favordynmods` flag at start (a remount that keeps the other
+    /// options): a sandbox's init then joins its cgroup in microseconds instead of waiting for an
+    /// RCU grace period (≈ 5 ms per create here), for slightly dearer fork and exit host-wide.
+    pub favor_cgroup_migrations: bool,
 }
 
 impl Default for NativeConfig {
@@ -213,6 +217,7 @@ impl Default for NativeConfig {
             cgroup_parent: "warren".into(),
             criu: PathBuf::from("/opt/warren/criu/sbin/criu"),
             lazy_restore: true,
+            favor_cgroup_migrations: true,
         }
     }
 }

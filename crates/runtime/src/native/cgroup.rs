@@ -407,6 +407,90 @@ fn count_lines(path: &Path) -> u64 {
     fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64).unwrap_or(0)
 }
 
+/// What [`favor_migrations`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// The host already favoured them.
+    AlreadyFavoured,
+    /// Warren turned the flag on.
+    Favoured,
+}
+
+/// Sets cgroup2's `favordynmods` flag, which makes moving a task between cgroups cheap: without
+/// it every move (each sandbox's init joining its cgroup, each task CRIU restores) waits for an
+/// RCU grace period, ≈ 5 ms on these hosts, at the price of slightly dearer fork and exit. The
+/// flag belongs to the cgroup2 root but the lock it governs serves v1 hierarchies too, so it
+/// pays on v1 hosts as well. Set through a remount that keeps the mount's other options (a
+/// cgroup2 remount replaces them all; `nsdelegate` must survive), or through a short-lived
+/// cgroup2 mount at `scratch` when none is mounted.
+pub fn favor_migrations(scratch: &Path) -> Result<Migrations, String> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading the mount table: {e}"))?;
+    match cgroup2_mount(&mountinfo) {
+        Some(m) if m.super_options.split(',').any(|o| o == "favordynmods") => Ok(Migrations::AlreadyFavoured),
+        Some(m) => {
+            let data = remount_data(&m.super_options);
+            mount(None::<&str>, m.point.as_path(), None::<&str>, MsFlags::MS_REMOUNT | m.flags, Some(data.as_str()))
+                .map_err(|e| format!("remounting {} with {data}: {e}", m.point.display()))?;
+            Ok(Migrations::Favoured)
+        }
+        None => {
+            fs::create_dir_all(scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(Some("cgroup2"), scratch, Some("cgroup2"), flags, Some("favordynmods"))
+                .map_err(|e| format!("mounting cgroup2 at {} with favordynmods: {e}", scratch.display()))?;
+            // The flag stays with the cgroup2 root after the mount is gone.
+            let _ = umount2(scratch, MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(scratch);
+            Ok(Migrations::Favoured)
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Cgroup2Mount {
+    point: PathBuf,
+    /// The mount's own flags (nosuid, nodev, …), which a remount would otherwise clear.
+    flags: nix::mount::MsFlags,
+    super_options: String,
+}
+
+/// The first cgroup2 mount in a mount table (`/proc/self/mountinfo`).
+fn cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
+    use nix::mount::MsFlags;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split(' ');
+        if r.next()? != "cgroup2" {
+            return None;
+        }
+        let super_options = r.nth(1)?.to_owned();
+        let mut l = left.split(' ');
+        let point = PathBuf::from(l.nth(4)?.replace("\\040", " "));
+        let flags = l.next()?.split(',').fold(MsFlags::empty(), |f, o| {
+            f | match o {
+                "ro" => MsFlags::MS_RDONLY,
+                "nosuid" => MsFlags::MS_NOSUID,
+                "nodev" => MsFlags::MS_NODEV,
+                "noexec" => MsFlags::MS_NOEXEC,
+                "noatime" => MsFlags::MS_NOATIME,
+                "nodiratime" => MsFlags::MS_NODIRATIME,
+                "relatime" => MsFlags::MS_RELATIME,
+                _ => MsFlags::empty(),
+            }
+        });
+        Some(Cgroup2Mount { point, flags, super_options })
+    })
+}
+
+/// The option string of a remount that keeps a cgroup2 mount's options and adds favordynmods
+/// (`rw`/`ro` travel as mount flags).
+fn remount_data(super_options: &str) -> String {
+    let mut opts: Vec<&str> = super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro" | "")).collect();
+    opts.push("favordynmods");
+    opts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +536,24 @@ mod tests {
     fn missing_controller_is_a_clear_error() {
         let err = Layout::from_mountinfo("", |_| None).unwrap_err();
         assert!(err.to_string().contains("controller"), "{err}");
+    }
+
+    #[test]
+    fn a_cgroup2_remount_keeps_its_options() {
+        let table = "25 20 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+        let m = cgroup2_mount(table).expect("found");
+        assert_eq!(m.point, PathBuf::from("/sys/fs/cgroup"));
+        use nix::mount::MsFlags;
+        assert_eq!(m.flags, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
+        assert_eq!(remount_data(&m.super_options), "nsdelegate,memory_recursiveprot,favordynmods");
+        assert_eq!(remount_data("rw"), "favordynmods");
+    }
+
+    #[test]
+    fn v1_hierarchies_are_not_the_cgroup2_mount() {
+        let table = "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                     40 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(table).expect("found").point, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(cgroup2_mount("30 25 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), None);
     }
 }

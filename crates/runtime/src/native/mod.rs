@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use warren_types::SandboxId;
 
 use crate::{Capabilities, ExitWatch, Handle, Runtime, RuntimeError, SandboxSpec, Stats};
@@ -51,6 +51,8 @@ pub struct NativeSettings {
     pub lazy_pages: bool,
     /// Where memory images live (`<data_dir>/images`, shared with other backends).
     pub image_root: PathBuf,
+    /// Set cgroup2's `favordynmods` at start (see [`cgroup::favor_migrations`]).
+    pub favor_cgroup_migrations: bool,
 }
 
 pub struct NativeRuntime {
@@ -64,6 +66,10 @@ pub struct NativeRuntime {
     filling: std::sync::Arc<Filling>,
     /// Restores running now (see `restore_from`: the lazy mode is for one at a time).
     restoring: std::sync::atomic::AtomicUsize,
+    /// Sockets bound for agents about to start, until the daemon takes them over
+    /// ([`Runtime::take_agent_listener`]): a socket that exists before the agent dials saves the
+    /// agent a failed dial and a retry on every boot.
+    listeners: std::sync::Mutex<std::collections::HashMap<String, std::os::unix::net::UnixListener>>,
 }
 
 /// Counts a restore in [`NativeRuntime::restoring`] while it lives.
@@ -140,6 +146,19 @@ impl NativeRuntime {
         // learn how they ended.
         // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if settings.favor_cgroup_migrations {
+            match cgroup::favor_migrations(&settings.run_dir.join("cgroup2")) {
+                Ok(cgroup::Migrations::AlreadyFavoured) => debug!("cgroup migrations already favoured (favordynmods)"),
+                Ok(cgroup::Migrations::Favoured) => {
+                    info!("turned on cgroup2 favordynmods: sandboxes join their cgroups without an RCU wait")
+                }
+                Err(e) => warn!(
+                    error = %e,
+                    "cannot turn on cgroup2 favordynmods; each sandbox start waits for an RCU grace period \
+                     (set native.favor_cgroup_migrations = false to stop trying)"
+                ),
+            }
+        }
         let cgroups = cgroup::Layout::detect(&settings.cgroup_parent)?;
         cgroups.prepare()?;
         let layers = std::sync::Arc::new(storage::LayerStore::open(&settings.data_dir, settings.storage_size_gb)?);
@@ -165,6 +184,7 @@ impl NativeRuntime {
             zygote: None,
             filling: Default::default(),
             restoring: Default::default(),
+            listeners: Default::default(),
         })
     }
 
@@ -221,6 +241,13 @@ impl NativeRuntime {
         chown(&dial_dir, owner, owner).map_err(prep("dial directory", dial_dir.clone()))?;
         fs::set_permissions(&dial_dir, fs::Permissions::from_mode(0o700))
             .map_err(prep("dial directory", dial_dir.clone()))?;
+        let socket = dial_dir.join(AGENT_SOCKET);
+        let _ = fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(prep("agent socket", socket.clone()))?;
+        // The sandbox's side connects as its own (unprivileged, mapped) root; the directory
+        // (0700, that root's) keeps everyone else out.
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).map_err(prep("agent socket", socket.clone()))?;
+        self.listeners.lock().unwrap().insert(id.to_owned(), listener);
         Ok((run, mountpoint, dial_dir))
     }
 
@@ -368,6 +395,10 @@ impl Runtime for NativeRuntime {
         result
     }
 
+    fn take_agent_listener(&self, id: &SandboxId) -> Option<std::os::unix::net::UnixListener> {
+        self.listeners.lock().unwrap().remove(id.as_str())
+    }
+
     fn stop(&self, id: &SandboxId, handle: Option<&Handle>) -> Result<(), RuntimeError> {
         // Init's death takes its whole pid namespace with it.
         if let Some(h) = handle {
@@ -407,6 +438,7 @@ impl Runtime for NativeRuntime {
                 warn!(sandbox = %id, error = %e, "deleting its veth; the kernel removes it with its namespace");
             }
         }
+        self.listeners.lock().unwrap().remove(id.as_str());
         let run = self.run_dir(id.as_str());
         if let Err(e) = fs::remove_dir_all(&run) {
             if e.kind() != std::io::ErrorKind::NotFound {
