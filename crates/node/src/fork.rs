@@ -180,7 +180,7 @@ impl Engine {
             let quiet = self.agents.quiesce(&h.agent_socket).await;
             self.agents.forget(&h.agent_socket);
             if let Err(detail) = quiet {
-                if let Err(e) = self.register_agent(&id, h) {
+                if let Err(e) = self.register_agent(id, h) {
                     warn!(sandbox = %id, error = %e, "listening for its agent again");
                 }
                 return Err(NodeError::Agent { detail });
@@ -205,7 +205,7 @@ impl Engine {
         .await
         .map_err(|e| NodeError::Agent { detail: format!("freezing the layer: {e}") })?;
         if let Some(h) = &handle {
-            if let Err(e) = self.register_agent(&id, h) {
+            if let Err(e) = self.register_agent(id, h) {
                 warn!(sandbox = %id, error = %e, "listening for its agent again after the fork");
             }
         }

@@ -246,7 +246,8 @@ impl NativeRuntime {
         let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(prep("agent socket", socket.clone()))?;
         // The sandbox's side connects as its own (unprivileged, mapped) root; the directory
         // (0700, that root's) keeps everyone else out.
-        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).map_err(prep("agent socket", socket.clone()))?;
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
+            .map_err(prep("agent socket", socket.clone()))?;
         self.listeners.lock().unwrap().insert(id.to_owned(), listener);
         Ok((run, mountpoint, dial_dir))
     }
