@@ -432,7 +432,16 @@ pub fn favor_migrations(scratch: &Path) -> Result<Migrations, String> {
             let data = remount_data(&m.super_options);
             mount(None::<&str>, m.point.as_path(), None::<&str>, MsFlags::MS_REMOUNT | m.flags, Some(data.as_str()))
                 .map_err(|e| format!("remounting {} with {data}: {e}", m.point.display()))?;
-            Ok(Migrations::Favoured)
+            // Outside the host's cgroup namespace the kernel accepts the remount and ignores
+            // the flag: believe the mount table, not the call.
+            let after = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            match cgroup2_mount(&after) {
+                Some(m) if m.super_options.split(',').any(|o| o == "favordynmods") => Ok(Migrations::Favoured),
+                _ => Err(format!(
+                    "the kernel did not keep favordynmods on {} (is warren outside the host's cgroup namespace?)",
+                    m.point.display()
+                )),
+            }
         }
         None => {
             fs::create_dir_all(scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
