@@ -431,8 +431,14 @@ fn main() -> Result<()> {
     }
     if let Some(p) = &proxied {
         println!(
-            "proxied HTTP, 64 connections: warren {:.0} req/s, nginx {:.0} req/s, direct {:.0} req/s (ratio to nginx {:.2})",
-            p.warren.rps, p.nginx.rps, p.direct.rps, p.ratio_rps_vs_nginx
+            "proxied HTTP, 64 connections (median of {} alternating rounds): warren {:.0} req/s, nginx {:.0} req/s, direct {:.0} req/s (ratio to nginx {:.2}; rounds warren {:?}, nginx {:?})",
+            p.warren_rounds_rps.len(),
+            p.warren.rps,
+            p.nginx.rps,
+            p.direct.rps,
+            p.ratio_rps_vs_nginx,
+            p.warren_rounds_rps.iter().map(|r| r.round() as u64).collect::<Vec<_>>(),
+            p.nginx_rounds_rps.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
         );
         println!(
             "proxied HTTP, 1 connection p50/p99 ms: warren {:.3}/{:.3}, nginx {:.3}/{:.3}, direct {:.3}/{:.3} (added p99: warren {:.3}, nginx {:.3})",
