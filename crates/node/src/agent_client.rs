@@ -131,20 +131,12 @@ impl AgentClient {
         socket: &Path,
         bound: Option<std::os::unix::net::UnixListener>,
     ) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
         let mut dialing = self.dialing.lock().unwrap();
         if bound.is_some() || !dialing.contains_key(socket) {
             let l = match bound {
                 Some(l) => l,
-                None => {
-                    let _ = std::fs::remove_file(socket);
-                    let l = std::os::unix::net::UnixListener::bind(socket)
-                        .map_err(|e| format!("listening on {}: {e}", socket.display()))?;
-                    // The sandbox's side connects as its own (unprivileged, mapped) root.
-                    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
-                        .map_err(|e| format!("opening {} to the sandbox: {e}", socket.display()))?;
-                    l
-                }
+                None => warren_runtime::bind_agent_socket(socket)
+                    .map_err(|e| format!("listening on {}: {e}", socket.display()))?,
             };
             l.set_nonblocking(true).map_err(|e| format!("listening on {}: {e}", socket.display()))?;
             let l =

@@ -254,6 +254,17 @@ pub trait Runtime: Send + Sync + 'static {
 
 pub use native::exit_watch::ExitWatch;
 
+/// Binds the socket a sandbox's agent dials (replacing a stale socket file). Anyone who can reach
+/// the file may connect: the sandbox's side connects as its own unprivileged, mapped root, and the
+/// runtime keeps the socket's directory private to that root.
+pub fn bind_agent_socket(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
 /// The last `max_bytes` of a log file, and whether older bytes were cut off.
 pub(crate) fn log_tail(path: &std::path::Path, max_bytes: u64) -> (Vec<u8>, bool) {
     use std::io::{Read, Seek, SeekFrom};

@@ -427,7 +427,7 @@ pub fn favor_migrations(scratch: &Path) -> Result<Migrations, String> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading the mount table: {e}"))?;
     match cgroup2_mount(&mountinfo) {
-        Some(m) if m.super_options.split(',').any(|o| o == "favordynmods") => Ok(Migrations::AlreadyFavoured),
+        Some(m) if m.favours_migrations() => Ok(Migrations::AlreadyFavoured),
         Some(m) => {
             let data = remount_data(&m.super_options);
             mount(None::<&str>, m.point.as_path(), None::<&str>, MsFlags::MS_REMOUNT | m.flags, Some(data.as_str()))
@@ -436,7 +436,7 @@ pub fn favor_migrations(scratch: &Path) -> Result<Migrations, String> {
             // the flag: believe the mount table, not the call.
             let after = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             match cgroup2_mount(&after) {
-                Some(m) if m.super_options.split(',').any(|o| o == "favordynmods") => Ok(Migrations::Favoured),
+                Some(m) if m.favours_migrations() => Ok(Migrations::Favoured),
                 _ => Err(format!(
                     "the kernel did not keep favordynmods on {} (is warren outside the host's cgroup namespace?)",
                     m.point.display()
@@ -462,6 +462,12 @@ struct Cgroup2Mount {
     /// The mount's own flags (nosuid, nodev, …), which a remount would otherwise clear.
     flags: nix::mount::MsFlags,
     super_options: String,
+}
+
+impl Cgroup2Mount {
+    fn favours_migrations(&self) -> bool {
+        self.super_options.split(',').any(|o| o == "favordynmods")
+    }
 }
 
 /// The first cgroup2 mount in a mount table (`/proc/self/mountinfo`).

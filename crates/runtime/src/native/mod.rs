@@ -242,12 +242,7 @@ impl NativeRuntime {
         fs::set_permissions(&dial_dir, fs::Permissions::from_mode(0o700))
             .map_err(prep("dial directory", dial_dir.clone()))?;
         let socket = dial_dir.join(AGENT_SOCKET);
-        let _ = fs::remove_file(&socket);
-        let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(prep("agent socket", socket.clone()))?;
-        // The sandbox's side connects as its own (unprivileged, mapped) root; the directory
-        // (0700, that root's) keeps everyone else out.
-        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666))
-            .map_err(prep("agent socket", socket.clone()))?;
+        let listener = crate::bind_agent_socket(&socket).map_err(prep("agent socket", socket.clone()))?;
         self.listeners.lock().unwrap().insert(id.to_owned(), listener);
         Ok((run, mountpoint, dial_dir))
     }
