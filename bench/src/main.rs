@@ -81,6 +81,9 @@ struct Args {
     /// MiB of touched memory in the source of the native memory fork.
     #[arg(long, default_value_t = 64)]
     native_fork_mib: u64,
+    /// Rounds of the native memory fork (each a fresh source); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    native_fork_rounds: usize,
     /// Records in the memory store measurement (0 skips it).
     #[arg(long, default_value_t = 0)]
     memory_docs: usize,
@@ -302,7 +305,7 @@ fn main() -> Result<()> {
             // The phases before tore down hundreds of sandboxes; the kernel finishes that in the
             // background (network namespaces, subvolumes), and the fork is CPU-bound.
             wait_until_quiet(Duration::from_secs(60));
-            Some(native_memory::measure(&daemon, &args.root, n, clones, args.native_fork_mib)?)
+            Some(native_memory::measure(&daemon, &args.root, n, clones, args.native_fork_mib, args.native_fork_rounds)?)
         }
     };
 
@@ -370,9 +373,10 @@ fn main() -> Result<()> {
     }
     if let Some(m) = &native_mem {
         let f = &m.fork;
+        let rounds: Vec<String> = m.fork_rounds.iter().map(|r| format!("{:.0}", r.all_answer_ms)).collect();
         println!(
-            "native fork {} clones in memory mode ({} MiB touched): call {:.0} ms, all answered an exec after {:.0} ms, all held their memory after {:.0} ms; PSS {:.1} MiB per clone (source {:.1} MiB)",
-            f.clones, f.touched_mib, f.call_ms, f.all_answer_ms, f.memory_complete_ms, f.clone_pss_mib, f.source_pss_mib
+            "native fork {} clones in memory mode ({} MiB touched), median of rounds [{}] ms: call {:.0} ms, all answered an exec after {:.0} ms, all held their memory after {:.0} ms; PSS {:.1} MiB per clone (source {:.1} MiB)",
+            f.clones, f.touched_mib, rounds.join(", "), f.call_ms, f.all_answer_ms, f.memory_complete_ms, f.clone_pss_mib, f.source_pss_mib
         );
         println!(
             "native server template: create -> 200 p50 {:.1} ms from its memory image (taken in {} ms) vs {:.1} ms cold",
