@@ -45,6 +45,23 @@ fn can_connect(sb: &Sandbox, addr: &str, port: u16) -> String {
     sb.sh("python3 /tmp/probe.py").stdout.trim().to_owned()
 }
 
+/// A server answering each POST with its body's length and byte sum (HTTP/1.1, kept alive).
+const SUM_SERVER: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        out = f"{len(data)} {sum(data)}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8090), H).serve_forever()
+"#;
+
 const WS_ECHO: &str = r#"
 import base64, hashlib, socket
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -81,6 +98,21 @@ fn ports_inside_are_reached_by_host_name_and_header_over_http_and_websocket() {
     let (status, body) = via_host(d, &format!("9999-{}.localhost:{}", sb.id, d.port), "/", "");
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("nothing answered on port 9999"), "{body}");
+
+    // Request bodies stream through whole, and a kept-alive client connection carries request
+    // after request to the same server inside.
+    sb.write_file("/tmp/sum.py", SUM_SERVER.as_bytes());
+    sb.sh("nohup python3 /tmp/sum.py >/dev/null 2>&1 &");
+    let headers = [("E2b-Sandbox-Id", sb.id.as_str()), ("E2b-Sandbox-Port", "8090")];
+    wait_for("the summing server inside", Duration::from_secs(20), || {
+        (d.raw("POST", "/", &headers, b"x").0 == 200).then_some(())
+    });
+    let upload: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let expected = format!("{} {}", upload.len(), upload.iter().map(|&b| u64::from(b)).sum::<u64>());
+    for _ in 0..3 {
+        let (status, answer) = d.raw("POST", "/sum", &headers, &upload);
+        assert_eq!((status, String::from_utf8_lossy(&answer).into_owned()), (200, expected.clone()));
+    }
 
     // WebSocket: the upgrade is spliced through to the server inside.
     sb.write_file("/tmp/ws.py", WS_ECHO.as_bytes());

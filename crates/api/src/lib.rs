@@ -6,6 +6,7 @@ pub mod error;
 pub mod memory;
 pub mod proxy;
 pub mod routes;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub struct AppState {
     /// Creates by `Idempotency-Key`: a retried create gets the sandbox of the first attempt.
     pub idempotency: routes::IdempotencyCache,
     /// Keep-alive connections to servers inside sandboxes (ports other than the agent's).
-    pub ports: proxy::PortClient,
+    pub ports: Arc<upstream::Upstreams>,
     /// The agent memory store (`None` when turned off in the config).
     pub memory: Option<MemorySlot>,
 }

@@ -99,61 +99,6 @@ pub async fn forward(state: Arc<AppState>, target: Target, req: Request<Incoming
     }
 }
 
-/// The client that reaches servers inside sandboxes, keeping connections alive between requests.
-pub type PortClient = hyper_util::client::legacy::Client<SandboxConnector, warren_node::agent_client::Body>;
-
-pub fn port_client() -> PortClient {
-    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .build(SandboxConnector(c))
-}
-
-/// The URI of `path_q` on `port` of sandbox `id` at `addr`. Its host names the sandbox as well as
-/// the address, because the client pools connections by host: a sandbox created on the address
-/// of one just killed must not be handed an idle connection to its predecessor (the request
-/// would meet a reset and fail).
-fn port_uri(id: &str, addr: std::net::Ipv4Addr, port: u16, path_q: &str) -> String {
-    format!("http://{id}-{:08x}:{port}{path_q}", u32::from(addr))
-}
-
-/// The address a [`port_uri`] carries.
-fn address_of(uri: &http::Uri) -> Option<std::net::Ipv4Addr> {
-    let hex = uri.host()?.rsplit('-').next()?;
-    u32::from_str_radix(hex, 16).ok().map(std::net::Ipv4Addr::from)
-}
-
-/// Connects to the address a [`port_uri`] carries.
-#[derive(Clone)]
-pub struct SandboxConnector(hyper_util::client::legacy::connect::HttpConnector);
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower::Service<http::Uri> for SandboxConnector {
-    type Response = <hyper_util::client::legacy::connect::HttpConnector as tower::Service<http::Uri>>::Response;
-    type Error = BoxError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let mut inner = self.0.clone();
-        Box::pin(async move {
-            let addr = address_of(&uri).ok_or_else(|| format!("{uri} names no sandbox address"))?;
-            let to = http::Uri::builder()
-                .scheme("http")
-                .authority(format!("{addr}:{}", uri.port_u16().unwrap_or(80)))
-                .path_and_query("/")
-                .build()?;
-            inner.call(to).await.map_err(Into::into)
-        })
-    }
-}
-
 async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>) -> Result<Response, ApiError> {
     // Authenticate first (whatever the sandbox's state): nothing wakes for a stranger.
     let creds = state.engine.traffic_credentials(&target.sandbox)?;
@@ -261,8 +206,7 @@ async fn forward_port(
     let path_q = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let upgrade = req.headers().get(http::header::UPGRADE).cloned();
     let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let mut out =
-        Request::builder().method(req.method().clone()).uri(port_uri(&target.sandbox, addr, target.port, &path_q));
+    let mut out = Request::builder().method(req.method().clone()).uri(path_q);
     {
         let h = out.headers_mut().expect("builder is valid");
         copy_headers(req.headers(), h);
@@ -279,30 +223,45 @@ async fn forward_port(
     use http_body_util::BodyExt;
     let body = req.into_body().map_err(|e| Box::new(e) as warren_node::agent_client::BoxError).boxed();
     let out = out.body(body).map_err(|e| ApiError::bad_request(format!("cannot forward request: {e}")))?;
-    let mut resp = state.ports.request(out).await.map_err(|e| {
+    let key = crate::upstream::Key { sandbox: target.sandbox.clone(), addr, port: target.port };
+    let unanswered = |e: crate::upstream::UpstreamError| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("nothing answered on port {} of sandbox {}: {e}", target.port, target.sandbox),
         )
-    })?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    };
+    if let Some(client_side) = client_side {
+        let mut resp = crate::upstream::upgrade_request(&key, out).await.map_err(unanswered)?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(relay(resp, guard));
+        }
         let backend_side = hyper::upgrade::on(&mut resp);
         let (parts, _) = resp.into_parts();
-        if let Some(client_side) = client_side {
-            tokio::spawn(async move {
-                let _busy = guard;
-                if let (Ok(c), Ok(b)) = (client_side.await, backend_side.await) {
-                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
-                }
-            });
-        }
+        tokio::spawn(async move {
+            let _busy = guard;
+            if let (Ok(c), Ok(b)) = (client_side.await, backend_side.await) {
+                let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            }
+        });
         let mut r = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
         for (k, v) in &parts.headers {
             r = r.header(k, v);
         }
         return Ok(r.body(Body::empty()).expect("valid response"));
     }
+    let resp = state.ports.request(key, out).await.map_err(unanswered)?;
+    Ok(relay(resp, guard))
+}
+
+/// The server's response as the client gets it: hop-by-hop headers dropped, and the sandbox
+/// counted busy until its body has been read.
+fn relay<B>(resp: http::Response<B>, guard: Option<warren_node::lifecycle::ActivityGuard>) -> Response
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt;
     let (parts, body) = resp.into_parts();
     let mut r = Response::builder().status(parts.status);
     copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));
@@ -310,7 +269,7 @@ async fn forward_port(
         let _busy = &guard;
         f
     });
-    Ok(r.body(Body::new(body)).expect("valid response"))
+    r.body(Body::new(body)).expect("valid response")
 }
 
 /// E2B's signed `/files` URLs: `signature = "v1_" + base64(sha256("{path}:{read|write}:{user}:{token}[:{exp}]"))`
@@ -363,19 +322,6 @@ fn signed_file_url(method: &http::Method, uri: &http::Uri, token: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_uris_name_the_sandbox_and_carry_its_address() {
-        let addr = std::net::Ipv4Addr::new(10, 11, 0, 7);
-        let a: http::Uri = port_uri("iabc", addr, 8080, "/x?y=1").parse().unwrap();
-        let b: http::Uri = port_uri("idef", addr, 8080, "/x?y=1").parse().unwrap();
-        assert_ne!(a.authority(), b.authority(), "two sandboxes on one address share no pooled connection");
-        assert_eq!(
-            (address_of(&a), a.port_u16(), a.path_and_query().unwrap().as_str()),
-            (Some(addr), Some(8080), "/x?y=1")
-        );
-        assert_eq!(address_of(&"http://agent/".parse().unwrap()), None);
-    }
 
     #[test]
     fn host_routing() {

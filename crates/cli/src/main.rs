@@ -10,6 +10,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Every proxied request allocates and frees a few dozen small buffers across the runtime's
+/// threads; with glibc's allocator that was a fifth of the daemon's user time per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "warren",

@@ -208,7 +208,7 @@ pub fn run(args: &ServeArgs, data_dir: Option<PathBuf>) -> Result<()> {
             engine,
             domain,
             idempotency: Default::default(),
-            ports: warren_api::proxy::port_client(),
+            ports: warren_api::upstream::Upstreams::new(),
             memory,
         });
         let shutdown = async {
