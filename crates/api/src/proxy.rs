@@ -147,14 +147,7 @@ async fn forward_inner(state: &AppState, target: &Target, req: Request<Incoming>
     let resp = state.engine.agents.send(&socket, out).await.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox {} did not answer: {e}", target.sandbox))
     })?;
-    let (parts, body) = resp.into_parts();
-    let mut r = Response::builder().status(parts.status);
-    copy_headers(&parts.headers, r.headers_mut().expect("builder is valid"));
-    let body = body.map_frame(move |f| {
-        let _busy = &guard;
-        f
-    });
-    Ok(r.body(Body::new(body)).expect("valid response"))
+    Ok(relay(resp, guard))
 }
 
 /// Whether the request carries an API key of the sandbox's team (another team's key is worth no
