@@ -206,6 +206,28 @@ for _ in $(seq 500); do [ -s /tmp/held ] && break; sleep 0.01; done; cat /tmp/he
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/connect", sb.id), Some(json!({}))).0, 201);
     // Once the process is gone, the sandbox can be saved.
     assert_eq!(sb.sh("pkill -x python3; echo done").stdout, "done\n");
+    // Unless the disk fills up during the dump (the images directory is a 4 MiB tmpfs; the
+    // sandbox holds 32 MiB): refused with the reason, nothing left behind, still running.
+    let holder = "(setsid python3 -c \"import os,time; b=os.urandom(32<<20); open('/tmp/big','w').write('1'); \
+                  time.sleep(3600)\" >/dev/null 2>&1 </dev/null &); \
+                  for _ in $(seq 500); do [ -s /tmp/big ] && break; sleep 0.01; done; cat /tmp/big && echo ok";
+    assert_eq!(sb.sh(holder).stdout, "1ok\n");
+    let images = d.data_dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&images).status();
+    assert!(mounted.unwrap().success());
+    let (status, v) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({"memory": true})));
+    let left = std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0);
+    assert!(std::process::Command::new("umount").arg(&images).status().unwrap().success());
+    // The host's disk, not the caller's input: a 500 as on gVisor, with CRIU's reason.
+    assert_eq!(status, 500, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("keeps running") && message.contains("No space left"), "{v}");
+    assert_eq!(left, 0, "the partial image was left behind");
+    assert_eq!(info(&d, &sb.id)["state"], "running");
+    assert_eq!(sb.sh("pgrep -x python3 | wc -l").stdout, "1\n");
+    assert_eq!(sb.sh("pkill -x python3; echo done").stdout, "done\n");
     let (status, v) = d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({"memory": true})));
     assert_eq!(status, 204, "{v}");
     assert_eq!(d.api("POST", &format!("/sandboxes/{}/pause", sb.id), Some(json!({"memory": "yes"}))).0, 400);
